@@ -1,0 +1,1 @@
+"""Corpora, tokenisation, batching and masking for distillation."""

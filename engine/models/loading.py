@@ -1,0 +1,161 @@
+"""Teacher sources and model loading: packaged offline models, hub ids and local folders.
+
+Weights load from safetensors only, unless the user opts in to pickled `pytorch_model.bin`.
+Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelError
+from engine.models.adapters import FamilyAdapter, adapter_for
+
+HUB_HOST = "huggingface.co"
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and family adapter."""
+
+    model: Any
+    tokenizer: Any
+    adapter: FamilyAdapter
+    source: str = ""
+
+    @property
+    def has_mlm_head(self) -> bool:
+        return self.adapter.mlm_head(self.model) is not None
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """What a model folder holds, read without loading weights."""
+
+    path: Path
+    config: Any
+    weight_names: frozenset[str]
+    safetensors: bool
+
+    @property
+    def mlm_head(self) -> bool:
+        return any(n.startswith(("cls.predictions.", "lm_head.")) for n in self.weight_names)
+
+    @property
+    def pooler(self) -> bool:
+        return any(".pooler." in f".{n}" for n in self.weight_names)
+
+
+def resolve_source(source: str) -> Path:
+    """A local folder for `packaged:<name>`, `hub:<id>[@revision]` or a folder path."""
+    if source.startswith("packaged:"):
+        from engine.models.packaged import packaged_model_dir
+
+        return packaged_model_dir(source.removeprefix("packaged:"))
+    if source.startswith("hub:"):
+        return _hub_snapshot(source.removeprefix("hub:"))
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"model folder not found: {path} (give a folder with config.json, "
+                         "packaged:multilingual-e5-small, or hub:<model id>)")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json: it is not a Hugging Face model folder")
+    return path
+
+
+def _hub_snapshot(spec: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    repo_id, _, revision = spec.partition("@")
+    kwargs = {"repo_id": repo_id, "revision": revision or None, "allow_patterns": HUB_PATTERNS}
+    try:
+        return Path(snapshot_download(local_files_only=True, **kwargs))
+    except Exception:
+        pass  # not cached: download below
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
+        raise ModelError(
+            f"cannot download hub:{spec}: the Hugging Face hub is not reachable from this machine "
+            "(offline). Use packaged:multilingual-e5-small, packaged:all-minilm-l6-v2 or a local folder, "
+            "or run where the hub is reachable once to cache the model."
+        )
+    try:
+        return Path(snapshot_download(**kwargs))
+    except Exception as exc:
+        raise ModelError(f"cannot download hub:{spec}: {exc}") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def inspect_folder(path: Path, allow_pickle: bool = False) -> FolderInfo:
+    """Config and weight names of a model folder; refuses unsupported or unsafe folders."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    path = Path(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read config.json ({exc})") from None
+    adapter_for(config.model_type)
+    shards = sorted(path.glob("*.safetensors"))
+    if shards:
+        names: set[str] = set()
+        for shard in shards:
+            with safe_open(str(shard), framework="pt") as f:
+                names.update(f.keys())
+        return FolderInfo(path, config, frozenset(names), True)
+    pickles = sorted(path.glob("pytorch_model*.bin"))
+    if not pickles:
+        raise ModelError(f"{path} has no weights (*.safetensors or pytorch_model.bin)")
+    if not allow_pickle:
+        raise ModelError(
+            f"{path} has only pickled weights ({pickles[0].name}); loading a pickle can run arbitrary code. "
+            "Convert it to safetensors, or set teacher.allow_pickle = true if you trust its origin."
+        )
+    import torch
+
+    names = set()
+    for shard in pickles:
+        names.update(torch.load(shard, map_location="meta", weights_only=True).keys())
+    return FolderInfo(path, config, frozenset(names), False)
+
+
+def load_model(path: Path, allow_pickle: bool = False, source: str = "") -> LoadedModel:
+    """Load a folder as an MLM model when it has an MLM head, else as a bare encoder."""
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    info = inspect_folder(path, allow_pickle)
+    adapter = adapter_for(info.config.model_type)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: no usable tokenizer ({exc}); the folder needs tokenizer files") from None
+    if not tokenizer.is_fast:
+        raise ModelError(f"{path}: only a slow tokenizer is available; MiniGlot needs a fast tokenizer.json")
+    kwargs: dict[str, Any] = {"use_safetensors": info.safetensors, "trust_remote_code": False}
+    if info.mlm_head:
+        model = AutoModelForMaskedLM.from_pretrained(path, **kwargs)
+    else:
+        model = AutoModel.from_pretrained(path, add_pooling_layer=info.pooler, **kwargs)
+    model.eval()
+    return LoadedModel(model, tokenizer, adapter, source or str(path))
+
+
+def load_teacher(source: str, allow_pickle: bool = False) -> LoadedModel:
+    return load_model(resolve_source(source), allow_pickle, source)

@@ -1,0 +1,214 @@
+"""Runs a recipe's stages in order and keeps the run folder (DESIGN.md §2) true at every moment.
+
+Each stage's model is written to a temporary folder, verified by a reload in a fresh process,
+and only then renamed into `stages/NN-kind/model/`. Resume skips completed stages and continues
+the interrupted one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import random
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine import __version__
+from engine.data.corpus import read_corpus, split_validation
+from engine.errors import Cancelled, MiniGlotError, RecipeError
+from engine.events import (
+    Artifact,
+    CancelToken,
+    EventSink,
+    FanOut,
+    Failure,
+    JsonlSink,
+    Log,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+)
+from engine.models.loading import LoadedModel, load_model, load_teacher
+from engine.recipe import Recipe
+from engine.runfolder import EVENTS, RECIPE, Manifest, atomic_dir, folder_bytes, new_run_dir, stage_dir
+from engine.shapes import Shape, stage_shapes
+from engine.stages import adapt, distill, prune, shrink, trim_vocab
+from engine.stages.base import StageContext, StageRun
+from engine.training.checkpoints import Checkpoints
+from engine.verify import verify_folder
+
+RUNNERS: dict[str, StageRun] = {
+    "adapt": adapt.run, "distill": distill.run, "prune": prune.run, "shrink": shrink.run,
+    "trim_vocab": trim_vocab.run,
+}
+
+
+def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None,
+        resume: Path | None = None) -> Path:
+    """Run `recipe` (or resume the run folder `resume`); returns the run folder.
+
+    Raises MiniGlotError subclasses (Cancelled on cancel) after recording the outcome in the
+    manifest and the event log.
+    """
+    token = token or CancelToken()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / RECIPE).is_file():
+            raise RecipeError(f"{run_dir} is not a MiniGlot run folder (no {RECIPE})")
+        recipe = Recipe.load(run_dir / RECIPE)
+        manifest = Manifest.load(run_dir)
+    else:
+        assert recipe is not None
+        recipe = resolve_paths(recipe)
+        run_dir = new_run_dir(Path(recipe.base_dir) / recipe.run.runs_dir, recipe.run.name)
+        recipe.save(run_dir / RECIPE)
+        manifest = Manifest(run_dir)
+    sink = FanOut(sink, JsonlSink(run_dir / EVENTS))
+    sink.emit(RunStarted(run_dir=str(run_dir), stages=tuple(s.kind for s in recipe.stages),
+                         resumed=resume is not None))
+    manifest.update(status="running", **({} if resume else _provenance(recipe)))
+    current_index = 0
+    try:
+        seed_everything(recipe.run.seed)
+        device = pick_device(recipe.run.device)
+        teacher = load_teacher(recipe.teacher.source, recipe.teacher.allow_pickle)
+        shapes = stage_shapes(recipe, shape_of(teacher))
+        train, validation = load_corpus(recipe)
+        sink.emit(Log(message=f"teacher {recipe.teacher.source}: {shapes[0].describe()}, "
+                              f"{count_params(teacher.model):,} parameters; corpus {len(train):,} training "
+                              f"and {len(validation):,} validation lines; device {device}"))
+        if resume is None:
+            manifest.update(teacher={"source": recipe.teacher.source, "params": count_params(teacher.model),
+                                     "shape": dataclasses.asdict(shapes[0])},
+                            corpus={"train_lines": len(train), "validation_lines": len(validation)},
+                            stages=[{"kind": s.kind, "status": "pending"} for s in recipe.stages])
+        current = teacher
+        for index, stage in enumerate(recipe.stages, start=1):
+            current_index = index
+            folder = stage_dir(run_dir, index, stage.kind)
+            entry = manifest.stage(index)
+            if entry["status"] == "completed" and (folder / "model").is_dir():
+                current = load_model(folder / "model", source=str(folder / "model"))
+                teacher = current if stage.kind == "adapt" else teacher
+                sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
+                continue
+            sink.emit(StageStarted(index=index, stage=stage.kind, total_steps=getattr(stage, "max_steps", 0)))
+            manifest.update(lambda d, i=index: d["stages"][i - 1].update(status="running"))
+            ctx = StageContext(index, stage, recipe, current, teacher, train, validation, device, sink, token,
+                               Checkpoints(folder / "checkpoint"))
+            output = RUNNERS[stage.kind](ctx)
+            token.raise_if_cancelled()
+            model_dir = folder / "model"
+            with atomic_dir(model_dir) as tmp:
+                output.model.model.save_pretrained(tmp, safe_serialization=True)
+                output.model.tokenizer.save_pretrained(tmp)
+                check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
+            params, size = count_params(output.model.model), folder_bytes(model_dir)
+            sink.emit(Artifact(index=index, stage=stage.kind, path=str(model_dir), params=params, bytes=size))
+            manifest.update(lambda d, i=index, o=output, p=params, b=size, c=check: d["stages"][i - 1].update(
+                status="completed", model_dir=str(model_dir.relative_to(run_dir)), params=p, bytes=b,
+                metrics=_jsonable(o.metrics), verification=c))
+            ctx.checkpoints.clear()
+            current = LoadedModel(output.model.model, output.model.tokenizer, output.model.adapter,
+                                  str(model_dir))
+            teacher = current if stage.kind == "adapt" else teacher
+            sink.emit(StageFinished(index=index, stage=stage.kind, status="completed"))
+    except BaseException as exc:
+        status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"
+        message = str(exc) if isinstance(exc, MiniGlotError) else f"{type(exc).__name__}: {exc}"
+        if status == "failed":
+            sink.emit(Failure(message=message, traceback=traceback.format_exc(), index=current_index,
+                              stage=recipe.stages[current_index - 1].kind if current_index else ""))
+        if current_index and manifest.data.get("stages"):
+            manifest.data["stages"][current_index - 1]["status"] = status
+        manifest.update(status=status, message=message)
+        if current_index:
+            sink.emit(StageFinished(index=current_index, stage=recipe.stages[current_index - 1].kind,
+                                    status=status))
+        sink.emit(RunFinished(status=status, message=message))
+        if isinstance(exc, KeyboardInterrupt):
+            raise Cancelled("interrupted") from exc
+        raise
+    manifest.update(status="completed", message="")
+    sink.emit(RunFinished(status="completed"))
+    return run_dir
+
+
+def resolve_paths(recipe: Recipe) -> Recipe:
+    """The recipe with corpus paths made absolute, so a saved copy runs from any folder."""
+    base = Path(recipe.base_dir).resolve()
+
+    def absolute(source: str) -> str:
+        if ":" in source.split("/")[0] and not Path(source).exists():
+            return source  # hub:… or packaged:…
+        return str((base / source).resolve()) if not Path(source).is_absolute() else source
+
+    corpus = recipe.corpus
+    validation = corpus.validation if isinstance(corpus.validation, float) else tuple(map(absolute, corpus.validation))
+    teacher = recipe.teacher
+    if ":" not in teacher.source.split("/")[0]:
+        teacher = dataclasses.replace(teacher, source=absolute(teacher.source))
+    runs_dir = str((base / recipe.run.runs_dir).resolve())
+    return dataclasses.replace(
+        recipe, teacher=teacher, base_dir=str(base), run=dataclasses.replace(recipe.run, runs_dir=runs_dir),
+        corpus=dataclasses.replace(corpus, train=tuple(map(absolute, corpus.train)), validation=validation))
+
+
+def load_corpus(recipe: Recipe) -> tuple[list[str], list[str]]:
+    base = Path(recipe.base_dir)
+    lines = read_corpus(recipe.corpus.train, base)
+    return split_validation(lines, recipe.corpus.validation, recipe.run.seed, base)
+
+
+def shape_of(model: LoadedModel) -> Shape:
+    has_pooler = model.adapter.pooler(model.model) is not None
+    return Shape.from_config(model.config, model.has_mlm_head, has_pooler,
+                             special_tokens=len(model.tokenizer.all_special_ids))
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"run.device = {name!r} but no CUDA GPU is available; use auto or cpu")
+    return device
+
+
+def _provenance(recipe: Recipe) -> dict[str, Any]:
+    import tokenizers
+    import transformers
+
+    return {
+        "miniglot": __version__, "seed": recipe.run.seed, "language": recipe.language.code,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value

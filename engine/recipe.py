@@ -1,0 +1,348 @@
+"""Recipes: what to compress, on which text, into what — frozen dataclasses with a TOML round trip.
+
+A recipe validates itself when built (ranges, names, unknown keys) and again against the teacher's
+shape before any work starts (`engine.shapes.check_recipe`). The same objects feed the CLI, the
+GUI forms and the saved `recipe.toml` of every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, get_type_hints
+
+import tomli_w
+
+from engine.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+LAYER_SELECTIONS = ("stride", "first_k", "last_k", "first_last_k")
+DISTILL_LOSSES = ("mse", "kl", "kl_unsoft", "hidden")
+SHRINK_INITS = ("truncation", "svd")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise RecipeError(message)
+
+
+def _one_of(where: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, f"{where} = {value!r}: choose one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The model to compress: `packaged:<name>`, `hub:<id>[@revision]` or a local folder."""
+
+    source: str = "packaged:multilingual-e5-small"
+    allow_pickle: bool = False  # load legacy pytorch_model.bin (unsafe pickle) only when opted in
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source.strip()), "teacher.source is empty: give packaged:<name>, hub:<id> or a folder")
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """The target language as a FLORES-200 code, e.g. mlt_Latn."""
+
+    code: str = "mlt_Latn"
+
+    def __post_init__(self) -> None:
+        parts = self.code.split("_")
+        _check(
+            len(parts) == 2 and len(parts[0]) == 3 and len(parts[1]) == 4 and parts[0].islower(),
+            f"language.code = {self.code!r}: use a FLORES-200 code such as mlt_Latn or swh_Latn",
+        )
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Unlabelled text in the language: files, globs, folders, .jsonl, hub:<dataset>[:<config>]."""
+
+    train: tuple[str, ...] = ()
+    validation: float | tuple[str, ...] = 0.05
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        _check(len(self.train) > 0, "corpus.train is empty: list at least one file, folder or glob")
+        if isinstance(self.validation, float):
+            _check(0 < self.validation <= 0.5, "corpus.validation must be a fraction in (0, 0.5] or files")
+        _check(8 <= self.max_length <= 512, "corpus.max_length must be between 8 and 512 tokens")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 42
+    runs_dir: str = "runs"
+    name: str = ""
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    verify: bool = True  # reload every stage's model in a fresh process and compare outputs
+
+    def __post_init__(self) -> None:
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               f"run.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class Training:
+    """Optimisation settings shared by every stage that trains."""
+
+    max_steps: int = 200
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    grad_accumulation: int = 1
+    mlm_probability: float = 0.15
+    eval_every: int = 50
+    eval_batches: int = 8
+    checkpoint_every: int = 50
+
+    def check_training(self, where: str) -> None:
+        _check(self.max_steps >= 1, f"{where}.max_steps must be at least 1")
+        _check(self.batch_size >= 1, f"{where}.batch_size must be at least 1")
+        _check(0 < self.learning_rate < 1, f"{where}.learning_rate must be in (0, 1)")
+        _check(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio must be in [0, 1)")
+        _check(self.grad_accumulation >= 1, f"{where}.grad_accumulation must be at least 1")
+        _check(0 < self.mlm_probability < 1, f"{where}.mlm_probability must be in (0, 1)")
+        _check(self.eval_every >= 1 and self.checkpoint_every >= 1,
+               f"{where}.eval_every and checkpoint_every must be at least 1")
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Loss settings shared by `distill` and `shrink`."""
+
+    loss: str = "mse"
+    alpha: float = 0.5
+    temperature: float = 2.0
+    all_positions: bool = False  # logit loss at every position (the paper) instead of masked ones
+    intermediate: bool = False  # with loss = "hidden": also match mapped intermediate layers
+
+    def check_distillation(self, where: str) -> None:
+        _one_of(f"{where}.loss", self.loss, DISTILL_LOSSES)
+        _check(0 <= self.alpha <= 1, f"{where}.alpha must be in [0, 1]")
+        _check(self.temperature > 0, f"{where}.temperature must be positive")
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class AdaptStage(Stage, Training):
+    """Continued MLM training of the teacher on the language's text (a language-adapted teacher).
+
+    A teacher without an MLM head first gets one fitted for `head_steps` with the encoder frozen
+    (decoder tied to the input embeddings).
+    """
+
+    kind: ClassVar[str] = "adapt"
+    head_steps: int = 100
+
+    def __post_init__(self) -> None:
+        self.check_training("adapt")
+        _check(self.head_steps >= 0, "adapt.head_steps must be 0 or more")
+
+
+@dataclass(frozen=True)
+class DistillStage(Stage, Training, Distillation):
+    """Layer-reduction distillation (paper stage 1)."""
+
+    kind: ClassVar[str] = "distill"
+    layers: int = 6
+    layer_selection: str = "last_k"
+    init: str = "teacher"  # teacher | random
+
+    def __post_init__(self) -> None:
+        self.check_training("distill")
+        self.check_distillation("distill")
+        _check(self.layers >= 1, "distill.layers must be at least 1")
+        _one_of("distill.layer_selection", self.layer_selection, LAYER_SELECTIONS)
+        _one_of("distill.init", self.init, ("teacher", "random"))
+
+
+@dataclass(frozen=True)
+class PruneStage(Stage):
+    """Structured pruning by first-order importance (paper stage 2)."""
+
+    kind: ClassVar[str] = "prune"
+    ffn: int | None = None
+    heads: int | None = None
+    importance_batches: int = 8
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.ffn is not None or self.heads is not None, "prune needs ffn, heads or both")
+        _check(self.ffn is None or self.ffn >= 1, "prune.ffn must be at least 1")
+        _check(self.heads is None or self.heads >= 1, "prune.heads must be at least 1")
+        _check(self.importance_batches >= 1, "prune.importance_batches must be at least 1")
+
+
+@dataclass(frozen=True)
+class ShrinkStage(Stage, Training, Distillation):
+    """Hidden-size reduction then a second distillation from the previous student (paper stage 3)."""
+
+    kind: ClassVar[str] = "shrink"
+    hidden: int = 312
+    init: str = "truncation"
+    basis_batches: int = 8
+
+    def __post_init__(self) -> None:
+        self.check_training("shrink")
+        self.check_distillation("shrink")
+        _check(self.hidden >= 8, "shrink.hidden must be at least 8")
+        _one_of("shrink.init", self.init, SHRINK_INITS)
+
+
+@dataclass(frozen=True)
+class TrimVocabStage(Stage):
+    """Vocabulary trimming to the tokens the language uses (paper stage 4)."""
+
+    kind: ClassVar[str] = "trim_vocab"
+    size: int = 40000
+
+    def __post_init__(self) -> None:
+        _check(self.size >= 1, "trim_vocab.size must be positive")
+
+
+STAGE_TYPES: dict[str, type[Stage]] = {
+    cls.kind: cls for cls in (AdaptStage, DistillStage, PruneStage, ShrinkStage, TrimVocabStage)
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(train=("corpus.txt",)))
+    stages: tuple[Stage, ...] = ()
+    run: RunConfig = field(default_factory=RunConfig)
+    base_dir: str = field(default=".", compare=False)  # where relative corpus paths resolve
+
+    def __post_init__(self) -> None:
+        _check(len(self.stages) > 0, "the recipe has no [[stages]]: add at least one")
+        kinds = [s.kind for s in self.stages]
+        _check("adapt" not in kinds[1:], "an adapt stage must come first: it adapts the teacher")
+
+    # ---- dict / TOML / JSON ----
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("teacher", "language", "corpus"):
+            out[name] = _plain(getattr(self, name))
+        out["run"] = _plain(self.run)
+        out["stages"] = [{"kind": s.kind, **_plain(s)} for s in self.stages]
+        return out
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: str | Path = ".") -> Recipe:
+        data = dict(data)
+        sections = {"teacher": TeacherConfig, "language": LanguageConfig, "corpus": CorpusConfig,
+                    "run": RunConfig}
+        unknown = set(data) - set(sections) - {"stages"}
+        if unknown:
+            raise RecipeError(f"unknown table or key {sorted(unknown)[0]!r} at the top of the recipe; "
+                              f"known: {', '.join([*sections, 'stages'])}")
+        built: dict[str, Any] = {name: _build(kind, data.get(name, {}), name)
+                                 for name, kind in sections.items()}
+        stages = []
+        for i, raw in enumerate(data.get("stages", []), start=1):
+            _check(isinstance(raw, dict), f"stages[{i}] must be a table")
+            raw = dict(raw)
+            kind = raw.pop("kind", None)
+            _check(kind in STAGE_TYPES,
+                   f"stages[{i}].kind = {kind!r}: choose one of {', '.join(STAGE_TYPES)}")
+            stages.append(_build(STAGE_TYPES[kind], raw, f"stages[{i}] ({kind})"))
+        return cls(**built, stages=tuple(stages), base_dir=str(base_dir))
+
+    @classmethod
+    def from_toml(cls, text: str, base_dir: str | Path = ".") -> Recipe:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"the recipe is not valid TOML: {exc}") from None
+        return cls.from_dict(data, base_dir)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            return cls.from_dict(json.loads(text), path.parent.resolve())
+        return cls.from_toml(text, path.parent.resolve())
+
+    def save(self, path: str | Path) -> None:
+        from engine.runfolder import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, self.to_json() if path.suffix == ".json" else self.to_toml())
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A dataclass as TOML-friendly values (tuples as lists, None omitted)."""
+    out = {}
+    for f in fields(obj):
+        if f.name == "base_dir":
+            continue
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Instantiate `cls` from a table, naming any unknown key and coercing simple types."""
+    _check(isinstance(raw, dict), f"[{where}] must be a table")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}
+    for key in raw:
+        _check(key in known, f"unknown key {key!r} in [{where}]; known keys: {', '.join(sorted(known))}")
+    values = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise RecipeError(f"[{where}]: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    text = hint.__name__ if isinstance(hint, type) else str(hint)
+    if isinstance(value, list):
+        _check("tuple" in text, f"{where} must not be a list")
+        _check(all(isinstance(v, str) for v in value), f"{where} must be a list of strings")
+        return tuple(value)
+    if isinstance(value, bool):
+        _check(text == "bool", f"{where} must not be true/false")
+        return value
+    if isinstance(value, int) and "float" in text and "int" not in text:
+        return float(value)
+    if isinstance(value, int):
+        _check("int" in text, f"{where} must not be a number here, got {value!r}")
+        return value
+    if isinstance(value, float):
+        _check("float" in text, f"{where} must be a whole number, got {value!r}")
+        return value
+    if isinstance(value, str):
+        _check(text == "str" or "tuple" in text, f"{where} must be a number or list, got {value!r}")
+        return (value,) if "tuple" in text else value
+    raise RecipeError(f"{where} has an unsupported value {value!r}")

@@ -1,0 +1,1 @@
+"""Compression stages: one module each, all with `run(ctx) -> StageOutput`."""

@@ -1,0 +1,1 @@
+"""Model surgery: importance scoring, FFN pruning, hidden-size reduction, vocabulary trimming."""

@@ -1,0 +1,1 @@
+"""Training: losses, the optimisation loop and checkpoints shared by every stage that trains."""

@@ -1,0 +1,41 @@
+"""Stage checkpoints: weights (safetensors), optimizer/scheduler state and step, written atomically.
+
+The pipeline owns the folder; a training loop asks it to save and, on resume, to load.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.runfolder import atomic_dir
+
+STATE = "state.pt"
+
+
+class Checkpoints:
+    """Named checkpoints (one per training phase) under one stage's `checkpoint/` folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def save(self, name: str, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> None:
+        with atomic_dir(self.folder / name) as tmp:
+            for group, values in tensors.items():
+                save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in values.items()},
+                          str(tmp / f"{group}.safetensors"))
+            torch.save(state, tmp / STATE)
+
+    def load(self, name: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None:
+        path = self.folder / name
+        if not (path / STATE).is_file():
+            return None
+        tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
+        return tensors, torch.load(path / STATE, weights_only=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,107 @@
+"""Proof that a written model folder is what the engine had in memory.
+
+The parent computes outputs on held-out text, then a fresh Python process loads the folder with
+stock `AutoModel`/`AutoModelForMaskedLM` + `AutoTokenizer` and compares: same token ids, every id
+inside the embedding table, no weight left to random initialisation (the pooler excepted: it is a
+task head that only BERT's NSP pre-training uses), and outputs within `tolerance`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import VerificationError
+from engine.models.loading import LoadedModel
+
+TOLERANCE = 1e-4
+SAMPLE = 8
+MAX_LENGTH = 128
+
+
+def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance: float = TOLERANCE) -> dict:
+    """Reload `folder` in a fresh process and compare with `loaded`; raise VerificationError if not equal."""
+    texts = [t for t in texts if t.strip()][:SAMPLE] or ["verification"]
+    enc = loaded.tokenizer(texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    model = copy.deepcopy(loaded.model).to("cpu").float().eval()
+    with torch.no_grad():
+        hidden = loaded.adapter.base(model)(input_ids=enc["input_ids"],
+                                            attention_mask=enc["attention_mask"]).last_hidden_state
+        head = loaded.adapter.mlm_module(model)
+        logits = head(hidden) if head is not None else None
+    with tempfile.TemporaryDirectory(prefix="miniglot-verify-") as tmp:
+        expected = Path(tmp) / "expected.npz"
+        arrays = {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy(),
+                  "hidden": hidden.numpy()}
+        if logits is not None:
+            arrays["logits"] = logits.numpy()
+        np.savez(expected, **arrays)
+        (Path(tmp) / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run([sys.executable, "-m", "engine.verify", str(folder), tmp, str(tolerance)],
+                              capture_output=True, text=True, env=env, timeout=600,
+                              cwd=Path(__file__).resolve().parent.parent)
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise VerificationError(f"{folder}: the reload process failed: {proc.stderr.strip()[-2000:]}") from None
+    if result["problems"]:
+        raise VerificationError(f"{folder} does not reload faithfully: " + "; ".join(result["problems"]))
+    return result
+
+
+def _child(folder: str, tmp: str, tolerance: float) -> dict[str, Any]:
+    """Runs in the fresh process: reload with stock transformers and compare."""
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    problems: list[str] = []
+    expected = np.load(Path(tmp) / "expected.npz")
+    texts = json.loads((Path(tmp) / "texts.json").read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder)
+    has_head = "logits" in expected.files
+    cls = AutoModelForMaskedLM if has_head else AutoModel
+    kwargs = {} if has_head else {"add_pooling_layer": False}
+    model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    model.eval()
+    missing = [k for k in info["missing_keys"] if ".pooler." not in f".{k}"]
+    if missing:
+        problems.append(f"weights missing on reload (would be random): {missing[:5]}")
+    if info.get("mismatched_keys"):
+        problems.append(f"weights with mismatched shapes: {info['mismatched_keys'][:5]}")
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows or config.vocab_size != rows:
+        problems.append(f"tokenizer has {len(tokenizer)} entries, config {config.vocab_size}, embeddings {rows}")
+    if int(enc["input_ids"].max()) >= rows:
+        problems.append(f"the tokenizer emits id {int(enc['input_ids'].max())} but the model has {rows} rows")
+    if enc["input_ids"].shape != expected["input_ids"].shape or not np.array_equal(
+            enc["input_ids"].numpy(), expected["input_ids"]):
+        problems.append("the saved tokenizer segments the validation text differently from the in-memory one")
+    diff = {}
+    if not problems:
+        with torch.no_grad():
+            base = getattr(model, model.base_model_prefix, model)
+            hidden = base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            mask = enc["attention_mask"].numpy().astype(bool)
+            diff["hidden"] = float(np.abs(hidden.numpy() - expected["hidden"])[mask].max())
+            if has_head:
+                logits = model(**enc).logits.numpy()
+                diff["logits"] = float(np.abs(logits - expected["logits"])[mask].max())
+        for name, value in diff.items():
+            if not value <= tolerance:
+                problems.append(f"{name} differ by {value:.2e} (> {tolerance:.0e})")
+    return {"problems": problems, "max_abs_diff": diff, "vocab_rows": rows, "tokenizer_size": len(tokenizer)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(sys.argv[1], sys.argv[2], float(sys.argv[3]))))
