@@ -76,9 +76,9 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
     try:
         seed_everything(recipe.run.seed)
         device = pick_device(recipe.run.device)
+        train, validation = load_corpus(recipe)
         teacher = load_teacher(recipe.teacher.source, recipe.teacher.allow_pickle)
         shapes = stage_shapes(recipe, shape_of(teacher))
-        train, validation = load_corpus(recipe)
         sink.emit(Log(message=f"teacher {recipe.teacher.source}: {shapes[0].describe()}, "
                               f"{count_params(teacher.model):,} parameters; corpus {len(train):,} training "
                               f"and {len(validation):,} validation lines; device {device}"))

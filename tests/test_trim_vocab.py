@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,9 @@ def tiny_model(family: str, mlm: bool, n_tokens: int) -> torch.nn.Module:
     if family == "bert":
         model = (BertForMaskedLM if mlm else BertModel)(BertConfig(pad_token_id=0, **shape))
     else:
-        config = XLMRobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, max_position_embeddings=64, **shape)
+        config = XLMRobertaConfig(
+            pad_token_id=1, bos_token_id=0, eos_token_id=2, max_position_embeddings=64, **shape
+        )
         model = (XLMRobertaForMaskedLM if mlm else XLMRobertaModel)(config)
     head = adapter_for(model.config.model_type).mlm_head(model)
     if head is not None:
@@ -276,18 +279,24 @@ def test_decoder_stays_tied_and_bias_is_sliced(trimmed):
 def test_small_size_cuts_rare_tokens_and_keeps_characters(tmp_path):
     _, tokenizer, model = build("bert", True, tmp_path)
     vocab = tokenizer.get_vocab()
+    counts = Counter(i for t in TEXTS for i in tokenizer(t, add_special_tokens=False)["input_ids"])
+    top = [i for i, _ in counts.most_common(4)]
+    validation = ["the zebra", "cat dog", "the jug"]
     _, new_tokenizer, report = trim_vocabulary(
-        model, tokenizer, adapter_for("bert"), TEXTS, 4, validation_texts=["the zebra", "the cat", "the jug"]
+        model, tokenizer, adapter_for("bert"), TEXTS, 4, validation_texts=validation
     )
     kept = set(report.kept_ids)
-    assert report.kept_by_frequency == 4
-    assert vocab["the"] in kept and vocab["zebra"] not in kept and vocab["xyzzy"] not in kept
+    assert report.kept_by_frequency == 4 and set(top) <= kept
+    assert {vocab["cat"], vocab["dog"]} <= set(top)
+    assert vocab["the"] not in kept and vocab["zebra"] not in kept and vocab["xyzzy"] not in kept
     assert {vocab["z"], vocab["##z"], vocab["##b"], vocab["."]} <= kept
     assert vocab["j"] not in kept  # never seen in the corpus
-    assert new_tokenizer.tokenize("the zebra") == ["the", "z", "##e", "##b", "##r", "##a"]
-    assert report.resegmentation_rate == pytest.approx(2 / 3)  # "zebra" and "jug" changed, "the cat" not
+    assert new_tokenizer.tokenize("the zebra") == ["t", "##h", "##e", "z", "##e", "##b", "##r", "##a"]
+    assert report.resegmentation_rate == pytest.approx(2 / 3)  # "cat dog" kept its segmentation
+    after = [token for text in validation for token in new_tokenizer.tokenize(text)]
+    assert after.count("[UNK]") == 1  # only "jug" (unseen "j") became unknown
     assert report.unknown_rate_before == 0.0
-    assert report.unknown_rate_after == pytest.approx(1 / 10)  # only "jug" (unseen "j") became [UNK]
+    assert report.unknown_rate_after == pytest.approx(1 / len(after))
     assert model.config.vocab_size == len(new_tokenizer) == report.new_size
 
 
@@ -312,4 +321,6 @@ def test_rejects_empty_corpus_and_unsupported_tokenizer():
         trim_vocabulary(model, tokenizer, adapter_for("xlm-roberta"), [], 10)
     bpe = Tokenizer(models.BPE({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4}, [], unk_token="<unk>"))
     with pytest.raises(ModelError, match="WordPiece and Unigram"):
-        trim_vocabulary(model, XLMRobertaTokenizerFast(tokenizer_object=bpe), adapter_for("xlm-roberta"), ["a"], 10)
+        trim_vocabulary(
+            model, XLMRobertaTokenizerFast(tokenizer_object=bpe), adapter_for("xlm-roberta"), ["a"], 10
+        )

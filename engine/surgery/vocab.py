@@ -175,7 +175,9 @@ def _special_ids(
     for name, value in _config_token_ids(model.config).items():
         for token_id in value if isinstance(value, list) else [value]:
             if not 0 <= token_id < n_tokens:
-                raise ModelError(f"config.{name} = {token_id} is not a token of the tokenizer ({n_tokens} entries)")
+                raise ModelError(
+                    f"config.{name} = {token_id} is not a token of the tokenizer ({n_tokens} entries)"
+                )
             ids.add(token_id)
     padding_idx = getattr(adapter.embeddings(model), "padding_idx", None)
     if isinstance(padding_idx, int):
@@ -224,7 +226,9 @@ def _character_ids(tokenizer: Tokenizer, spec: dict, texts: list[str]) -> np.nda
     """Ids of the single-character pieces for every character of the normalised texts.
 
     WordPiece: `c` and `##c`; Unigram: `c`, `▁c` and `▁` (the metaspace mark). With these every
-    seen character stays segmentable, so no text gains unknowns that had none.
+    seen character stays segmentable, so no text gains unknowns that had none. Only a piece the
+    old vocabulary lacks (say `##c` where only `c` exists) can leave a gap; `unknown_rate_after`
+    shows it.
     """
     normalizer = tokenizer.normalizer
     seen: set[str] = set()
@@ -290,7 +294,9 @@ def _rebuild_tokenizer(
     return rebuilt, raw
 
 
-def _slice_model(model: nn.Module, adapter: FamilyAdapter, kept_ids: np.ndarray, new_id_of: np.ndarray) -> None:
+def _slice_model(
+    model: nn.Module, adapter: FamilyAdapter, kept_ids: np.ndarray, new_id_of: np.ndarray
+) -> None:
     """Cut embedding and decoder rows in place; parameters shared before stay shared."""
     word_embeddings = adapter.embeddings(model).word_embeddings
     index = torch.as_tensor(kept_ids, device=word_embeddings.weight.device)

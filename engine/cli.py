@@ -1,0 +1,126 @@
+"""`miniglot-cli run|estimate|inspect`: the engine from a terminal or a GPU server.
+
+Exit codes: 0 done, 1 failed (one-line reason on stderr), 2 invalid recipe or arguments,
+130 cancelled (Ctrl-C cancels cooperatively; the run can be resumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from engine.errors import MiniGlotError, RecipeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="miniglot-cli", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="compress a teacher as a recipe says")
+    run.add_argument("recipe", nargs="?", type=Path, help="recipe .toml/.json (not needed with --resume)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed or cancelled run")
+    run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    estimate = commands.add_parser("estimate", help="parameters and bytes per stage, without training")
+    estimate.add_argument("recipe", type=Path)
+    estimate.add_argument("--json", action="store_true")
+
+    inspect = commands.add_parser("inspect", help="describe a model folder or teacher source")
+    inspect.add_argument("model", help="model folder, packaged:<name> or hub:<id>")
+    inspect.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"run": _run, "estimate": _estimate, "inspect": _inspect}[args.command](args)
+    except MiniGlotError as exc:
+        print(f"miniglot-cli: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"miniglot-cli: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    from engine import pipeline
+    from engine.events import CancelToken, ConsoleSink, FanOut
+    from engine.recipe import Recipe
+
+    if (args.recipe is None) == (args.resume is None):
+        raise RecipeError("give a recipe file or --resume RUN_DIR (not both)")
+    recipe = Recipe.load(args.recipe) if args.recipe else None
+    token = CancelToken()
+
+    def interrupt(_signum, _frame):
+        if token.cancelled:
+            raise KeyboardInterrupt
+        print("miniglot-cli: cancelling after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
+        token.cancel()
+
+    signal.signal(signal.SIGINT, interrupt)
+    sink = FanOut() if args.quiet else FanOut(ConsoleSink())
+    run_dir = pipeline.run(recipe, sink, token, resume=args.resume)
+    print(run_dir)
+    return 0
+
+
+def _teacher_shape(recipe):
+    from engine.models.loading import inspect_folder, resolve_source
+    from engine.shapes import Shape
+
+    info = inspect_folder(resolve_source(recipe.teacher.source), recipe.teacher.allow_pickle)
+    return Shape.from_config(info.config, info.mlm_head, info.pooler)
+
+
+def _estimate(args) -> int:
+    from engine.recipe import Recipe
+    from engine.shapes import estimate
+
+    recipe = Recipe.load(args.recipe)
+    rows = estimate(recipe, _teacher_shape(recipe))
+    if args.json:
+        print(json.dumps({"stages": rows}, indent=2))
+        return 0
+    print(f"{'stage':<16}{'embeddings':>14}{'encoder':>14}{'head':>12}{'total':>14}{'fp32 MB':>10}"
+          f"{'fp16 MB':>10}{'% teacher':>11}")
+    for row in rows:
+        p = row["params"]
+        print(f"{row['name']:<16}{p['embeddings']:>14,}{p['encoder']:>14,}{p['head']:>12,}"
+              f"{row['total_params']:>14,}{row['fp32_bytes'] / 1e6:>10.1f}{row['fp16_bytes'] / 1e6:>10.1f}"
+              f"{row['percent_of_teacher']:>10.1f}%")
+    return 0
+
+
+def _inspect(args) -> int:
+    from engine.models.loading import inspect_folder, resolve_source
+    from engine.shapes import Shape
+
+    path = resolve_source(args.model)
+    info = inspect_folder(path, allow_pickle=False)
+    shape = Shape.from_config(info.config, info.mlm_head, info.pooler)
+    data = {"path": str(path), "model_type": info.config.model_type, "mlm_head": info.mlm_head,
+            "pooler": info.pooler, "shape": shape.__dict__, "params": shape.params(),
+            "total_params": shape.total_params}
+    tokenizer_file = path / "tokenizer.json"
+    if tokenizer_file.is_file():
+        model = json.loads(tokenizer_file.read_text(encoding="utf-8"))["model"]
+        data["tokenizer"] = {"type": model.get("type"), "size": len(model.get("vocab", []))}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"{path}\n  {info.config.model_type}: {shape.describe()}\n  parameters {shape.total_params:,} "
+              f"(embeddings {data['params']['embeddings']:,}, encoder {data['params']['encoder']:,}, "
+              f"head {data['params']['head']:,})\n  MLM head: {'yes' if info.mlm_head else 'no'}; "
+              f"pooler: {'yes' if info.pooler else 'no'}"
+              + (f"\n  tokenizer: {data['tokenizer']['type']}, {data['tokenizer']['size']:,} entries"
+                 if "tokenizer" in data else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

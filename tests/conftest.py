@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny models built from configs, a made-up corpus, recipes around them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import tiny_model_dir, write_corpus  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random teachers: bert/xlm-roberta, with and without MLM head."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        f"{family}{'' if head else '-nohead'}": tiny_model_dir(root / f"{family}-{head}", family, mlm_head=head)
+        for family in ("bert", "xlm-roberta") for head in (True, False)
+    }
+
+
+@pytest.fixture()
+def corpus(tmp_path) -> Path:
+    return write_corpus(tmp_path / "corpus.txt", 240, seed=1)
+
+
+def recipe_toml(teacher: Path | str, corpus: Path | str, stages: str, **run: object) -> str:
+    """A recipe around `teacher` and `corpus` with the given [[stages]] TOML."""
+    run_lines = "\n".join(f"{k} = {v!r}".replace("'", '"').replace("False", "false").replace("True", "true")
+                          for k, v in run.items())
+    return (f'[teacher]\nsource = "{teacher}"\n[corpus]\ntrain = ["{corpus}"]\nvalidation = 0.1\n'
+            f'max_length = 48\n[run]\nruns_dir = "runs"\n{run_lines}\n{stages}')
+
+
+FOUR_STAGES = """
+[[stages]]
+kind = "distill"
+layers = 2
+layer_selection = "{selection}"
+init = "{init}"
+loss = "{loss}"
+max_steps = 4
+batch_size = 8
+eval_every = 2
+checkpoint_every = 2
+[[stages]]
+kind = "prune"
+ffn = 64
+importance_batches = 2
+batch_size = 8
+[[stages]]
+kind = "shrink"
+hidden = 32
+init = "{shrink_init}"
+loss = "{loss}"
+max_steps = 3
+batch_size = 8
+[[stages]]
+kind = "trim_vocab"
+size = 150
+"""
+
+
+def four_stages(loss: str = "mse", selection: str = "last_k", init: str = "teacher",
+                shrink_init: str = "truncation") -> str:
+    return FOUR_STAGES.format(loss=loss, selection=selection, init=init, shrink_init=shrink_init)

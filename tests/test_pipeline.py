@@ -1,0 +1,214 @@
+"""The pipeline on tiny models: every stage, loss and layer selection; run folder; cancel; resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import four_stages, recipe_toml
+from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+from engine import pipeline
+from engine.errors import Cancelled
+from engine.events import Artifact, CancelToken, Collect, Failure, Progress, RunFinished, StageFinished
+from engine.recipe import Recipe
+from engine.runfolder import Manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_recipe(tmp_path: Path, text: str, token: CancelToken | None = None) -> tuple[Path, Collect]:
+    sink = Collect()
+    run_dir = pipeline.run(Recipe.from_toml(text, tmp_path), sink, token)
+    return run_dir, sink
+
+
+def check_stage_folders(run_dir: Path) -> list[dict]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    for stage in manifest["stages"]:
+        folder = run_dir / stage["model_dir"]
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        if "ForMaskedLM" in config["architectures"][0]:
+            model, info = AutoModelForMaskedLM.from_pretrained(folder, output_loading_info=True)
+        else:  # the pooler is a task head; these tiny encoders have none
+            model, info = AutoModel.from_pretrained(folder, add_pooling_layer=False, output_loading_info=True)
+        assert info["missing_keys"] == set() or info["missing_keys"] == []
+        assert len(tokenizer) <= model.get_input_embeddings().num_embeddings == config["vocab_size"]
+        assert stage["params"] == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return manifest["stages"]
+
+
+@pytest.mark.parametrize(("family", "loss", "selection", "init", "shrink_init"), [
+    ("bert", "mse", "stride", "teacher", "svd"),
+    ("bert", "kl", "first_k", "random", "truncation"),
+    ("bert", "kl_unsoft", "last_k", "teacher", "truncation"),
+    ("bert", "mse", "first_last_k", "teacher", "truncation"),
+    ("xlm-roberta", "kl", "stride", "teacher", "truncation"),
+    ("xlm-roberta", "kl_unsoft", "first_k", "teacher", "svd"),
+    ("xlm-roberta", "mse", "last_k", "random", "truncation"),
+    ("xlm-roberta", "kl", "first_last_k", "teacher", "truncation"),
+])
+def test_four_stages_every_loss_and_selection(tmp_path, tiny_models, corpus, family, loss, selection, init,
+                                              shrink_init):
+    text = recipe_toml(tiny_models[family], corpus, four_stages(loss, selection, init, shrink_init),
+                       verify=False)
+    run_dir, sink = run_recipe(tmp_path, text)
+    stages = check_stage_folders(run_dir)
+    assert [s["kind"] for s in stages] == ["distill", "prune", "shrink", "trim_vocab"]
+    assert stages[0]["metrics"]["loss"] == loss
+    teacher_params = json.loads((run_dir / "manifest.json").read_text())["teacher"]["params"]
+    assert stages[-1]["params"] < teacher_params / 2
+    assert [e.status for e in sink.of(StageFinished)] == ["completed"] * 4
+    assert sink.of(Progress)[-1].step == 3
+
+
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_every_stage_is_verified_in_a_fresh_process(tmp_path, tiny_models, corpus, family):
+    run_dir, sink = run_recipe(tmp_path, recipe_toml(tiny_models[family], corpus, four_stages("kl")))
+    for stage in check_stage_folders(run_dir):
+        assert stage["verification"]["problems"] == []
+        assert max(stage["verification"]["max_abs_diff"].values()) <= 1e-4
+    trimmed = run_dir / "stages" / "04-trim_vocab" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(trimmed)
+    model = AutoModelForMaskedLM.from_pretrained(trimmed)
+    assert len(tokenizer) == model.get_input_embeddings().num_embeddings
+    assert len(sink.of(Artifact)) == 4
+
+
+def test_headless_teacher_distils_hidden_states_and_says_so(tmp_path, tiny_models, corpus):
+    run_dir, sink = run_recipe(tmp_path, recipe_toml(tiny_models["xlm-roberta-nohead"], corpus,
+                                                     four_stages("mse"), verify=False))
+    stages = check_stage_folders(run_dir)
+    assert stages[0]["metrics"]["loss"] == "hidden"
+    assert any("loss = \"hidden\"" in e.message for e in sink.events if hasattr(e, "message"))
+
+
+def test_adapt_fits_an_mlm_head_so_logit_losses_work(tmp_path, tiny_models, corpus):
+    stages = """
+[[stages]]
+kind = "adapt"
+head_steps = 3
+max_steps = 2
+batch_size = 8
+[[stages]]
+kind = "distill"
+layers = 2
+loss = "kl"
+max_steps = 2
+batch_size = 8
+"""
+    run_dir, _ = run_recipe(tmp_path, recipe_toml(tiny_models["bert-nohead"], corpus, stages))
+    adapted, student = check_stage_folders(run_dir)
+    assert "head_best_validation_loss" in adapted["metrics"]
+    assert student["metrics"]["loss"] == "kl"
+    config = json.loads((run_dir / adapted["model_dir"] / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"]
+
+
+def test_cancel_marks_the_run_cancelled_and_leaves_no_half_model(tmp_path, tiny_models, corpus):
+    token = CancelToken()
+
+    class CancelAtStep:
+        def __init__(self):
+            self.inner = Collect()
+
+        def emit(self, event):
+            self.inner.emit(event)
+            if isinstance(event, Progress) and event.step == 2:
+                token.cancel()
+
+    sink = CancelAtStep()
+    recipe = Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, four_stages()), tmp_path)
+    with pytest.raises(Cancelled):
+        pipeline.run(recipe, sink, token)
+    run_dir = next((tmp_path / "runs").iterdir())
+    manifest = Manifest.load(run_dir).data
+    assert manifest["status"] == "cancelled"
+    assert manifest["stages"][0]["status"] == "cancelled"
+    assert not (run_dir / "stages" / "01-distill" / "model").exists()
+    assert not list(run_dir.rglob("*.tmp"))
+    assert sink.inner.of(RunFinished)[-1].status == "cancelled"
+
+
+def test_failure_is_recorded_with_traceback(tmp_path, tiny_models, corpus):
+    text = recipe_toml(tiny_models["bert"], corpus, four_stages()).replace("learning_rate", "x")
+    text = text.replace("max_steps = 4", "max_steps = 4\nlearning_rate = 0.9\nwarmup_ratio = 0.0", 1)
+    sink = Collect()
+
+    def explode(ctx):
+        raise RuntimeError("boom in the stage")
+
+    original = pipeline.RUNNERS["prune"]
+    pipeline.RUNNERS["prune"] = explode
+    try:
+        with pytest.raises(RuntimeError):
+            pipeline.run(Recipe.from_toml(text, tmp_path), sink)
+    finally:
+        pipeline.RUNNERS["prune"] = original
+    failure = sink.of(Failure)[0]
+    assert "boom in the stage" in failure.message and "Traceback" in failure.traceback
+    assert failure.stage == "prune"
+    run_dir = next((tmp_path / "runs").iterdir())
+    manifest = Manifest.load(run_dir).data
+    assert manifest["status"] == "failed"
+    assert [s["status"] for s in manifest["stages"]] == ["completed", "failed", "pending", "pending"]
+
+
+RESUME_STAGES = """
+[[stages]]
+kind = "distill"
+layers = 2
+loss = "mse"
+max_steps = 40
+batch_size = 8
+eval_every = 5
+checkpoint_every = 5
+[[stages]]
+kind = "prune"
+ffn = 64
+"""
+
+
+def test_sigkill_during_distill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_models, corpus):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(recipe_toml(tiny_models["bert"], corpus, RESUME_STAGES, verify=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "engine.cli", "run", str(recipe), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    checkpoint = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list((tmp_path / "runs").glob("*/stages/01-distill/checkpoint/distill/state.pt"))
+        if found and torch.load(found[0], weights_only=True)["step"] >= 10:
+            checkpoint = found[0]
+            break
+        time.sleep(0.05)
+    assert checkpoint is not None, "no checkpoint appeared before the run ended"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = checkpoint.parents[4]
+    assert Manifest.load(run_dir).data["status"] == "running"  # killed: nobody could record it
+    assert not (run_dir / "stages" / "01-distill" / "model").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--resume", str(run_dir), "--quiet"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert Path(resumed.stdout.strip()) == run_dir
+    events = (run_dir / "events.jsonl").read_text()
+    assert "resumed from step" in events
+
+    fresh_dir, _ = run_recipe(tmp_path / "fresh", recipe.read_text())
+    got = Manifest.load(run_dir).data["stages"][0]["metrics"]
+    want = Manifest.load(fresh_dir).data["stages"][0]["metrics"]
+    assert got["distill_best_step"] == want["distill_best_step"]
+    assert got["distill_best_validation_loss"] == pytest.approx(want["distill_best_validation_loss"], abs=1e-5)
+    assert got["distill_final_train_loss"] == pytest.approx(want["distill_final_train_loss"], abs=1e-5)
