@@ -47,13 +47,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from engine import pipeline
-    from engine.events import CancelToken, ConsoleSink, FanOut
     from engine.recipe import Recipe
+    from engine.shapes import stage_shapes
 
     if (args.recipe is None) == (args.resume is None):
         raise RecipeError("give a recipe file or --resume RUN_DIR (not both)")
     recipe = Recipe.load(args.recipe) if args.recipe else None
+    if recipe is not None:  # refuse a bad recipe or teacher before a run folder is made
+        stage_shapes(recipe, _teacher_shape(recipe))
+
+    from engine import pipeline
+    from engine.events import CancelToken, ConsoleSink, FanOut
+
     token = CancelToken()
 
     def interrupt(_signum, _frame):
@@ -73,7 +78,10 @@ def _teacher_shape(recipe):
     from engine.models.loading import inspect_folder, resolve_source
     from engine.shapes import Shape
 
-    info = inspect_folder(resolve_source(recipe.teacher.source), recipe.teacher.allow_pickle)
+    source = recipe.teacher.source
+    if ":" not in source.split("/")[0]:  # a local folder, relative to the recipe's folder
+        source = str(Path(recipe.base_dir) / Path(source).expanduser())
+    info = inspect_folder(resolve_source(source), recipe.teacher.allow_pickle)
     return Shape.from_config(info.config, info.mlm_head, info.pooler)
 
 
@@ -108,8 +116,11 @@ def _inspect(args) -> int:
             "total_params": shape.total_params}
     tokenizer_file = path / "tokenizer.json"
     if tokenizer_file.is_file():
-        model = json.loads(tokenizer_file.read_text(encoding="utf-8"))["model"]
-        data["tokenizer"] = {"type": model.get("type"), "size": len(model.get("vocab", []))}
+        tokenizer = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+        vocab = tokenizer["model"].get("vocab") or []
+        ids = set(vocab.values()) if isinstance(vocab, dict) else set(range(len(vocab)))
+        ids |= {token["id"] for token in tokenizer.get("added_tokens", [])}  # e.g. <mask> added after training
+        data["tokenizer"] = {"type": tokenizer["model"].get("type"), "size": len(ids)}
     if args.json:
         print(json.dumps(data, indent=2))
     else:

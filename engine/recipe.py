@@ -74,6 +74,8 @@ class CorpusConfig:
         _check(len(self.train) > 0, "corpus.train is empty: list at least one file, folder or glob")
         if isinstance(self.validation, float):
             _check(0 < self.validation <= 0.5, "corpus.validation must be a fraction in (0, 0.5] or files")
+        else:
+            _check(len(self.validation) > 0, "corpus.validation is an empty list: give files or a fraction")
         _check(8 <= self.max_length <= 512, "corpus.max_length must be between 8 and 512 tokens")
 
 
@@ -254,6 +256,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str | Path = ".") -> Recipe:
+        _check(isinstance(data, dict), "a recipe must be a table of tables (teacher, corpus, stages...)")
         data = dict(data)
         sections = {"teacher": TeacherConfig, "language": LanguageConfig, "corpus": CorpusConfig,
                     "run": RunConfig}
@@ -264,11 +267,12 @@ class Recipe:
         built: dict[str, Any] = {name: _build(kind, data.get(name, {}), name)
                                  for name, kind in sections.items()}
         stages = []
+        _check(isinstance(data.get("stages", []), list), "stages must be a list of [[stages]] tables")
         for i, raw in enumerate(data.get("stages", []), start=1):
             _check(isinstance(raw, dict), f"stages[{i}] must be a table")
             raw = dict(raw)
             kind = raw.pop("kind", None)
-            _check(kind in STAGE_TYPES,
+            _check(isinstance(kind, str) and kind in STAGE_TYPES,
                    f"stages[{i}].kind = {kind!r}: choose one of {', '.join(STAGE_TYPES)}")
             stages.append(_build(STAGE_TYPES[kind], raw, f"stages[{i}] ({kind})"))
         return cls(**built, stages=tuple(stages), base_dir=str(base_dir))
@@ -286,9 +290,14 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            return cls.from_dict(json.loads(text), path.parent.resolve())
+        try:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix == ".json":
+                return cls.from_dict(json.loads(text), path.parent.resolve())
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"the recipe is not valid JSON: {exc}") from None
         return cls.from_toml(text, path.parent.resolve())
 
     def save(self, path: str | Path) -> None:

@@ -85,9 +85,11 @@ def stage_shape(stage: Stage, shape: Shape, where: str) -> Shape:
         return dataclasses.replace(shape, ffn=stage.ffn or shape.ffn)
     if isinstance(stage, ShrinkStage):
         check(stage.hidden <= shape.hidden, f"hidden = {stage.hidden} is wider than the model ({shape.hidden})")
+        lower = stage.hidden // shape.heads * shape.heads
+        neighbours = [n for n in (lower, lower + shape.heads) if 0 < n <= shape.hidden]
         check(stage.hidden % shape.heads == 0,
               f"hidden = {stage.hidden} is not divisible by the {shape.heads} attention heads; "
-              f"try {stage.hidden // shape.heads * shape.heads} or {(stage.hidden // shape.heads + 1) * shape.heads}")
+              f"try {' or '.join(map(str, neighbours))}")
         return dataclasses.replace(shape, hidden=stage.hidden)
     if isinstance(stage, TrimVocabStage):
         check(stage.size > shape.special_tokens,
