@@ -24,8 +24,8 @@ from engine.events import (
     Artifact,
     CancelToken,
     EventSink,
-    FanOut,
     Failure,
+    FanOut,
     JsonlSink,
     Log,
     RunFinished,
@@ -98,7 +98,8 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
                 sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
                 continue
             sink.emit(StageStarted(index=index, stage=stage.kind, total_steps=getattr(stage, "max_steps", 0)))
-            manifest.update(lambda d, i=index: d["stages"][i - 1].update(status="running"))
+            entry["status"] = "running"
+            manifest.save()
             ctx = StageContext(index, stage, recipe, current, teacher, train, validation, device, sink, token,
                                Checkpoints(folder / "checkpoint"))
             output = RUNNERS[stage.kind](ctx)
@@ -110,9 +111,10 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
                 check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
             params, size = count_params(output.model.model), folder_bytes(model_dir)
             sink.emit(Artifact(index=index, stage=stage.kind, path=str(model_dir), params=params, bytes=size))
-            manifest.update(lambda d, i=index, o=output, p=params, b=size, c=check: d["stages"][i - 1].update(
-                status="completed", model_dir=str(model_dir.relative_to(run_dir)), params=p, bytes=b,
-                metrics=_jsonable(o.metrics), verification=c))
+            manifest.stage(index).update(status="completed", model_dir=str(model_dir.relative_to(run_dir)),
+                                         params=params, bytes=size, metrics=_jsonable(output.metrics),
+                                         verification=check)
+            manifest.save()
             ctx.checkpoints.clear()
             current = LoadedModel(output.model.model, output.model.tokenizer, output.model.adapter,
                                   str(model_dir))
@@ -140,22 +142,21 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
 
 
 def resolve_paths(recipe: Recipe) -> Recipe:
-    """The recipe with corpus paths made absolute, so a saved copy runs from any folder."""
+    """The recipe with local paths made absolute, so its saved copy runs from any folder."""
     base = Path(recipe.base_dir).resolve()
 
     def absolute(source: str) -> str:
-        if ":" in source.split("/")[0] and not Path(source).exists():
-            return source  # hub:… or packaged:…
-        return str((base / source).resolve()) if not Path(source).is_absolute() else source
+        if source.startswith(("hub:", "packaged:")):
+            return source
+        return str((base / Path(source).expanduser()).resolve())
 
     corpus = recipe.corpus
-    validation = corpus.validation if isinstance(corpus.validation, float) else tuple(map(absolute, corpus.validation))
-    teacher = recipe.teacher
-    if ":" not in teacher.source.split("/")[0]:
-        teacher = dataclasses.replace(teacher, source=absolute(teacher.source))
-    runs_dir = str((base / recipe.run.runs_dir).resolve())
+    validation = (corpus.validation if isinstance(corpus.validation, float)
+                  else tuple(map(absolute, corpus.validation)))
     return dataclasses.replace(
-        recipe, teacher=teacher, base_dir=str(base), run=dataclasses.replace(recipe.run, runs_dir=runs_dir),
+        recipe, base_dir=str(base),
+        teacher=dataclasses.replace(recipe.teacher, source=absolute(recipe.teacher.source)),
+        run=dataclasses.replace(recipe.run, runs_dir=absolute(recipe.run.runs_dir)),
         corpus=dataclasses.replace(corpus, train=tuple(map(absolute, corpus.train)), validation=validation))
 
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,10 +91,8 @@ class Manifest:
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=2, ensure_ascii=False))
 
-    def update(self, change: Callable[[dict[str, Any]], None] | None = None, **fields: Any) -> None:
+    def update(self, **fields: Any) -> None:
         self.data.update(fields)
-        if change is not None:
-            change(self.data)
         self.save()
 
     def stage(self, index: int) -> dict[str, Any]:

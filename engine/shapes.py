@@ -113,7 +113,7 @@ def estimate(recipe: Recipe, teacher: Shape) -> list[dict[str, Any]]:
     names = ["teacher", *[f"{i:02d}-{s.kind}" for i, s in enumerate(recipe.stages, start=1)]]
     base = shapes[0].total_params
     rows = []
-    for name, shape in zip(names, shapes):
+    for name, shape in zip(names, shapes, strict=True):
         total = shape.total_params
         rows.append({
             "name": name,

@@ -46,7 +46,8 @@ def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance
             arrays["logits"] = logits.numpy()
         np.savez(expected, **arrays)
         (Path(tmp) / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+               "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.run([sys.executable, "-m", "engine.verify", str(folder), tmp, str(tolerance)],
                               capture_output=True, text=True, env=env, timeout=600,
                               cwd=Path(__file__).resolve().parent.parent)

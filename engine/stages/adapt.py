@@ -13,8 +13,8 @@ from transformers import AutoModelForMaskedLM
 from engine.models.loading import LoadedModel
 from engine.recipe import AdaptStage
 from engine.stages.base import StageContext, StageOutput
-from engine.training.losses import mlm_loss
 from engine.training.loop import train
+from engine.training.losses import mlm_loss
 
 
 def run(ctx: StageContext) -> StageOutput:

@@ -6,8 +6,8 @@ from engine.models.loading import LoadedModel
 from engine.recipe import DistillStage
 from engine.stages.base import StageContext, StageOutput
 from engine.surgery.layers import reduce_layers, select_layers
-from engine.training.losses import DistillLoss, resolve_loss
 from engine.training.loop import train
+from engine.training.losses import DistillLoss, resolve_loss
 
 
 def run(ctx: StageContext) -> StageOutput:

@@ -10,8 +10,8 @@ from engine.recipe import ShrinkStage
 from engine.stages.base import StageContext, StageOutput
 from engine.stages.distill import choose_loss, prepare_teacher
 from engine.surgery.hidden import shrink_hidden, svd_basis, truncation_basis
-from engine.training.losses import DistillLoss
 from engine.training.loop import train
+from engine.training.losses import DistillLoss
 
 
 def run(ctx: StageContext) -> StageOutput:
