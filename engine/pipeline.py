@@ -8,6 +8,7 @@ the interrupted one from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import platform
 import random
 import traceback
@@ -122,7 +123,7 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
             sink.emit(StageFinished(index=index, stage=stage.kind, status="completed"))
     except BaseException as exc:
         status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"
-        message = str(exc) if isinstance(exc, MiniGlotError) else f"{type(exc).__name__}: {exc}"
+        message = _explain(exc, run_dir)
         if status == "failed":
             sink.emit(Failure(message=message, traceback=traceback.format_exc(), index=current_index,
                               stage=recipe.stages[current_index - 1].kind if current_index else ""))
@@ -139,6 +140,16 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
     manifest.update(status="completed", message="")
     sink.emit(RunFinished(status="completed"))
     return run_dir
+
+
+def _explain(exc: BaseException, run_dir: Path) -> str:
+    """One line a user can act on."""
+    if isinstance(exc, MiniGlotError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"the disk is full (writing {exc.filename or run_dir}); free some space, then continue with "
+                f"miniglot-cli run --resume {run_dir}")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def resolve_paths(recipe: Recipe) -> Recipe:

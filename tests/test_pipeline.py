@@ -212,3 +212,42 @@ def test_sigkill_during_distill_then_resume_matches_an_uninterrupted_run(tmp_pat
     assert got["distill_best_step"] == want["distill_best_step"]
     assert got["distill_best_validation_loss"] == pytest.approx(want["distill_best_validation_loss"], abs=1e-5)
     assert got["distill_final_train_loss"] == pytest.approx(want["distill_final_train_loss"], abs=1e-5)
+
+
+def test_full_disk_fails_the_stage_cleanly_and_says_what_to_do(tmp_path, tiny_models, corpus, monkeypatch):
+    import errno
+
+    from transformers import PreTrainedModel
+
+    def no_space(self, folder, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", no_space)
+    sink = Collect()
+    with pytest.raises(OSError):
+        pipeline.run(Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, four_stages()), tmp_path), sink)
+    run_dir = next((tmp_path / "runs").iterdir())
+    manifest = Manifest.load(run_dir).data
+    assert manifest["status"] == "failed" and "disk is full" in manifest["message"]
+    assert "--resume" in sink.of(Failure)[0].message
+    assert not (run_dir / "stages" / "01-distill" / "model").exists()
+    assert not [p for p in (run_dir / "stages" / "01-distill").iterdir() if p.name != "checkpoint"]
+
+
+def test_ctrl_c_in_the_cli_cancels_with_exit_130(tmp_path, tiny_models, corpus):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(recipe_toml(tiny_models["bert"], corpus, RESUME_STAGES.replace("40", "400"), verify=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", str(recipe)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/stages/01-distill/checkpoint")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "cancelled" in stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert Manifest.load(run_dir).data["status"] == "cancelled"
+    assert not (run_dir / "stages" / "01-distill" / "model").exists()
