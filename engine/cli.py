@@ -47,18 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    from engine import pipeline
+    from engine.events import CancelToken, ConsoleSink, FanOut
     from engine.recipe import Recipe
-    from engine.shapes import stage_shapes
 
     if (args.recipe is None) == (args.resume is None):
         raise RecipeError("give a recipe file or --resume RUN_DIR (not both)")
-    recipe = Recipe.load(args.recipe) if args.recipe else None
-    if recipe is not None:  # refuse a bad recipe or teacher before a run folder is made
-        stage_shapes(recipe, _teacher_shape(recipe))
-
-    from engine import pipeline
-    from engine.events import CancelToken, ConsoleSink, FanOut
-
+    recipe = Recipe.load(args.recipe) if args.recipe else None  # the pipeline checks it before writing
     token = CancelToken()
 
     def interrupt(_signum, _frame):
@@ -74,23 +69,13 @@ def _run(args) -> int:
     return 0
 
 
-def _teacher_shape(recipe):
-    from engine.models.loading import inspect_folder, resolve_source
-    from engine.shapes import Shape
-
-    source = recipe.teacher.source
-    if ":" not in source.split("/")[0]:  # a local folder, relative to the recipe's folder
-        source = str(Path(recipe.base_dir) / Path(source).expanduser())
-    info = inspect_folder(resolve_source(source), recipe.teacher.allow_pickle)
-    return Shape.from_config(info.config, info.mlm_head, info.pooler)
-
-
 def _estimate(args) -> int:
+    from engine.models.loading import source_shape
     from engine.recipe import Recipe
     from engine.shapes import estimate
 
-    recipe = Recipe.load(args.recipe)
-    rows = estimate(recipe, _teacher_shape(recipe))
+    recipe = Recipe.load(args.recipe).resolved()
+    rows = estimate(recipe, source_shape(recipe.teacher.source, recipe.teacher.allow_pickle))
     if args.json:
         print(json.dumps({"stages": rows}, indent=2))
         return 0

@@ -34,7 +34,7 @@ from engine.events import (
     StageFinished,
     StageStarted,
 )
-from engine.models.loading import LoadedModel, load_model, load_teacher
+from engine.models.loading import LoadedModel, load_model, load_teacher, source_shape
 from engine.recipe import Recipe
 from engine.runfolder import EVENTS, RECIPE, Manifest, atomic_dir, folder_bytes, new_run_dir, stage_dir
 from engine.shapes import Shape, stage_shapes
@@ -65,7 +65,8 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
         manifest = Manifest.load(run_dir)
     else:
         assert recipe is not None
-        recipe = resolve_paths(recipe)
+        recipe = recipe.resolved()
+        stage_shapes(recipe, source_shape(recipe.teacher.source, recipe.teacher.allow_pickle))  # before any write
         run_dir = new_run_dir(Path(recipe.base_dir) / recipe.run.runs_dir, recipe.run.name)
         recipe.save(run_dir / RECIPE)
         manifest = Manifest(run_dir)
@@ -150,25 +151,6 @@ def _explain(exc: BaseException, run_dir: Path) -> str:
         return (f"the disk is full (writing {exc.filename or run_dir}); free some space, then continue with "
                 f"miniglot-cli run --resume {run_dir}")
     return f"{type(exc).__name__}: {exc}"
-
-
-def resolve_paths(recipe: Recipe) -> Recipe:
-    """The recipe with local paths made absolute, so its saved copy runs from any folder."""
-    base = Path(recipe.base_dir).resolve()
-
-    def absolute(source: str) -> str:
-        if source.startswith(("hub:", "packaged:")):
-            return source
-        return str((base / Path(source).expanduser()).resolve())
-
-    corpus = recipe.corpus
-    validation = (corpus.validation if isinstance(corpus.validation, float)
-                  else tuple(map(absolute, corpus.validation)))
-    return dataclasses.replace(
-        recipe, base_dir=str(base),
-        teacher=dataclasses.replace(recipe.teacher, source=absolute(recipe.teacher.source)),
-        run=dataclasses.replace(recipe.run, runs_dir=absolute(recipe.run.runs_dir)),
-        corpus=dataclasses.replace(corpus, train=tuple(map(absolute, corpus.train)), validation=validation))
 
 
 def load_corpus(recipe: Recipe) -> tuple[list[str], list[str]]:

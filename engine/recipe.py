@@ -254,6 +254,24 @@ class Recipe:
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
 
+    def resolved(self) -> Recipe:
+        """The recipe with local paths made absolute, so its saved copy runs from any folder."""
+        base = Path(self.base_dir).resolve()
+
+        def absolute(source: str) -> str:
+            if source.startswith(("hub:", "packaged:")):
+                return source
+            return str((base / Path(source).expanduser()).resolve())
+
+        corpus = self.corpus
+        validation = (corpus.validation if isinstance(corpus.validation, float)
+                      else tuple(map(absolute, corpus.validation)))
+        return dataclasses.replace(
+            self, base_dir=str(base),
+            teacher=dataclasses.replace(self.teacher, source=absolute(self.teacher.source)),
+            run=dataclasses.replace(self.run, runs_dir=absolute(self.run.runs_dir)),
+            corpus=dataclasses.replace(corpus, train=tuple(map(absolute, corpus.train)), validation=validation))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str | Path = ".") -> Recipe:
         _check(isinstance(data, dict), "a recipe must be a table of tables (teacher, corpus, stages...)")

@@ -157,5 +157,13 @@ def load_model(path: Path, allow_pickle: bool = False, source: str = "") -> Load
     return LoadedModel(model, tokenizer, adapter, source or str(path))
 
 
+def source_shape(source: str, allow_pickle: bool = False):
+    """The `Shape` of a teacher source, read from its config and weight names (no weights loaded)."""
+    from engine.shapes import Shape
+
+    info = inspect_folder(resolve_source(source), allow_pickle)
+    return Shape.from_config(info.config, info.mlm_head, info.pooler)
+
+
 def load_teacher(source: str, allow_pickle: bool = False) -> LoadedModel:
     return load_model(resolve_source(source), allow_pickle, source)
