@@ -47,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from engine import pipeline
-    from engine.events import CancelToken, ConsoleSink, FanOut
     from engine.recipe import Recipe
 
     if (args.recipe is None) == (args.resume is None):
         raise RecipeError("give a recipe file or --resume RUN_DIR (not both)")
     recipe = Recipe.load(args.recipe) if args.recipe else None  # the pipeline checks it before writing
+
+    from engine import pipeline
+    from engine.events import CancelToken, ConsoleSink, FanOut
     token = CancelToken()
 
     def interrupt(_signum, _frame):

@@ -8,6 +8,7 @@ that another process writes.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -24,7 +25,9 @@ class Event:
     time: float = field(default_factory=time.time, kw_only=True)
 
     def to_json(self) -> str:
-        return json.dumps({"event": self.kind, **asdict(self)}, ensure_ascii=False)
+        """Strict JSON: non-finite numbers become null."""
+        data = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return json.dumps({"event": self.kind, **data}, ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ class ConsoleSink:
         if isinstance(event, Failure):
             return f"error: {event.message}"
         if isinstance(event, RunFinished):
-            return f"run {event.status}" + (f": {event.message}" if event.message else "")
+            return f"run {event.status}"
         return None
 
 
