@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 failed (one-line reason on stderr), 2 invalid recipe or ar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="compress a teacher as a recipe says")
     run.add_argument("recipe", nargs="?", type=Path, help="recipe .toml/.json (not needed with --resume)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed or cancelled run")
+    run.add_argument("--runs-dir", type=Path, metavar="DIR", help="where the run folder goes (default: the recipe's)")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     estimate = commands.add_parser("estimate", help="parameters and bytes per stage, without training")
@@ -52,6 +54,8 @@ def _run(args) -> int:
     if (args.recipe is None) == (args.resume is None):
         raise RecipeError("give a recipe file or --resume RUN_DIR (not both)")
     recipe = Recipe.load(args.recipe) if args.recipe else None  # the pipeline checks it before writing
+    if recipe is not None and args.runs_dir is not None:
+        recipe = recipe.replace(run=dataclasses.replace(recipe.run, runs_dir=str(args.runs_dir.resolve())))
 
     from engine import pipeline
     from engine.events import CancelToken, ConsoleSink, FanOut

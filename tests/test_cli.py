@@ -129,11 +129,12 @@ def test_bad_input_gets_one_line_and_exit_code(tmp_path, tiny_models, corpus, ca
 def test_run_then_estimate_matches_real_parameter_counts(tmp_path, tiny_models, corpus):
     teacher = tiny_models["bert"]
     write(tmp_path / "r.toml", recipe_toml(teacher, corpus, four_stages(), verify=False))
-    done = cli(tmp_path, "run", "r.toml")
+    done = cli(tmp_path, "run", "r.toml", "--runs-dir", "elsewhere-runs")
     assert done.returncode == 0, done.stderr
     run_dir = Path(done.stdout.strip())
     assert done.stdout.strip().splitlines() == [str(run_dir)]
-    assert run_dir.parent == tmp_path / "runs" and (run_dir / "manifest.json").is_file()
+    assert run_dir.parent == tmp_path / "elsewhere-runs" and (run_dir / "manifest.json").is_file()
+    assert not (tmp_path / "runs").exists()
     assert "run completed" in done.stderr
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed"
