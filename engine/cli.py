@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import MiniGlotError, RecipeError
+from engine.recipe import EVAL_TASKS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("model", help="model folder, packaged:<name> or hub:<id>")
     inspect.add_argument("--json", action="store_true")
 
+    evaluate = commands.add_parser("eval", help="fine-tune and score models on a downstream task")
+    which = evaluate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--models", nargs="+", metavar="M", help="model folders or teacher sources (first = reference)")
+    which.add_argument("--run", type=Path, metavar="RUN_DIR", help="the teacher and every stage student of a run")
+    evaluate.add_argument("--task", action="append", required=True, choices=EVAL_TASKS,
+                          help="repeat --task/--data for several tasks")
+    evaluate.add_argument("--data", action="append", required=True, metavar="PATH_OR_HUB_ID")
+    evaluate.add_argument("--seeds", type=int, default=3)
+    evaluate.add_argument("--epochs", type=int, default=0, help="0: the task's default")
+    evaluate.add_argument("--mode", choices=("full", "head_only"), default="full")
+    evaluate.add_argument("--out", type=Path, help="results folder (default: RUN_DIR/eval, or ./eval)")
+    evaluate.add_argument("--no-speed", action="store_true", help="skip the latency/throughput measurement")
+    evaluate.add_argument("--no-intrinsic", action="store_true", help="skip teacher–student fidelity")
+    evaluate.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
     args = parser.parse_args(argv)
     try:
-        return {"run": _run, "estimate": _estimate, "inspect": _inspect}[args.command](args)
+        return {"run": _run, "estimate": _estimate, "inspect": _inspect, "eval": _eval}[args.command](args)
     except MiniGlotError as exc:
         print(f"miniglot-cli: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -58,7 +75,18 @@ def _run(args) -> int:
         recipe = recipe.replace(run=dataclasses.replace(recipe.run, runs_dir=str(args.runs_dir.resolve())))
 
     from engine import pipeline
-    from engine.events import CancelToken, ConsoleSink, FanOut
+    from engine.events import ConsoleSink, FanOut
+    token = _cancel_on_sigint()
+    sink = FanOut() if args.quiet else FanOut(ConsoleSink())
+    run_dir = pipeline.run(recipe, sink, token, resume=args.resume)
+    print(run_dir)
+    return 0
+
+
+def _cancel_on_sigint():
+    """A CancelToken that the first Ctrl-C sets; a second one stops at once."""
+    from engine.events import CancelToken
+
     token = CancelToken()
 
     def interrupt(_signum, _frame):
@@ -68,9 +96,29 @@ def _run(args) -> int:
         token.cancel()
 
     signal.signal(signal.SIGINT, interrupt)
-    sink = FanOut() if args.quiet else FanOut(ConsoleSink())
-    run_dir = pipeline.run(recipe, sink, token, resume=args.resume)
-    print(run_dir)
+    return token
+
+
+def _eval(args) -> int:
+    from engine.evaluate.report import markdown
+    from engine.evaluate.runner import EvalPlan, evaluate, run_models, source_models
+    from engine.events import ConsoleSink, FanOut
+
+    if len(args.task) != len(args.data):
+        raise RecipeError(f"give one --data per --task ({len(args.task)} tasks, {len(args.data)} data)")
+    if args.seeds < 1 or args.epochs < 0:
+        raise RecipeError("--seeds must be at least 1 and --epochs 0 or more")
+    models = run_models(args.run) if args.run else source_models(args.models)
+    out = args.out or (args.run / "eval" if args.run else Path("eval"))
+    plan = EvalPlan(tuple(models), tuple(zip(args.task, args.data, strict=True)), args.seeds, args.epochs,
+                    args.mode, intrinsic=not args.no_intrinsic, speed=not args.no_speed)
+    token = _cancel_on_sigint()
+    summary = evaluate(plan, out, FanOut() if args.quiet else FanOut(ConsoleSink()), token)
+    if args.json:
+        print(json.dumps({"results": summary["results"], "models": summary["models"]}))
+    else:
+        print(markdown(summary))
+        print(f"results: {out}")
     return 0
 
 

@@ -21,6 +21,10 @@ class CorpusError(MiniGlotError):
     """A corpus cannot be read or is unusable."""
 
 
+class TaskDataError(MiniGlotError):
+    """Labelled task data (evaluation) cannot be read or is unusable."""
+
+
 class VerificationError(MiniGlotError):
     """A written model does not reload or does not match its in-memory twin."""
 

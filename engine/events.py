@@ -94,6 +94,17 @@ class Artifact(Event):
 
 
 @dataclass(frozen=True)
+class EvalResult(Event):
+    """One model × task × seed scored on the test split (metrics are fractions in [0, 1])."""
+
+    kind: ClassVar[str] = "eval_result"
+    model: str
+    task: str
+    seed: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Log(Event):
     kind: ClassVar[str] = "log"
     message: str
@@ -111,7 +122,8 @@ class Failure(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, RunFinished, StageStarted, StageFinished, Progress, Metric, Artifact, Log, Failure)
+    for cls in (RunStarted, RunFinished, StageStarted, StageFinished, Progress, Metric, Artifact, EvalResult,
+                Log, Failure)
 }
 
 
@@ -212,6 +224,9 @@ class ConsoleSink:
             return f"[{event.index:02d} {event.stage}] {event.split} {event.name} = {event.value:.4g}"
         if isinstance(event, Artifact):
             return f"[{event.index:02d} {event.stage}] wrote {event.path} ({event.params:,} params)"
+        if isinstance(event, EvalResult):
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
+            return f"[eval] {event.task} {event.model} seed {event.seed}: {scores}"
         if isinstance(event, Log):
             return f"{event.level}: {event.message}"
         if isinstance(event, Failure):

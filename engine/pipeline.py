@@ -122,6 +122,9 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
                                   str(model_dir))
             teacher = current if stage.kind == "adapt" else teacher
             sink.emit(StageFinished(index=index, stage=stage.kind, status="completed"))
+        current_index = 0
+        if recipe.evaluation is not None:
+            manifest.update(evaluation=_evaluate(recipe, run_dir, sink, token))
     except BaseException as exc:
         status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"
         message = _explain(exc, run_dir)
@@ -141,6 +144,17 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
     manifest.update(status="completed", message="")
     sink.emit(RunFinished(status="completed"))
     return run_dir
+
+
+def _evaluate(recipe: Recipe, run_dir: Path, sink: EventSink, token: CancelToken) -> dict[str, Any]:
+    """The recipe's [evaluation] over the teacher and every stage student, into `eval/`."""
+    from engine.evaluate.runner import EvalPlan, evaluate, run_models
+
+    cfg = recipe.evaluation
+    plan = EvalPlan(tuple(run_models(run_dir)), tuple(zip(cfg.tasks, cfg.data, strict=True)), cfg.seeds, cfg.epochs,
+                    cfg.mode, cfg.intrinsic, cfg.speed)
+    summary = evaluate(plan, run_dir / "eval", sink, token)
+    return {"summary": "eval/summary.json", "results": summary["results"]}
 
 
 def _explain(exc: BaseException, run_dir: Path) -> str:

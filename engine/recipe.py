@@ -217,6 +217,33 @@ class TrimVocabStage(Stage):
         _check(self.size >= 1, "trim_vocab.size must be positive")
 
 
+EVAL_TASKS = ("pos", "ner", "sentiment", "topic")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Downstream evaluation after the last stage: `tasks[i]` is scored on the data at `data[i]`."""
+
+    tasks: tuple[str, ...] = ()
+    data: tuple[str, ...] = ()
+    seeds: int = 3
+    epochs: int = 0  # 0: the task's default
+    mode: str = "full"  # full | head_only
+    intrinsic: bool = True  # representation fidelity (and MLM metrics when there is a head)
+    speed: bool = True  # CPU latency and throughput, as ratios to the teacher
+
+    def __post_init__(self) -> None:
+        _check(len(self.tasks) > 0, "evaluation.tasks is empty: list tasks such as [\"pos\", \"topic\"]")
+        _check(len(self.tasks) == len(self.data),
+               f"evaluation.tasks has {len(self.tasks)} entries but evaluation.data has {len(self.data)}: "
+               "give one data folder, file or hub id per task")
+        for task in self.tasks:
+            _one_of("evaluation.tasks", task, EVAL_TASKS)
+        _check(self.seeds >= 1, "evaluation.seeds must be at least 1")
+        _check(self.epochs >= 0, "evaluation.epochs must be 0 (task default) or more")
+        _one_of("evaluation.mode", self.mode, ("full", "head_only"))
+
+
 STAGE_TYPES: dict[str, type[Stage]] = {
     cls.kind: cls for cls in (AdaptStage, DistillStage, PruneStage, ShrinkStage, TrimVocabStage)
 }
@@ -229,6 +256,7 @@ class Recipe:
     corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(train=("corpus.txt",)))
     stages: tuple[Stage, ...] = ()
     run: RunConfig = field(default_factory=RunConfig)
+    evaluation: EvaluationConfig | None = None
     base_dir: str = field(default=".", compare=False)  # where relative corpus paths resolve
 
     def __post_init__(self) -> None:
@@ -243,6 +271,8 @@ class Recipe:
             out[name] = _plain(getattr(self, name))
         out["run"] = _plain(self.run)
         out["stages"] = [{"kind": s.kind, **_plain(s)} for s in self.stages]
+        if self.evaluation is not None:
+            out["evaluation"] = _plain(self.evaluation)
         return out
 
     def to_toml(self) -> str:
@@ -266,8 +296,11 @@ class Recipe:
         corpus = self.corpus
         validation = (corpus.validation if isinstance(corpus.validation, float)
                       else tuple(map(absolute, corpus.validation)))
+        evaluation = self.evaluation
+        if evaluation is not None:
+            evaluation = dataclasses.replace(evaluation, data=tuple(map(absolute, evaluation.data)))
         return dataclasses.replace(
-            self, base_dir=str(base),
+            self, base_dir=str(base), evaluation=evaluation,
             teacher=dataclasses.replace(self.teacher, source=absolute(self.teacher.source)),
             run=dataclasses.replace(self.run, runs_dir=absolute(self.run.runs_dir)),
             corpus=dataclasses.replace(corpus, train=tuple(map(absolute, corpus.train)), validation=validation))
@@ -278,12 +311,14 @@ class Recipe:
         data = dict(data)
         sections = {"teacher": TeacherConfig, "language": LanguageConfig, "corpus": CorpusConfig,
                     "run": RunConfig}
-        unknown = set(data) - set(sections) - {"stages"}
+        unknown = set(data) - set(sections) - {"stages", "evaluation"}
         if unknown:
             raise RecipeError(f"unknown table or key {sorted(unknown)[0]!r} at the top of the recipe; "
-                              f"known: {', '.join([*sections, 'stages'])}")
+                              f"known: {', '.join([*sections, 'stages', 'evaluation'])}")
         built: dict[str, Any] = {name: _build(kind, data.get(name, {}), name)
                                  for name, kind in sections.items()}
+        if "evaluation" in data:
+            built["evaluation"] = _build(EvaluationConfig, data["evaluation"], "evaluation")
         stages = []
         _check(isinstance(data.get("stages", []), list), "stages must be a list of [[stages]] tables")
         for i, raw in enumerate(data.get("stages", []), start=1):

@@ -1,0 +1,334 @@
+"""Fine-tune one model on one task with one seed, select the epoch on dev, score test.
+
+Defaults per task, chosen so ~1k-sentence sets converge on 2 CPU cores in minutes for a
+6-layer/384 model (the paper used 20 epochs for classification and 100 for token tasks with
+adapters; full fine-tuning of a small encoder needs far fewer):
+
+| task            | epochs | lr (full) | lr (head_only) | batch | patience | dev metric |
+|-----------------|--------|-----------|----------------|-------|----------|------------|
+| sentiment/topic | 10     | 5e-5      | 1e-3           | 16    | 3        | macro_f1   |
+| pos             | 10     | 5e-5      | 1e-3           | 16    | 3        | accuracy   |
+| ner             | 10     | 5e-5      | 1e-3           | 16    | 3        | f1         |
+
+Training: fused AdamW (weight decay 0.01, none on biases and LayerNorms), linear schedule with 10%
+warmup, gradient clipping at 1.0, length-grouped dynamically padded batches in an order derived
+from the seed and epoch. After each epoch the dev set is scored; the best epoch's weights are
+restored (early stopping after `patience` epochs without improvement) and the test set is scored.
+
+Token tasks (pos, ner) label the first sub-token of each word and ignore the others (-100); a
+word's prediction is its first sub-token's. Words with no sub-token in the model input (cut by
+`max_length`, or normalised away by the tokenizer) are predicted as the most frequent train tag,
+so scores always count every gold word.
+
+`head_only` freezes the embeddings and encoder layers and trains the rest: the classifier and,
+where the model has one, the pooler (newly initialised when the folder has no pooler weights).
+
+Runs are deterministic for a fixed seed on CPU: python, numpy and torch are seeded before the
+task head is created, and batch orders come from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from engine.data.batches import IGNORE_INDEX, length_grouped_batches, pad_batch
+from engine.data.corpus import derive_seed
+from engine.data.tasks import TaskData
+from engine.errors import ModelError, TaskDataError
+from engine.evaluate.metrics import classification_metrics, ner_metrics, pos_metrics
+from engine.events import CancelToken
+from engine.models.loading import inspect_folder
+
+MODES = ("full", "head_only")
+MAIN_METRIC = {"sentiment": "macro_f1", "topic": "macro_f1", "pos": "accuracy", "ner": "f1"}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
+                   "vocab.json")
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
+WEIGHT_DECAY = 0.01
+WARMUP_RATIO = 0.1
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class Defaults:
+    epochs: int
+    learning_rate: float
+    head_only_learning_rate: float
+    batch_size: int
+    patience: int
+
+
+DEFAULTS = {
+    "sentiment": Defaults(10, 5e-5, 1e-3, 16, 3),
+    "topic": Defaults(10, 5e-5, 1e-3, 16, 3),
+    "pos": Defaults(10, 5e-5, 1e-3, 16, 3),
+    "ner": Defaults(10, 5e-5, 1e-3, 16, 3),
+}
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One fine-tuning run: test metrics of the best dev epoch (1-based) and the run's bookkeeping."""
+
+    metrics: dict[str, float]
+    dev_metrics: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    train_size: int
+    dev_size: int
+    test_size: int
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Model inputs of one split. Token tasks: `targets` per token (-100 where ignored) and each
+    word's first sub-token position (None when absent); text tasks: one target per example."""
+
+    input_ids: list[list[int]]
+    targets: list[Any]
+    word_positions: list[list[int | None]] | None = None
+
+
+def finetune(
+    model_dir: Path,
+    data: TaskData,
+    seed: int,
+    *,
+    mode: str = "full",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    max_length: int = 128,
+    patience: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[dict], None] | None = None,
+    token: CancelToken | None = None,
+) -> SeedResult:
+    """Fine-tune the model in `model_dir` on `data`; None arguments take the task's DEFAULTS.
+
+    `progress` receives {"kind": "step", "epoch", "epochs", "step", "steps", "loss"} after each
+    optimiser step and {"kind": "epoch", ..., "dev_score", "dev_metrics", "metric"} after each epoch.
+    """
+    started = time.perf_counter()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if data.task not in DEFAULTS:
+        raise TaskDataError(f"unknown task {data.task!r}; expected one of {tuple(DEFAULTS)}")
+    for split in ("train", "dev", "test"):
+        if not getattr(data, split):
+            raise TaskDataError(f"{data.source}: the {split} split is empty")
+    train_labels = {t for ex in data.train for t in ex.tags} if data.is_token_task else {ex.label for ex in data.train}
+    unknown = train_labels - set(data.labels)
+    if unknown:
+        raise TaskDataError(f"{data.source}: train labels missing from the label set: {sorted(unknown)}")
+    defaults = DEFAULTS[data.task]
+    epochs = defaults.epochs if epochs is None else epochs
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    patience = defaults.patience if patience is None else patience
+    if learning_rate is None:
+        learning_rate = defaults.head_only_learning_rate if mode == "head_only" else defaults.learning_rate
+    if epochs < 1 or batch_size < 1 or patience < 1:
+        raise ValueError("epochs, batch_size and patience must be >= 1")
+
+    _seed_everything(seed)
+    tokenizer, model = load_for_task(Path(model_dir), data)
+    max_length = min(max_length, _max_positions(model.config))
+    model.to(device)
+    if mode == "head_only":
+        freeze_encoder(model)
+
+    train = encode(tokenizer, data, data.train, max_length)
+    dev = encode(tokenizer, data, data.dev, max_length)
+    test = encode(tokenizer, data, data.test, max_length)
+    fallback = most_frequent_tag(data) if data.is_token_task else ""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
+    ], lr=learning_rate, fused=True)  # one pass per tensor: ~6x faster than the default on CPU
+    steps_per_epoch = len(length_grouped_batches(train.input_ids, batch_size, seed))
+    total_steps = epochs * steps_per_epoch
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total_steps), total_steps)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    metric = MAIN_METRIC[data.task]
+
+    def evaluate(enc: Encoded, examples: Sequence[Any]) -> dict[str, float]:
+        return score(data.task, examples, predict(model, enc, data, fallback, batch_size, pad_id, device, token))
+
+    step, best_score, best_epoch, best_state, best_dev, epoch = 0, -1.0, 0, None, {}, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for indices in length_grouped_batches(train.input_ids, batch_size, derive_seed(seed, "finetune", epoch)):
+            if token is not None:
+                token.raise_if_cancelled()
+            batch = {k: v.to(device) for k, v in pad_batch(train.input_ids, indices, pad_id).items()}
+            logits = model(**batch).logits
+            targets = _targets(train, indices, batch["input_ids"].shape[1]).to(device)
+            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            if (targets != IGNORE_INDEX).any():  # else the loss is NaN (no labelled position)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for _, p in named], MAX_GRAD_NORM)
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if progress is not None:
+                progress({"kind": "step", "epoch": epoch, "epochs": epochs, "step": step, "steps": total_steps,
+                          "loss": loss.item()})
+        dev_metrics = evaluate(dev, data.dev)
+        if dev_metrics[metric] > best_score:
+            best_score, best_epoch, best_dev = dev_metrics[metric], epoch, dev_metrics
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if progress is not None:
+            progress({"kind": "epoch", "epoch": epoch, "epochs": epochs, "step": step, "steps": total_steps,
+                      "dev_score": dev_metrics[metric], "dev_metrics": dev_metrics, "metric": metric})
+        if epoch - best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    return SeedResult(
+        metrics=evaluate(test, data.test), dev_metrics=best_dev, best_epoch=best_epoch, epochs_run=epoch,
+        seconds=time.perf_counter() - started, train_size=len(data.train), dev_size=len(data.dev),
+        test_size=len(data.test), labels=tuple(data.labels),
+    )
+
+
+def load_for_task(model_dir: Path, data: TaskData) -> tuple[Any, nn.Module]:
+    """The folder's fast tokenizer and the model with a new task head for `data.labels`."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+    info = inspect_folder(model_dir)  # clear errors for a missing config, no weights or pickled weights
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{model_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                         "save the model's tokenizer into the folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"{model_dir}: cannot load the tokenizer ({exc})") from None
+    if not tokenizer.is_fast:
+        raise ModelError(f"{model_dir}: only a slow tokenizer is available; a fast tokenizer.json is needed")
+    if len(tokenizer) > info.config.vocab_size:
+        raise ModelError(f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model only "
+                         f"{info.config.vocab_size} embedding rows; they do not belong together")
+    labels = list(data.labels)
+    auto = AutoModelForTokenClassification if data.is_token_task else AutoModelForSequenceClassification
+    model = auto.from_pretrained(
+        model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, use_safetensors=True, trust_remote_code=False,
+    )
+    return tokenizer, model
+
+
+def freeze_encoder(model: nn.Module) -> None:
+    """Freeze embeddings and encoder layers; the classifier (and pooler, if any) stay trainable."""
+    base = model.base_model
+    for module in (base.embeddings, base.encoder):
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def encode(tokenizer: Any, data: TaskData, examples: Sequence[Any], max_length: int) -> Encoded:
+    """Token ids and targets of `examples`; labels outside `data.labels` get target -100 (dev and test
+    are scored on label strings, and `finetune` rejects such labels in train)."""
+    label_id = {label: i for i, label in enumerate(data.labels)}
+    if not data.is_token_task:
+        enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=max_length,
+                        return_attention_mask=False, return_token_type_ids=False)
+        targets = [label_id.get(ex.label, IGNORE_INDEX) for ex in examples]
+        return Encoded([list(ids) for ids in enc["input_ids"]], targets)
+    words = [list(ex.words) for ex in examples]
+    tags = [[label_id.get(t, IGNORE_INDEX) for t in ex.tags] for ex in examples]
+    return align_words(tokenizer, words, tags, max_length)
+
+
+def align_words(tokenizer: Any, words: list[list[str]], tags: list[list[int]], max_length: int) -> Encoded:
+    """Sub-word ids with each word's tag on its first sub-token only (others -100)."""
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+                    return_attention_mask=False, return_token_type_ids=False)
+    targets, positions = [], []
+    for i, sentence_tags in enumerate(tags):
+        word_ids = enc.word_ids(i)
+        first: list[int | None] = [None] * len(sentence_tags)
+        row = [IGNORE_INDEX] * len(word_ids)
+        for pos, w in enumerate(word_ids):
+            if w is not None and first[w] is None:
+                first[w] = pos
+                row[pos] = sentence_tags[w]
+        targets.append(row)
+        positions.append(first)
+    return Encoded([list(ids) for ids in enc["input_ids"]], targets, positions)
+
+
+def words_from_tokens(token_preds: Sequence[int], positions: Sequence[int | None], labels: Sequence[str],
+                      fallback: str) -> list[str]:
+    """One tag per word: its first sub-token's prediction, or `fallback` when it has no sub-token."""
+    return [fallback if pos is None else labels[token_preds[pos]] for pos in positions]
+
+
+def most_frequent_tag(data: TaskData) -> str:
+    """The most frequent train tag (ties: first in `data.labels`)."""
+    counts = Counter(t for ex in data.train for t in ex.tags)
+    return max(data.labels, key=lambda label: (counts[label], -data.labels.index(label)))
+
+
+def predict(model: nn.Module, enc: Encoded, data: TaskData, fallback: str, batch_size: int, pad_id: int,
+            device: str | torch.device, token: CancelToken | None = None) -> list[Any]:
+    """Predicted label per example (text tasks) or per word (token tasks), in input order."""
+    model.eval()
+    out: list[Any] = [None] * len(enc.input_ids)
+    with torch.no_grad():
+        for indices in length_grouped_batches(enc.input_ids, batch_size, 0, shuffle=False):
+            if token is not None:
+                token.raise_if_cancelled()
+            batch = {k: v.to(device) for k, v in pad_batch(enc.input_ids, indices, pad_id).items()}
+            preds = model(**batch).logits.argmax(-1).cpu().tolist()
+            for i, p in zip(indices, preds, strict=True):
+                if enc.word_positions is None:
+                    out[i] = data.labels[p]
+                else:
+                    out[i] = words_from_tokens(p, enc.word_positions[i], data.labels, fallback)
+    return out
+
+
+def score(task: str, examples: Sequence[Any], predictions: list[Any]) -> dict[str, float]:
+    """The task's metrics of `predictions` against the gold labels of `examples`."""
+    if task == "pos":
+        return pos_metrics([ex.tags for ex in examples], predictions)
+    if task == "ner":
+        return ner_metrics([ex.tags for ex in examples], predictions)
+    return classification_metrics([ex.label for ex in examples], predictions)
+
+
+def _targets(enc: Encoded, indices: Sequence[int], width: int) -> torch.Tensor:
+    if enc.word_positions is None:
+        return torch.tensor([enc.targets[i] for i in indices], dtype=torch.long)
+    out = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
+    for r, i in enumerate(indices):
+        out[r, : len(enc.targets[i])] = torch.as_tensor(enc.targets[i], dtype=torch.long)
+    return out
+
+
+def _max_positions(config: Any) -> int:
+    """Longest input the position embeddings allow (RoBERTa-style models offset positions by pad id + 1)."""
+    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+    return config.max_position_embeddings - offset
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

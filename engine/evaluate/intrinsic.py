@@ -1,0 +1,200 @@
+"""Intrinsic metrics on held-out text: masked-token accuracy, pseudo-perplexity, and how faithfully a
+student reproduces its teacher's representations.
+
+The MLM metrics need an MLM head (`LoadedModel.has_mlm_head`); they raise `ModelError` for a bare
+encoder, so callers check `has_mlm_head` first. Every function runs in eval mode under
+`torch.inference_mode` on the model's own device and restores the model's training flag afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.data.batches import IGNORE_INDEX, BatchStream, pad_batch, tokenize
+from engine.errors import CorpusError, ModelError
+from engine.models.loading import LoadedModel
+
+MLM_PROBABILITY = 0.15
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and inference mode for the duration; the training flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _texts(texts: Sequence[str], metric: str) -> list[str]:
+    kept = [t for t in texts if t.strip()]
+    if not kept:
+        raise CorpusError(f"{metric}: no held-out text (all {len(texts)} texts are empty)")
+    return kept
+
+
+def _mlm_head(model: LoadedModel, metric: str) -> nn.Module:
+    head = model.adapter.mlm_module(model.model)
+    if head is None:
+        raise ModelError(f"{metric} needs an MLM head, and {model.source or 'this model'} has none "
+                         "(it is a bare encoder)")
+    if model.tokenizer.mask_token_id is None:
+        raise ModelError(f"{metric}: the tokenizer of {model.source or 'this model'} has no mask token")
+    return head
+
+
+def masked_token_accuracy(model: LoadedModel, texts: Sequence[str], *, max_length: int = 128,
+                          batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Share of masked positions where the model's top prediction is the original token.
+
+    Masking is BERT's (15% of non-special tokens, at least one per text; of those 80% become the
+    mask token, 10% a random token, 10% stay) from `BatchStream` with `seed`, so the same texts and
+    seed give the same positions on every run and for every model sharing a tokenizer. Returns
+    `accuracy`, `loss` (mean cross-entropy at the masked positions), `masked_tokens` and `texts`.
+    Raises ModelError when the model has no MLM head.
+    """
+    head = _mlm_head(model, "masked-token accuracy")
+    texts = _texts(texts, "masked-token accuracy")
+    stream = BatchStream(model.tokenizer, texts, max_length, batch_size, seed, mlm_probability=MLM_PROBABILITY)
+    base, device = model.adapter.base(model.model), device_of(model.model)
+    correct, total, nll = 0, 0, 0.0
+    with evaluating(model.model):
+        for step in range(stream.batches_per_epoch):
+            batch = stream.batch(step).to(device)
+            picked = batch.labels != IGNORE_INDEX
+            hidden = base(**batch.inputs).last_hidden_state[picked]
+            logits, targets = head(hidden).float(), batch.labels[picked]
+            correct += int((logits.argmax(dim=-1) == targets).sum())
+            nll += float(F.cross_entropy(logits, targets, reduction="sum"))
+            total += targets.numel()
+    if total == 0:
+        raise CorpusError("masked-token accuracy: the texts have no maskable (non-special) tokens")
+    return {"accuracy": correct / total, "loss": nll / total, "masked_tokens": total, "texts": len(texts)}
+
+
+def pseudo_perplexity(model: LoadedModel, texts: Sequence[str], *, max_sentences: int = 64,
+                      max_length: int = 64) -> float:
+    """Pseudo-perplexity (Salazar et al. 2020): exp of the mean, over all scored tokens, of
+    −log p(token | text with only that token masked).
+
+    The first `max_sentences` non-empty texts are tokenised (truncated to `max_length`); every
+    non-special token (special tokens, including the unknown token, are excluded) is masked in turn,
+    with all single-mask copies of a sentence run as one batch. Raises ModelError without an MLM head.
+    """
+    head = _mlm_head(model, "pseudo-perplexity")
+    texts = _texts(texts, "pseudo-perplexity")[:max_sentences]
+    tokenizer, base, device = model.tokenizer, model.adapter.base(model.model), device_of(model.model)
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    nll, count = 0.0, 0
+    with evaluating(model.model):
+        for ids in tokenize(tokenizer, texts, max_length):
+            ids_t = torch.tensor(ids, dtype=torch.long)
+            positions = (~torch.isin(ids_t, special)).nonzero().squeeze(1)
+            if positions.numel() == 0:
+                continue
+            rows = torch.arange(positions.numel())
+            copies = ids_t.repeat(positions.numel(), 1)
+            copies[rows, positions] = tokenizer.mask_token_id
+            hidden = base(input_ids=copies.to(device),
+                          attention_mask=torch.ones_like(copies, device=device)).last_hidden_state
+            logits = head(hidden[rows.to(device), positions.to(device)]).float()
+            nll += float(F.cross_entropy(logits, ids_t[positions].to(device), reduction="sum"))
+            count += positions.numel()
+    if count == 0:
+        raise CorpusError("pseudo-perplexity: the texts have no scorable (non-special) tokens")
+    return math.exp(nll / count)
+
+
+def _states(model: LoadedModel, ids: list[list[int]], indices: list[int],
+            device: torch.device) -> tuple[Tensor, Tensor]:
+    """Last hidden states (float) and attention mask of the texts `indices`, padded to their longest."""
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    batch = pad_batch(ids, indices, pad_id)
+    mask = batch["attention_mask"].to(device)
+    hidden = model.adapter.base(model.model)(input_ids=batch["input_ids"].to(device), attention_mask=mask)
+    return hidden.last_hidden_state.float(), mask
+
+
+def _mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _similarity_correlation(a: Tensor, b: Tensor) -> float | None:
+    """Pearson correlation of the upper triangles of the texts' cosine-similarity matrices."""
+    if a.shape[0] < 3:
+        return None
+    upper = torch.triu_indices(a.shape[0], a.shape[0], offset=1)
+    sims = []
+    for emb in (a, b):
+        unit = F.normalize(emb.double(), dim=-1)
+        sims.append((unit @ unit.T)[upper[0], upper[1]])
+    x, y = (s - s.mean() for s in sims)
+    denominator = float(x.norm() * y.norm())
+    return float(x @ y) / denominator if denominator > 0 else None
+
+
+def representation_fidelity(teacher: LoadedModel, student: LoadedModel, texts: Sequence[str], *,
+                            max_length: int = 128, batch_size: int = 16) -> dict[str, Any]:
+    """How closely the student's last hidden states follow the teacher's on the same texts.
+
+    Each model tokenises the texts with its own tokenizer. Sentence embeddings are the mean of the
+    last hidden states over real (attention-mask) tokens, special tokens included.
+
+    - `similarity_correlation` (always, when there are >= 3 texts; else None): for each model the
+      cosine-similarity matrix of the texts' sentence embeddings; the Pearson correlation of the two
+      matrices' upper triangles. It needs no common space, so it also compares models of different
+      widths.
+    - `sentence_cosine`: mean over texts of the cosine between teacher and student sentence
+      embeddings. None when hidden sizes differ: nothing is fitted to map one space onto the other.
+    - `token_cosine`: mean over tokens of the cosine between teacher and student token states, over
+      the texts whose token strings are identical for both tokenizers (e.g. after vocabulary
+      trimming that did not change the segmentation). None when widths differ or no text aligns.
+    - `aligned_fraction`: the share of texts whose token strings are identical.
+    - `texts`: the number of non-empty texts compared.
+    """
+    texts = _texts(texts, "representation fidelity")
+    t_ids = tokenize(teacher.tokenizer, texts, max_length)
+    s_ids = tokenize(student.tokenizer, texts, max_length)
+    aligned = [teacher.tokenizer.convert_ids_to_tokens(a) == student.tokenizer.convert_ids_to_tokens(b)
+               for a, b in zip(t_ids, s_ids, strict=True)]
+    same_width = teacher.config.hidden_size == student.config.hidden_size
+    t_device, s_device = device_of(teacher.model), device_of(student.model)
+    t_embs, s_embs, token_cos = [], [], []
+    with evaluating(teacher.model), evaluating(student.model):
+        for start in range(0, len(texts), batch_size):
+            indices = list(range(start, min(start + batch_size, len(texts))))
+            t_hidden, t_mask = _states(teacher, t_ids, indices, t_device)
+            s_hidden, s_mask = _states(student, s_ids, indices, s_device)
+            t_embs.append(_mean_pool(t_hidden, t_mask).cpu())
+            s_embs.append(_mean_pool(s_hidden, s_mask).cpu())
+            if not same_width:
+                continue
+            for row, index in enumerate(indices):
+                if aligned[index]:
+                    n = len(t_ids[index])
+                    token_cos.append(F.cosine_similarity(t_hidden[row, :n].cpu(), s_hidden[row, :n].cpu(), dim=-1))
+    t_emb, s_emb = torch.cat(t_embs), torch.cat(s_embs)
+    sentence_cosine = float(F.cosine_similarity(t_emb, s_emb, dim=-1).mean()) if same_width else None
+    token_cosine = float(torch.cat(token_cos).mean()) if token_cos else None
+    return {
+        "sentence_cosine": sentence_cosine,
+        "token_cosine": token_cosine,
+        "similarity_correlation": _similarity_correlation(t_emb, s_emb),
+        "aligned_fraction": sum(aligned) / len(texts),
+        "texts": len(texts),
+    }

@@ -1,0 +1,74 @@
+"""Summary tables: rows = models, columns = task scores, drop vs the teacher, size and speed-up."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.runfolder import atomic_write_text
+
+#: The score a table shows per task (the others stay in summary.json).
+HEADLINE = {"pos": "accuracy", "ner": "f1", "sentiment": "macro_f1", "topic": "macro_f1"}
+
+
+def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table, as display strings."""
+    results = {(r["model"], r["task"], r["metric"]): r for r in summary["results"]}
+    tasks = list(dict.fromkeys(r["task"] for r in summary["results"]))
+    teacher = summary["teacher"]
+    header = ["model"]
+    for task in tasks:
+        metric = HEADLINE[task]
+        header += [f"{task} {metric}", f"{task} drop (pts)", f"{task} drop (%)"]
+    header += ["params (M)", "size (MB)", "speed-up (latency)", "speed-up (throughput)"]
+    rows = []
+    for model in summary["models"]:
+        row = [model["name"]]
+        for task in tasks:
+            metric = HEADLINE[task]
+            own, ref = results.get((model["name"], task, metric)), results.get((teacher, task, metric))
+            if own is None:
+                row += ["", "", ""]
+                continue
+            row.append(f"{100 * own['mean']:.1f} ± {100 * own['std']:.1f}")
+            if ref is None or model["name"] == teacher:
+                row += ["", ""]
+            else:
+                drop = 100 * (ref["mean"] - own["mean"])
+                row += [f"{drop:+.1f}", f"{100 * drop / (100 * ref['mean']):+.1f}" if ref["mean"] else ""]
+        row += [f"{model['params'] / 1e6:.1f}", f"{model['bytes'] / 1e6:.1f}",
+                _ratio(model.get("speedup_latency")), _ratio(model.get("speedup_throughput"))]
+        rows.append(row)
+    return header, rows
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}×"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    header, rows = table_rows(summary)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    note = ("Scores are test-set percentages, mean ± std over seeds; drop is the teacher's score minus the "
+            "model's (points, and percent of the teacher's score).")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def csv_text(summary: dict[str, Any]) -> str:
+    header, rows = table_rows(summary)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "summary.md", markdown(summary))
+    atomic_write_text(out_dir / "summary.csv", csv_text(summary))

@@ -1,0 +1,180 @@
+"""Benchmark a teacher and its students: models × tasks × seeds, plus fidelity, size and speed.
+
+Results are files under one output folder (DESIGN.md §2 `eval/`): one JSON per model, task and
+seed — an interrupted evaluation continues where it stopped — and a summary as JSON, Markdown
+and CSV. Progress and every score go out as events, so the GUI draws them live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import MiniGlotError
+from engine.evaluate.report import write_summary
+from engine.events import CancelToken, EvalResult, EventSink, Log, Metric, Progress
+from engine.models.loading import load_model, resolve_source
+from engine.runfolder import MANIFEST, RECIPE, atomic_write_text, folder_bytes
+
+STAGE = "eval"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to evaluate: a short name for tables and the folder it loads from."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    models: tuple[ModelRef, ...]  # the first is the reference (the teacher)
+    tasks: tuple[tuple[str, str], ...]  # (task, data folder / file / hub id)
+    seeds: int = 3
+    epochs: int = 0  # 0: the task's default
+    mode: str = "full"
+    intrinsic: bool = True
+    speed: bool = True
+
+
+def run_models(run_dir: Path) -> list[ModelRef]:
+    """The teacher and every completed stage student of a run folder."""
+    from engine.recipe import Recipe
+
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).is_file():
+        raise MiniGlotError(f"{run_dir} is not a MiniGlot run folder (no {MANIFEST})")
+    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    recipe = Recipe.load(run_dir / RECIPE)
+    models = [ModelRef("teacher", resolve_source(recipe.teacher.source))]
+    for i, stage in enumerate(manifest.get("stages", []), start=1):
+        if stage.get("status") == "completed" and stage.get("model_dir"):
+            models.append(ModelRef(f"{i:02d}-{stage['kind']}", run_dir / stage["model_dir"]))
+    if len(models) == 1:
+        raise MiniGlotError(f"{run_dir} has no completed stage yet: nothing to compare with the teacher")
+    return models
+
+
+def source_models(specs: list[str]) -> list[ModelRef]:
+    """Model folders or teacher sources (`packaged:…`, `hub:…`), named by their last path part."""
+    refs = []
+    for spec in specs:
+        path = resolve_source(spec)
+        name = spec.split(":", 1)[1] if spec.startswith(("packaged:", "hub:")) else Path(spec).name
+        refs.append(ModelRef(_unique(name, [r.name for r in refs]), path))
+    return refs
+
+
+def _unique(name: str, taken: list[str]) -> str:
+    name = name.replace("/", "_") or "model"
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
+
+
+def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken | None = None) -> dict[str, Any]:
+    """Run the plan into `out_dir`; returns the summary (also written as summary.json/.md/.csv)."""
+    from engine.data.tasks import load_task
+    from engine.evaluate.finetune import finetune
+
+    token = token or CancelToken()
+    out_dir = Path(out_dir)
+    datasets = {task: load_task(task, data) for task, data in plan.tasks}
+    jobs = [(task, model, seed) for task, _ in plan.tasks for model in plan.models for seed in range(plan.seeds)]
+    sink.emit(Log(message=f"evaluating {len(plan.models)} models on {', '.join(datasets)} "
+                          f"× {plan.seeds} seeds ({plan.mode} fine-tuning)"))
+    began = time.monotonic()
+    scored: list[dict[str, Any]] = []
+    for done, (task, model, seed) in enumerate(jobs, start=1):
+        token.raise_if_cancelled()
+        path = out_dir / task / model.name / f"seed-{seed}.json"
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            def progress(info: dict, task=task, model=model) -> None:
+                if info.get("dev_score") is not None:
+                    sink.emit(Metric(index=0, stage=STAGE, name=f"{task}/{model.name}/dev",
+                                     value=float(info["dev_score"]), step=int(info.get("epoch", 0)),
+                                     split="validation"))
+
+            result = finetune(model.path, datasets[task], seed, mode=plan.mode, epochs=plan.epochs or None,
+                              progress=progress, token=token)
+            record = {"model": model.name, "model_path": str(model.path), "task": task, "seed": seed,
+                      "mode": plan.mode, **_result_fields(result)}
+            atomic_write_text(path, json.dumps(record, indent=2))
+        scored.append(record)
+        sink.emit(EvalResult(model=model.name, task=task, seed=seed, metrics=record["metrics"]))
+        elapsed = time.monotonic() - began
+        sink.emit(Progress(index=0, stage=STAGE, step=done, total=len(jobs),
+                           eta_seconds=elapsed / done * (len(jobs) - done)))
+    models = _model_facts(plan, datasets, sink, token)
+    summary = {"teacher": plan.models[0].name, "results": aggregate(scored), "models": models}
+    write_summary(summary, out_dir)
+    return summary
+
+
+def _result_fields(result: Any) -> dict[str, Any]:
+    fields = dataclasses.asdict(result)
+    fields["labels"] = list(fields.get("labels", ()))
+    return fields
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds for every model, task and metric, in first-seen order."""
+    from engine.evaluate.metrics import mean_std
+
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for record in records:
+        for metric, value in record["metrics"].items():
+            groups.setdefault((record["model"], record["task"], metric), []).append(float(value))
+    rows = []
+    for (model, task, metric), values in groups.items():
+        mean, std = mean_std(values)
+        rows.append({"model": model, "task": task, "metric": metric, "mean": mean, "std": std, "seeds": len(values)})
+    return rows
+
+
+def _model_facts(plan: EvalPlan, datasets: dict, sink: EventSink, token: CancelToken) -> list[dict[str, Any]]:
+    """Parameters, bytes, speed (as ratios to the first model) and fidelity to the first model."""
+    from engine.evaluate.intrinsic import representation_fidelity
+    from engine.evaluate.speed import measure_speed, parameter_breakdown
+
+    loaded = {ref.name: load_model(ref.path) for ref in plan.models}
+    facts = []
+    for ref in plan.models:
+        params = parameter_breakdown(loaded[ref.name])
+        facts.append({"name": ref.name, "path": str(ref.path), "params": params["total"],
+                      "params_by_component": {k: params[k] for k in ("embeddings", "encoder", "head")},
+                      "bytes": folder_bytes(ref.path)})
+    token.raise_if_cancelled()
+    if plan.speed:
+        sink.emit(Log(message="measuring CPU latency and throughput (models interleaved)"))
+        speed = measure_speed(loaded)
+        reference = speed[plan.models[0].name]
+        for fact in facts:
+            own = speed[fact["name"]]
+            fact.update(own)
+            fact["speedup_latency"] = reference["latency_ms_median"] / own["latency_ms_median"]
+            fact["speedup_throughput"] = own["tokens_per_second"] / reference["tokens_per_second"]
+    token.raise_if_cancelled()
+    if plan.intrinsic:
+        texts = _probe_texts(datasets)
+        teacher = loaded[plan.models[0].name]
+        for fact in facts[1:]:
+            fact["fidelity"] = representation_fidelity(teacher, loaded[fact["name"]], texts)
+    return facts
+
+
+def _probe_texts(datasets: dict, limit: int = 200) -> list[str]:
+    """Held-out sentences for fidelity: the test texts of the evaluated tasks."""
+    texts: list[str] = []
+    for data in datasets.values():
+        for example in data.test:
+            texts.append(example.text if hasattr(example, "text") else " ".join(example.words))
+    return texts[:limit]

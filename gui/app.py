@@ -1,0 +1,80 @@
+"""`miniglot`: the desktop application's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+SCREENSHOT_SETTLE_MS = 600
+SCREENSHOT_MAX_WAIT_S = 60.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="miniglot", description="MiniGlot: compress multilingual encoders "
+                                     "into small monolingual students, and watch it happen.")
+    parser.add_argument("--recipe", type=Path, help="open this recipe (default: the last one, or the offline default)")
+    parser.add_argument("--run", type=Path, help="open this run folder (followed live while it is being written)")
+    parser.add_argument("--runs-dir", type=Path, help="folder listed in the Runs tab (default: ./runs)")
+    parser.add_argument("--screenshots", type=Path, metavar="DIR",
+                        help="render every tab offscreen into DIR as PNG files, then exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.screenshots is not None:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from PySide6.QtWidgets import QApplication
+
+    from gui import style
+    from gui.main_window import APPLICATION, ORGANISATION, MainWindow
+    from gui.runs_tab import newest_run
+
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app.setOrganizationName(ORGANISATION)
+    app.setApplicationName(APPLICATION)
+    style.apply(app)
+    window = MainWindow(runs_dir=args.runs_dir)
+    if args.recipe is None or not window.load_recipe(args.recipe):
+        window.restore_recipe()
+    run_dir = args.run
+    if run_dir is None and args.screenshots is not None:
+        run_dir = newest_run(args.runs_dir or Path("runs"))
+    if run_dir is not None:
+        window.open_run(run_dir)
+    if args.screenshots is not None:
+        return screenshots(window, args.screenshots)
+    window.show()
+    return app.exec()
+
+
+def screenshots(window, out_dir: Path) -> int:
+    """Visit every tab, save one PNG per tab into `out_dir`, close the window."""
+    from PySide6.QtCore import QCoreApplication
+    from PySide6.QtTest import QTest
+
+    from gui.worker import live_workers
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    window.resize(1440, 900)
+    window.show()
+    deadline = time.monotonic() + SCREENSHOT_MAX_WAIT_S
+    while live_workers() and time.monotonic() < deadline:  # e.g. the Setup tab inspecting the teacher
+        QTest.qWait(100)
+    for index in range(window.tabs.count()):
+        window.tabs.setCurrentIndex(index)
+        QTest.qWait(SCREENSHOT_SETTLE_MS)
+        name = window.tabs.tabText(index).lower().replace(" ", "-")
+        path = out_dir / f"{index + 1:02d}-{name}.png"
+        window.grab().save(str(path))
+        print(path)
+    window.close()
+    QCoreApplication.processEvents()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The only bridge between the GUI thread and work threads (DESIGN.md §3).
+
+- `RunWorker` runs `engine.pipeline.run` on a QThread; every engine event arrives on the GUI
+  thread through the `event` signal; errors arrive as a `Failure` event or, for errors raised
+  before the run folder exists, through `failed(message, traceback)`.
+- `BackgroundTask` runs a short function (teacher inspection, corpus statistics, copying) the
+  same way and reports `done(result)` or `failed(message, traceback)`.
+- `RunFollower` watches the `events.jsonl` of a run folder written by another process.
+
+Cancellation is cooperative (`CancelToken`); threads are never terminated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+
+from engine.events import CancelToken, Event, Failure, Progress, RunFinished, read_events
+
+DELIVERY_MS = 50  # events reach the GUI in batches, at most 20 times a second
+SWITCH_INTERVAL = 0.001  # seconds a Python thread may hold the GIL before the GUI thread gets a turn
+
+_IMPORT_LOCK = threading.Lock()
+_imported = False
+_LIVE: set[_Threaded] = set()  # started workers, kept alive until their thread has ended
+
+
+def live_workers() -> list[_Threaded]:
+    """Workers whose thread is still running (the test fixture checks this is empty)."""
+    _LIVE.difference_update([w for w in _LIVE if not w.is_running()])  # GUI thread only: safe to drop
+    return list(_LIVE)
+
+
+def wait_for_all(msecs: int = 30_000) -> bool:
+    """Wait for every live worker thread to end; True when none is left."""
+    for worker in list(_LIVE):
+        worker.wait(msecs)
+    return not live_workers()
+
+
+def import_engine() -> None:
+    """Import the engine's heavy libraries once, one thread at a time.
+
+    transformers' lazy top-level module is not safe to import from two threads at once (it raises
+    "cannot import name 'AutoConfig'"), so every work thread passes through here first.
+    """
+    global _imported
+    with _IMPORT_LOCK:
+        if _imported:
+            return
+        import transformers
+
+        import engine.pipeline  # noqa: F401  (torch, transformers' BERT classes, every stage)
+
+        for name in ("AutoConfig", "AutoTokenizer", "AutoModel", "AutoModelForMaskedLM"):
+            getattr(transformers, name)
+        _imported = True
+
+
+def favour_gui_thread() -> None:
+    """Shorten the GIL switch interval (default 5 ms) while work threads run.
+
+    The GUI thread gives up the GIL in every Qt call it makes; a work thread running Python code
+    then keeps it for a whole interval, so a repaint of a few hundred Qt calls could take a
+    second. With 1 ms the event loop stays responsive (measured by tests/gui/test_training_tab.py).
+    """
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+
+
+def coalesce(events: list[Event]) -> list[Event]:
+    """Drop Progress events that a later Progress of the same stage in the batch supersedes."""
+    latest = {e.index: i for i, e in enumerate(events) if isinstance(e, Progress)}
+    return [e for i, e in enumerate(events) if not isinstance(e, Progress) or latest[e.index] == i]
+
+
+def compute_threads() -> int:
+    """Torch threads for a run: leave one core to the GUI so the event loop stays responsive."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class _Job(QObject):
+    """Lives in the work thread and runs the work once."""
+
+    def __init__(self, work: Callable[[], None], thread: QThread) -> None:
+        super().__init__()
+        self.work, self.thread = work, thread
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            self.work()
+        finally:
+            self.thread.quit()
+
+
+class _Threaded(QObject):
+    """Lives in the GUI thread and owns a QThread; `_work()` runs there once.
+
+    Every public signal fires on the GUI thread (even for plain-function or lambda receivers):
+    results are kept until the thread has ended and emitted from `_ended`, a queued slot.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = QThread()
+        self._thread.setObjectName(type(self).__name__)
+        self._job = _Job(self._work, self._thread)
+        self._job.moveToThread(self._thread)
+        self._thread.started.connect(self._job.run)
+        self._thread.finished.connect(self._ended)
+        self._final: list[tuple[str, tuple[Any, ...]]] = []
+
+    def start(self) -> None:
+        live_workers()
+        _LIVE.add(self)
+        favour_gui_thread()
+        self._thread.start()
+
+    def is_running(self) -> bool:
+        return self._thread.isRunning()
+
+    def wait(self, msecs: int = 30_000) -> bool:
+        return self._thread.wait(msecs) if self._thread.isRunning() else True
+
+    def _post_at_end(self, signal: str, *args: Any) -> None:
+        """From the work thread: emit `signal(*args)` on the GUI thread once the thread has ended."""
+        self._final.append((signal, args))
+
+    @Slot()
+    def _ended(self) -> None:
+        self._thread.wait()  # `finished` comes from the thread just before it ends: let it end
+        _LIVE.discard(self)
+        self._before_final()
+        for signal, args in self._final:
+            getattr(self, signal).emit(*args)
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    def _before_final(self) -> None:
+        """GUI thread, after the thread ended, before the final signals."""
+
+
+class _QueueSink:
+    """EventSink of a work thread: queues events for the owner's `event` signal on the GUI thread."""
+
+    def __init__(self, owner: RunWorker) -> None:
+        self.owner = owner
+        self.saw_failure = False
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Failure):
+            self.saw_failure = True
+        self.owner._events.append(event)
+
+
+class RunWorker(_Threaded):
+    """Runs one recipe (or resumes one run folder) through `engine.pipeline.run`."""
+
+    event = Signal(object)  # every engine event, delivered on the GUI thread
+    failed = Signal(str, str)  # message, traceback — only for errors that produced no Failure event
+    finished = Signal(object)  # after the thread has ended: run folder (Path) or None
+
+    def __init__(self, recipe: Any = None, resume: Path | None = None, threads: int | None = None) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.resume = Path(resume) if resume is not None else None
+        self.token = CancelToken()
+        self.threads = threads or compute_threads()
+        self.run_dir: Path | None = None
+        self._events: deque[Event] = deque()  # filled by the work thread, drained on the GUI thread
+        self._drain_timer = QTimer(self)
+        self._drain_timer.setInterval(DELIVERY_MS)
+        self._drain_timer.timeout.connect(self._drain)
+
+    def start(self) -> None:
+        self._drain_timer.start()
+        super().start()
+
+    @Slot()
+    def _drain(self) -> None:
+        batch = [self._events.popleft() for _ in range(len(self._events))]
+        for event in coalesce(batch):
+            self.event.emit(event)
+
+    def _before_final(self) -> None:
+        self._drain_timer.stop()
+        self._drain()
+
+    def cancel(self) -> None:
+        """Ask the run to stop at its next step; the thread then ends by itself."""
+        self.token.cancel()
+
+    def _work(self) -> None:
+        sink = _QueueSink(self)
+        try:
+            import_engine()
+            import torch
+
+            from engine import pipeline
+            from engine.errors import Cancelled
+
+            torch.set_num_threads(self.threads)
+            try:
+                self.run_dir = pipeline.run(self.recipe, sink, self.token, resume=self.resume)
+            except Cancelled:
+                pass
+        except BaseException as exc:
+            if not sink.saw_failure:
+                self._post_at_end("failed", _message(exc), traceback.format_exc())
+        finally:
+            self._post_at_end("finished", self.run_dir)
+
+
+class BackgroundTask(_Threaded):
+    """Runs `fn(*args, **kwargs)` on a thread: `done(result)` or `failed(message, traceback)`."""
+
+    done = Signal(object)  # both after the thread has ended
+    failed = Signal(str, str)
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def _work(self) -> None:
+        try:
+            import_engine()
+            result = self.fn(*self.args, **self.kwargs)
+        except Exception as exc:
+            self._post_at_end("failed", _message(exc), traceback.format_exc())
+        else:
+            self._post_at_end("done", result)
+
+
+def run_in_background(fn: Callable[..., Any], *args: Any, on_done: Callable[[Any], None] | None = None,
+                      on_error: Callable[[str, str], None] | None = None, **kwargs: Any) -> BackgroundTask:
+    """Start a `BackgroundTask` with optional callbacks (run on the GUI thread)."""
+    task = BackgroundTask(fn, *args, **kwargs)
+    if on_done is not None:
+        task.done.connect(on_done)
+    if on_error is not None:
+        task.failed.connect(on_error)
+    task.start()
+    return task
+
+
+class RunFollower(QObject):
+    """Polls a run folder's `events.jsonl` and emits new events until the run finishes."""
+
+    event = Signal(object)
+    finished = Signal()
+
+    def __init__(self, run_dir: Path, interval_ms: int = 500, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.path = Path(run_dir) / "events.jsonl"
+        self.offset = 0
+        self.done = False
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.poll)
+
+    def start(self) -> None:
+        """Replay what is already written, then keep polling while the run goes on."""
+        self.poll()
+        if not self.done:
+            self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    @property
+    def following(self) -> bool:
+        return self._timer.isActive()
+
+    @Slot()
+    def poll(self) -> None:
+        if not self.path.is_file():
+            return
+        try:
+            events, self.offset = read_events(self.path, self.offset)
+        except (OSError, ValueError, KeyError):
+            return  # a line in an unexpected shape: try again at the next tick
+        for event in events:
+            self.event.emit(event)
+            if isinstance(event, RunFinished):
+                self.done = True
+        if self.done:
+            self.stop()
+            self.finished.emit()
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text and type(exc).__module__.startswith("engine") else f"{type(exc).__name__}: {text}"

@@ -1,0 +1,67 @@
+"""GUI test fixtures: offscreen Qt, settings in a temporary folder, no thread left behind, tiny runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+from PySide6.QtCore import QSettings
+
+# pytest drops sys.modules["conftest"] when it loads this file, so the suite's shared helpers are
+# re-exported here: `from conftest import recipe_toml` keeps working in every test module.
+_spec = importlib.util.spec_from_file_location("miniglot_tests_conftest", Path(__file__).parents[1] / "conftest.py")
+_shared = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shared)
+SHARED_DATA = _shared.SHARED_DATA
+recipe_toml = _shared.recipe_toml
+four_stages = _shared.four_stages
+
+from tiny import tiny_model_dir, write_corpus  # noqa: E402  (sys.path set by the shared conftest)
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left():
+    """Fail a test that leaves a worker thread (or any new Python thread) running."""
+    from gui.worker import live_workers, wait_for_all
+
+    before = set(threading.enumerate())
+    yield
+    leftover = [type(w).__name__ for w in live_workers()]
+    wait_for_all(120_000)
+    assert not leftover, f"the test left worker threads running: {leftover}"
+    extra = [t.name for t in threading.enumerate()
+             if t not in before and t.is_alive() and not isinstance(t, threading._DummyThread)]
+    assert not extra, f"the test left Python threads running: {extra}"
+
+
+@pytest.fixture(autouse=True)
+def temporary_settings(tmp_path_factory, qapp):
+    """QSettings (geometry, last recipe) go to a fresh folder, never the user's."""
+    folder = tmp_path_factory.mktemp("settings")
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    return tiny_model_dir(tmp_path_factory.mktemp("gui-teacher") / "bert", "bert", mlm_head=True)
+
+
+@pytest.fixture()
+def make_recipe(tiny_teacher, tmp_path):
+    """A fast four-stage recipe on the tiny teacher (verify off); `steps` sets the distill length."""
+    from engine.recipe import Recipe
+
+    corpus = write_corpus(tmp_path / "corpus.txt", 240, seed=1)
+
+    def make(steps: int = 4, shrink_steps: int = 3):
+        stages = four_stages().replace("max_steps = 4", f"max_steps = {steps}").replace(
+            "max_steps = 3", f"max_steps = {shrink_steps}")
+        return Recipe.from_toml(recipe_toml(tiny_teacher, corpus, stages, verify=False, name="gui"), tmp_path)
+
+    return make

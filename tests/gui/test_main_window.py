@@ -1,0 +1,128 @@
+"""Main window: default recipe, remembered recipe and geometry, menus, opening runs, closing during a
+run, Start through the Setup tab, and `miniglot --screenshots`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QPoint, QRect, QSize
+
+from engine import pipeline
+from engine.events import Collect, Progress
+from engine.recipe import Recipe
+from gui import app, main_window
+from gui.main_window import DEFAULT_RECIPE, MainWindow
+
+
+@pytest.fixture()
+def window(qtbot, tmp_path):
+    win = MainWindow(runs_dir=tmp_path / "runs")
+    qtbot.addWidget(win)
+    yield win
+    win.training_tab.cancel_and_wait()
+    win.close()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_teacher, tmp_path_factory) -> Path:
+    from conftest import four_stages, recipe_toml
+    from tiny import write_corpus
+
+    folder = tmp_path_factory.mktemp("finished")
+    corpus = write_corpus(folder / "corpus.txt", 240, seed=1)
+    recipe = Recipe.from_toml(recipe_toml(tiny_teacher, corpus, four_stages(), verify=False), folder)
+    return pipeline.run(recipe, Collect())
+
+
+def test_opens_with_the_embedded_default_recipe(window):
+    window.restore_recipe()
+    recipe = window.setup_tab.recipe()
+    default = Recipe.load(DEFAULT_RECIPE)
+    assert recipe.teacher.source == default.teacher.source and recipe.language == default.language
+    assert [s.kind for s in recipe.stages] == [s.kind for s in default.stages]
+    assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == \
+        ["Setup", "Training", "Trade-offs", "Evaluation", "Runs"]
+
+
+def test_last_recipe_and_geometry_are_remembered(qtbot, tmp_path, make_recipe):
+    path = tmp_path / "mine.toml"
+    make_recipe().save(path)
+    first = MainWindow(runs_dir=tmp_path / "runs")
+    qtbot.addWidget(first)
+    assert first.load_recipe(path)
+    screen = first.screen().availableGeometry()
+    first.setGeometry(QRect(QPoint(10, 20), QSize(screen.width() - 30, screen.height() - 40)))
+    size = first.size()
+    assert size != MainWindow(runs_dir=tmp_path).size()
+    first.close()
+
+    second = MainWindow(runs_dir=tmp_path / "runs")
+    qtbot.addWidget(second)
+    second.restore_recipe()
+    assert second.recipe_path == path and "mine.toml" in second.windowTitle()
+    assert second.size() == size
+    second.close()
+
+
+def test_menus_have_shortcuts_for_common_actions(window):
+    assert window.start_action.shortcut().toString() == "F5"
+    assert window.cancel_action.shortcut().toString() == "Shift+F5"
+    assert not window.cancel_action.isEnabled() and window.start_action.isEnabled()
+    titles = [a.text().replace("&", "") for a in window.menuBar().actions()]
+    assert titles == ["File", "Run", "View", "Help"]
+
+
+def test_runs_tab_lists_runs_and_double_click_opens_one(qtbot, window, finished_run):
+    window.runs_tab.set_runs_dir(finished_run.parent)
+    table = window.runs_tab.table
+    assert table.rowCount() == 1
+    assert table.item(0, 0).text() == finished_run.name and table.item(0, 1).text() == "completed"
+    assert "params" in table.item(0, 6).text()
+    window.runs_tab.open_row(0)
+    assert window.tabs.currentWidget() is window.training_tab
+    assert window.training_tab.timeline.statuses == ["completed"] * 4
+
+
+def test_export_student_copies_a_stage_model(qtbot, window, finished_run, tmp_path):
+    window.open_run(finished_run)
+    stages = main_window._completed_stages(finished_run)
+    assert len(stages) == 4
+    task = window.export_student(list(stages.values())[-1], tmp_path / "student")
+    with qtbot.waitSignal(task.done, timeout=30_000):
+        pass
+    assert (tmp_path / "student" / "config.json").is_file()
+
+
+def test_start_from_setup_then_close_cancels_and_waits(qtbot, window, make_recipe, monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(main_window, "confirm", lambda parent, title, text: asked.append(title) or True)
+    window.set_recipe(make_recipe(steps=3000))
+    window.start_action.trigger()
+    assert window.training_tab.is_running()
+    worker = window.training_tab.worker
+    qtbot.waitUntil(lambda: window.training_tab.stage_bar.value() >= 1, timeout=120_000)
+    assert isinstance(window.training_tab.worker, type(worker))
+    window.close()
+    assert asked == ["A run is going"]
+    assert not worker.is_running()
+    qtbot.waitUntil(lambda: not window.training_tab.is_running(), timeout=10_000)
+    run_dir = window.training_tab.run_dir
+    assert run_dir.parent == (window.runs_tab.runs_dir).resolve()
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "cancelled"
+
+
+def test_screenshots_visit_every_tab(tmp_path, finished_run, qapp):
+    out = tmp_path / "shots"
+    assert app.main(["--screenshots", str(out), "--run", str(finished_run), "--recipe", str(DEFAULT_RECIPE)]) == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["01-setup.png", "02-training.png", "03-trade-offs.png", "04-evaluation.png", "05-runs.png"]
+    assert all(p.stat().st_size > 10_000 for p in out.glob("*.png"))
+
+
+def test_progress_events_are_coalesced():
+    from gui.worker import coalesce
+
+    a, b = Progress(index=1, stage="distill", step=1, total=9), Progress(index=1, stage="distill", step=2, total=9)
+    assert coalesce([a, b]) == [b]
