@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--seeds", type=int, default=3)
     evaluate.add_argument("--epochs", type=int, default=0, help="0: the task's default")
     evaluate.add_argument("--mode", choices=("full", "head_only"), default="full")
+    evaluate.add_argument("--learning-rate", type=float, default=0.0, help="0: the task's default")
     evaluate.add_argument("--out", type=Path, help="results folder (default: RUN_DIR/eval, or ./eval)")
     evaluate.add_argument("--no-speed", action="store_true", help="skip the latency/throughput measurement")
     evaluate.add_argument("--no-intrinsic", action="store_true", help="skip teacher–student fidelity")
@@ -111,7 +112,7 @@ def _eval(args) -> int:
     models = run_models(args.run) if args.run else source_models(args.models)
     out = args.out or (args.run / "eval" if args.run else Path("eval"))
     plan = EvalPlan(tuple(models), tuple(zip(args.task, args.data, strict=True)), args.seeds, args.epochs,
-                    args.mode, intrinsic=not args.no_intrinsic, speed=not args.no_speed)
+                    args.mode, args.learning_rate, intrinsic=not args.no_intrinsic, speed=not args.no_speed)
     token = _cancel_on_sigint()
     summary = evaluate(plan, out, FanOut() if args.quiet else FanOut(ConsoleSink()), token)
     if args.json:

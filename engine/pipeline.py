@@ -152,7 +152,7 @@ def _evaluate(recipe: Recipe, run_dir: Path, sink: EventSink, token: CancelToken
 
     cfg = recipe.evaluation
     plan = EvalPlan(tuple(run_models(run_dir)), tuple(zip(cfg.tasks, cfg.data, strict=True)), cfg.seeds, cfg.epochs,
-                    cfg.mode, cfg.intrinsic, cfg.speed)
+                    cfg.mode, cfg.learning_rate, cfg.intrinsic, cfg.speed)
     summary = evaluate(plan, run_dir / "eval", sink, token)
     return {"summary": "eval/summary.json", "results": summary["results"]}
 

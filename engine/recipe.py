@@ -229,6 +229,7 @@ class EvaluationConfig:
     seeds: int = 3
     epochs: int = 0  # 0: the task's default
     mode: str = "full"  # full | head_only
+    learning_rate: float = 0.0  # 0: the task's default
     intrinsic: bool = True  # representation fidelity (and MLM metrics when there is a head)
     speed: bool = True  # CPU latency and throughput, as ratios to the teacher
 
@@ -242,6 +243,7 @@ class EvaluationConfig:
         _check(self.seeds >= 1, "evaluation.seeds must be at least 1")
         _check(self.epochs >= 0, "evaluation.epochs must be 0 (task default) or more")
         _one_of("evaluation.mode", self.mode, ("full", "head_only"))
+        _check(0 <= self.learning_rate < 1, "evaluation.learning_rate must be 0 (task default) or in (0, 1)")
 
 
 STAGE_TYPES: dict[str, type[Stage]] = {

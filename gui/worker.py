@@ -3,6 +3,7 @@
 - `RunWorker` runs `engine.pipeline.run` on a QThread; every engine event arrives on the GUI
   thread through the `event` signal; errors arrive as a `Failure` event or, for errors raised
   before the run folder exists, through `failed(message, traceback)`.
+- `TaskWorker` runs any long job `fn(sink, token, *args)` (evaluation) with events like `RunWorker`.
 - `BackgroundTask` runs a short function (teacher inspection, corpus statistics, copying) the
   same way and reports `done(result)` or `failed(message, traceback)`.
 - `RunFollower` watches the `events.jsonl` of a run folder written by another process.
@@ -152,7 +153,7 @@ class _Threaded(QObject):
 class _QueueSink:
     """EventSink of a work thread: queues events for the owner's `event` signal on the GUI thread."""
 
-    def __init__(self, owner: RunWorker) -> None:
+    def __init__(self, owner: RunWorker | TaskWorker) -> None:
         self.owner = owner
         self.saw_failure = False
 
@@ -238,6 +239,60 @@ class BackgroundTask(_Threaded):
             self._post_at_end("failed", _message(exc), traceback.format_exc())
         else:
             self._post_at_end("done", result)
+
+
+class TaskWorker(_Threaded):
+    """Runs `fn(sink, token, *args)` on a thread, like `RunWorker` for any long job (e.g. evaluation).
+
+    Events the function emits arrive through `event` on the GUI thread; then `done(result)`,
+    `failed(message, traceback)` or neither (cancelled), and finally `finished()`.
+    """
+
+    event = Signal(object)
+    done = Signal(object)
+    failed = Signal(str, str)
+    finished = Signal()
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__()
+        self.fn, self.args = fn, args
+        self.token = CancelToken()
+        self._events: deque[Event] = deque()
+        self._drain_timer = QTimer(self)
+        self._drain_timer.setInterval(DELIVERY_MS)
+        self._drain_timer.timeout.connect(self._drain)
+
+    def start(self) -> None:
+        self._drain_timer.start()
+        super().start()
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    @Slot()
+    def _drain(self) -> None:
+        batch = [self._events.popleft() for _ in range(len(self._events))]
+        for event in coalesce(batch):
+            self.event.emit(event)
+
+    def _before_final(self) -> None:
+        self._drain_timer.stop()
+        self._drain()
+
+    def _work(self) -> None:
+        from engine.errors import Cancelled
+
+        try:
+            import_engine()
+            result = self.fn(_QueueSink(self), self.token, *self.args)
+        except Cancelled:
+            pass
+        except Exception as exc:
+            self._post_at_end("failed", _message(exc), traceback.format_exc())
+        else:
+            self._post_at_end("done", result)
+        finally:
+            self._post_at_end("finished")
 
 
 def run_in_background(fn: Callable[..., Any], *args: Any, on_done: Callable[[Any], None] | None = None,

@@ -71,7 +71,8 @@ def test_run_models_lists_teacher_and_completed_students(tiny_run):
 
 def test_evaluate_writes_seed_files_and_summary_and_is_deterministic(tmp_path, tiny_run):
     data = sentiment_folder(tmp_path)
-    plan = EvalPlan(tuple(run_models(tiny_run)), (("sentiment", str(data)),), seeds=2, epochs=3, speed=False)
+    plan = EvalPlan(tuple(run_models(tiny_run)), (("sentiment", str(data)),), seeds=2, epochs=4,
+                    learning_rate=2e-3, speed=False)
     sink = Collect()
     first = evaluate(plan, tmp_path / "a", sink)
     second = evaluate(plan, tmp_path / "b", Collect())

@@ -38,6 +38,7 @@ class EvalPlan:
     seeds: int = 3
     epochs: int = 0  # 0: the task's default
     mode: str = "full"
+    learning_rate: float = 0.0  # 0: the task's default
     intrinsic: bool = True
     speed: bool = True
 
@@ -104,7 +105,7 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
                                      split="validation"))
 
             result = finetune(model.path, datasets[task], seed, mode=plan.mode, epochs=plan.epochs or None,
-                              progress=progress, token=token)
+                              learning_rate=plan.learning_rate or None, progress=progress, token=token)
             record = {"model": model.name, "model_path": str(model.path), "task": task, "seed": seed,
                       "mode": plan.mode, **_result_fields(result)}
             atomic_write_text(path, json.dumps(record, indent=2))
