@@ -21,6 +21,7 @@ from engine.recipe import EVAL_TASKS
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = argparse.ArgumentParser(prog="miniglot-cli", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 

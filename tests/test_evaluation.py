@@ -15,7 +15,7 @@ from conftest import recipe_toml
 
 from engine import pipeline
 from engine.evaluate.report import markdown
-from engine.evaluate.runner import EvalPlan, aggregate, evaluate, run_models
+from engine.evaluate.runner import EvalPlan, aggregate, evaluate, run_models, task_labels
 from engine.events import Collect, EvalResult
 from engine.recipe import Recipe
 
@@ -94,6 +94,11 @@ def test_evaluate_writes_seed_files_and_summary_and_is_deterministic(tmp_path, t
     (tmp_path / "a" / "summary.json").unlink()
     again = evaluate(plan, tmp_path / "a", Collect())
     assert again["results"] == first["results"]
+
+
+def test_a_task_repeated_on_two_data_sets_gets_two_columns():
+    assert task_labels((("topic", "/d/sib200_mlt_Latn"), ("topic", "/d/sib200_swh_Latn/"), ("pos", "x"))) == [
+        "topic@sib200_mlt_Latn", "topic@sib200_swh_Latn", "pos"]
 
 
 def test_aggregate_mean_and_std_over_seeds():

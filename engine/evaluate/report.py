@@ -14,6 +14,11 @@ from engine.runfolder import atomic_write_text
 HEADLINE = {"pos": "accuracy", "ner": "f1", "sentiment": "macro_f1", "topic": "macro_f1"}
 
 
+def headline(task: str) -> str:
+    """The headline metric of a task column (`topic` or `topic@sib200_swh_Latn`)."""
+    return HEADLINE[task.split("@")[0]]
+
+
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table, as display strings."""
     results = {(r["model"], r["task"], r["metric"]): r for r in summary["results"]}
@@ -21,14 +26,14 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     teacher = summary["teacher"]
     header = ["model"]
     for task in tasks:
-        metric = HEADLINE[task]
+        metric = headline(task)
         header += [f"{task} {metric}", f"{task} drop (pts)", f"{task} drop (%)"]
     header += ["params (M)", "size (MB)", "speed-up (latency)", "speed-up (throughput)"]
     rows = []
     for model in summary["models"]:
         row = [model["name"]]
         for task in tasks:
-            metric = HEADLINE[task]
+            metric = headline(task)
             own, ref = results.get((model["name"], task, metric)), results.get((teacher, task, metric))
             if own is None:
                 row += ["", "", ""]

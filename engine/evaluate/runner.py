@@ -86,8 +86,9 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
 
     token = token or CancelToken()
     out_dir = Path(out_dir)
-    datasets = {task: load_task(task, data) for task, data in plan.tasks}
-    jobs = [(task, model, seed) for task, _ in plan.tasks for model in plan.models for seed in range(plan.seeds)]
+    labels = task_labels(plan.tasks)
+    datasets = {label: load_task(task, data) for label, (task, data) in zip(labels, plan.tasks, strict=True)}
+    jobs = [(task, model, seed) for task in labels for model in plan.models for seed in range(plan.seeds)]
     sink.emit(Log(message=f"evaluating {len(plan.models)} models on {', '.join(datasets)} "
                           f"× {plan.seeds} seeds ({plan.mode} fine-tuning)"))
     began = time.monotonic()
@@ -118,6 +119,13 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
     summary = {"teacher": plan.models[0].name, "results": aggregate(scored), "models": models}
     write_summary(summary, out_dir)
     return summary
+
+
+def task_labels(tasks: tuple[tuple[str, str], ...]) -> list[str]:
+    """Names for result folders and table columns: the task, or `task@data` when a task repeats."""
+    kinds = [task for task, _ in tasks]
+    return [task if kinds.count(task) == 1 else f"{task}@{Path(data.rstrip('/')).name or data}"
+            for task, data in tasks]
 
 
 def _result_fields(result: Any) -> dict[str, Any]:
