@@ -20,6 +20,7 @@ import torch
 
 from engine import __version__
 from engine.data.corpus import read_corpus, split_validation
+from engine.distributed import SINGLE, Distributed
 from engine.errors import Cancelled, MiniGlotError, RecipeError
 from engine.events import (
     Artifact,
@@ -57,6 +58,7 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
     manifest and the event log.
     """
     token = token or CancelToken()
+    dist = Distributed.from_env()
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RECIPE).is_file():
@@ -67,17 +69,20 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
         assert recipe is not None
         recipe = recipe.resolved()
         stage_shapes(recipe, source_shape(recipe.teacher.source, recipe.teacher.allow_pickle))  # before any write
-        run_dir = new_run_dir(Path(recipe.base_dir) / recipe.run.runs_dir, recipe.run.name)
-        recipe.save(run_dir / RECIPE)
+        if dist.is_main:
+            run_dir = new_run_dir(Path(recipe.base_dir) / recipe.run.runs_dir, recipe.run.name)
+            recipe.save(run_dir / RECIPE)
+        run_dir = Path(dist.broadcast(str(run_dir) if dist.is_main else None))
         manifest = Manifest(run_dir)
-    sink = FanOut(sink, JsonlSink(run_dir / EVENTS))
+    manifest.writable = dist.is_main
+    sink = FanOut(sink, JsonlSink(run_dir / EVENTS)) if dist.is_main else FanOut()  # only rank 0 writes
     sink.emit(RunStarted(run_dir=str(run_dir), stages=tuple(s.kind for s in recipe.stages),
                          resumed=resume is not None))
     manifest.update(status="running", **({} if resume else _provenance(recipe)))
     current_index = 0
     try:
         seed_everything(recipe.run.seed)
-        device = pick_device(recipe.run.device)
+        device = pick_device(recipe.run.device, dist)
         train, validation = load_corpus(recipe)
         teacher = load_teacher(recipe.teacher.source, recipe.teacher.allow_pickle)
         shapes = stage_shapes(recipe, shape_of(teacher))
@@ -103,27 +108,31 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
             entry["status"] = "running"
             manifest.save()
             ctx = StageContext(index, stage, recipe, current, teacher, train, validation, device, sink, token,
-                               Checkpoints(folder / "checkpoint"))
+                               Checkpoints(folder / "checkpoint"), dist)
             output = RUNNERS[stage.kind](ctx)
             token.raise_if_cancelled()
             model_dir = folder / "model"
-            with atomic_dir(model_dir) as tmp:
-                output.model.model.save_pretrained(tmp, safe_serialization=True)
-                output.model.tokenizer.save_pretrained(tmp)
-                check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
+            check = {}
+            if dist.is_main:
+                with atomic_dir(model_dir) as tmp:
+                    output.model.model.save_pretrained(tmp, safe_serialization=True)
+                    output.model.tokenizer.save_pretrained(tmp)
+                    check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
+            dist.barrier()
             params, size = count_params(output.model.model), folder_bytes(model_dir)
             sink.emit(Artifact(index=index, stage=stage.kind, path=str(model_dir), params=params, bytes=size))
             manifest.stage(index).update(status="completed", model_dir=str(model_dir.relative_to(run_dir)),
                                          params=params, bytes=size, metrics=_jsonable(output.metrics),
                                          verification=check)
             manifest.save()
-            ctx.checkpoints.clear()
+            if dist.is_main:
+                ctx.checkpoints.clear()
             current = LoadedModel(output.model.model, output.model.tokenizer, output.model.adapter,
                                   str(model_dir))
             teacher = current if stage.kind == "adapt" else teacher
             sink.emit(StageFinished(index=index, stage=stage.kind, status="completed"))
         current_index = 0
-        if recipe.evaluation is not None:
+        if recipe.evaluation is not None and dist.is_main:
             manifest.update(evaluation=_evaluate(recipe, run_dir, sink, token))
     except BaseException as exc:
         status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"
@@ -141,6 +150,8 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
         if isinstance(exc, KeyboardInterrupt):
             raise Cancelled("interrupted") from exc
         raise
+    finally:
+        dist.close()
     manifest.update(status="completed", message="")
     sink.emit(RunFinished(status="completed"))
     return run_dir
@@ -190,9 +201,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, dist: Distributed = SINGLE) -> torch.device:
+    """The run's device; under torchrun/accelerate each process takes its own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.enabled:
+        name = f"cuda:{dist.local_rank}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"run.device = {name!r} but no CUDA GPU is available; use auto or cpu")

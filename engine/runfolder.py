@@ -82,6 +82,7 @@ class Manifest:
     def __init__(self, run_dir: Path, data: dict[str, Any] | None = None) -> None:
         self.path = Path(run_dir) / MANIFEST
         self.data: dict[str, Any] = data if data is not None else {"status": "running", "stages": []}
+        self.writable = True  # False on the processes of a distributed run other than rank 0
 
     @classmethod
     def load(cls, run_dir: Path) -> Manifest:
@@ -89,6 +90,8 @@ class Manifest:
         return cls(run_dir, json.loads(path.read_text(encoding="utf-8")))
 
     def save(self) -> None:
+        if not self.writable:
+            return
         atomic_write_text(self.path, json.dumps(self.data, indent=2, ensure_ascii=False))
 
     def update(self, **fields: Any) -> None:

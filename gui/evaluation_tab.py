@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.errors import MiniGlotError
 from engine.events import EvalResult, Event, Log, Progress
 from engine.recipe import EVAL_TASKS
 from gui.runs_tab import list_runs
@@ -53,6 +54,7 @@ from gui.training_tab import format_duration
 from gui.worker import TaskWorker
 
 OTHER = "Other models"
+IDLE = "no evaluation running"
 TEACHER_COLOUR = "#6b7280"
 
 
@@ -231,7 +233,12 @@ class ResultPlots(QWidget):
 
     @staticmethod
     def _model_ticks(item: pg.PlotItem, names: list[str]) -> None:
-        item.getAxis("bottom").setTicks([[(i, n) for i, n in enumerate(names)]])
+        """Every model named under its bar (long names shortened from the left; the table has them whole)."""
+        axis = item.getAxis("bottom")
+        font = QFont()
+        font.setPointSizeF(8.5)
+        axis.setStyle(hideOverlappingLabels=False, tickFont=font)
+        axis.setTicks([[(i, n if len(n) <= 14 else "…" + n[-13:]) for i, n in enumerate(names)]])
 
 
 class EvaluationTab(QWidget):
@@ -342,7 +349,7 @@ class EvaluationTab(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.setFormat("%v / %m fine-tunings")
+        self.progress.setFormat(IDLE)
         self.eta = QLabel("")
         self.eta.setStyleSheet("color: #4b5563;")
         buttons = QHBoxLayout()
@@ -487,7 +494,7 @@ class EvaluationTab(QWidget):
             child.setFlags(child.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             ticked = (choice.run, choice.name) in self.checked
             child.setCheckState(0, Qt.CheckState.Checked if ticked else Qt.CheckState.Unchecked)
-        group.setExpanded(True)
+        group.setExpanded(not self.checked or any((c.run, c.name) in self.checked for c in choices))
 
     def _tree_changed(self, item: QTreeWidgetItem, column: int) -> None:
         choice = item.data(0, Qt.ItemDataRole.UserRole)
@@ -531,11 +538,11 @@ class EvaluationTab(QWidget):
         """The run recipe's [evaluation] tasks, when the task table is still empty."""
         if self.task_rows():
             return
-        try:
-            from engine.recipe import Recipe
+        from engine.recipe import Recipe
 
+        try:
             evaluation = Recipe.load(run_dir / "recipe.toml").evaluation
-        except Exception:  # noqa: BLE001 — an unreadable recipe only means no prefill
+        except (OSError, ValueError, MiniGlotError):  # an unreadable recipe only means no prefill
             return
         if evaluation is None:
             return
@@ -595,6 +602,7 @@ class EvaluationTab(QWidget):
         options = {"seeds": self.seeds.value(), "epochs": self.epochs.value(), "mode": self.mode.currentData(),
                    "intrinsic": self.intrinsic.isChecked(), "speed": self.speed.isChecked()}
         self._clear_results()
+        self.progress.setFormat("%v / %m fine-tunings")
         self.progress.setRange(0, len(models) * len(tasks) * options["seeds"])
         self.progress.setValue(0)
         self.eta.setText("Loading the task data and models…")

@@ -150,6 +150,11 @@ class MainWindow(QMainWindow):
         self.runs_tab.runs_dir_changed.connect(lambda d: self.settings.setValue("runs_dir", str(Path(d).resolve())))
         if hasattr(self.setup_tab, "valid_changed"):
             self.setup_tab.valid_changed.connect(self.training_tab.set_can_start)
+        for tab in self._result_tabs("set_runs_dir"):
+            tab.set_runs_dir(runs_dir)
+            self.runs_tab.runs_dir_changed.connect(tab.set_runs_dir)
+        if hasattr(self.evaluation_tab, "evaluation_finished") and hasattr(self.tradeoffs_tab, "refresh"):
+            self.evaluation_tab.evaluation_finished.connect(lambda _: self.tradeoffs_tab.refresh())
         self._build_menus()
         self._running_changed(False)
 
@@ -261,6 +266,8 @@ class MainWindow(QMainWindow):
             return False
         if not self.training_tab.open_run(run_dir):
             return False
+        for tab in self._result_tabs("show_run"):
+            tab.show_run(run_dir)
         self.tabs.setCurrentWidget(self.training_tab)
         return True
 
@@ -274,9 +281,15 @@ class MainWindow(QMainWindow):
 
     def _run_finished(self, run_dir: Path | None, status: str) -> None:
         self.runs_tab.refresh()
-        for tab in (self.tradeoffs_tab, self.evaluation_tab):
-            if hasattr(tab, "refresh"):
+        for tab in self._result_tabs("refresh"):
+            if run_dir is not None and hasattr(tab, "show_run"):
+                tab.show_run(run_dir)
+            else:
                 tab.refresh()
+
+    def _result_tabs(self, method: str) -> list[Any]:
+        """The Trade-offs and Evaluation tabs that have `method` (not their placeholders)."""
+        return [tab for tab in (self.tradeoffs_tab, self.evaluation_tab) if hasattr(tab, method)]
 
     def _running_changed(self, running: bool) -> None:
         self.start_action.setEnabled(not running)
@@ -353,6 +366,8 @@ class MainWindow(QMainWindow):
             finally:
                 QApplication.restoreOverrideCursor()
         self.training_tab.curves.timer.stop()
+        for tab in self._result_tabs("cancel_and_wait"):
+            tab.cancel_and_wait()  # an evaluation keeps every finished fine-tuning; a new one continues
         wait_for_all()
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.sync()

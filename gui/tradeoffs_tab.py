@@ -232,7 +232,7 @@ class TradeoffsTab(QWidget):
 
         self.table = QTableWidget(0, 8)
         self.table.setHorizontalHeaderLabels(["Run", "Model", "Params (M)", "Size (MB)", "Score",
-                                              "Drop vs teacher (pts)", "Size vs teacher", "Pareto"])
+                                              "Drop vs teacher (pts)", "Params vs teacher", "Pareto"])
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setAlternatingRowColors(True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from engine.distributed import SINGLE, Distributed
 from engine.events import CancelToken, EventSink, Log, Metric
 from engine.models.loading import LoadedModel
 from engine.recipe import Recipe, Stage
@@ -31,6 +32,7 @@ class StageContext:
     sink: EventSink
     token: CancelToken
     checkpoints: Checkpoints
+    distributed: Distributed = SINGLE
 
     @property
     def kind(self) -> str:

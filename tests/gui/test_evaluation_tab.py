@@ -1,0 +1,184 @@
+"""gui.evaluation_tab: results from a run folder, a background evaluation (engine faked), cancel, exports."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import engine.evaluate.runner as runner
+import engine.models.loading as loading
+from engine.errors import MiniGlotError
+from engine.events import EvalResult, Log, Progress
+from gui import evaluation_tab
+from gui.evaluation_tab import OTHER, EvaluationTab, ModelChoice, plan_models
+from gui.worker import TaskWorker, live_workers
+
+NAMES = ["teacher", "01-distill", "02-shrink"]
+POS = {"teacher": 0.90, "01-distill": 0.88, "02-shrink": 0.80}
+
+
+def summary(names=NAMES, pos=POS) -> dict:
+    results = [{"model": n, "task": "pos", "metric": "accuracy", "mean": pos[n], "std": 0.01, "seeds": 2}
+               for n in names]
+    results += [{"model": n, "task": "topic", "metric": "macro_f1", "mean": pos[n] - 0.2, "std": 0.02, "seeds": 2}
+                for n in names]
+    models = [{"name": n, "path": f"/m/{n}", "params": 10_000_000 // (i + 1), "bytes": 40_000_000 // (i + 1),
+               "speedup_latency": 1.0 + i, "speedup_throughput": 1.0 + 2 * i} for i, n in enumerate(names)]
+    return {"teacher": names[0], "results": results, "models": models}
+
+
+def write_run(folder: Path, name: str = "20260101-000000-run", with_summary: bool = True) -> Path:
+    run = folder / name
+    stages = [{"kind": "distill", "status": "completed", "model_dir": "stages/01-distill/model", "params": 5_000_000},
+              {"kind": "shrink", "status": "completed", "model_dir": "stages/02-shrink/model", "params": 3_000_000}]
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps(
+        {"status": "completed", "teacher": {"source": "packaged:tiny", "params": 10_000_000}, "stages": stages}))
+    if with_summary:
+        (run / "eval").mkdir()
+        (run / "eval" / "summary.json").write_text(json.dumps(summary()))
+    return run
+
+
+def cells(table) -> list[list[str]]:
+    return [[table.item(r, c).text() for c in range(table.columnCount())] for r in range(table.rowCount())]
+
+
+@pytest.fixture()
+def fake_sources(monkeypatch):
+    monkeypatch.setattr(loading, "resolve_source", lambda source: Path(source))
+
+
+def test_plan_models_names_and_reference_order():
+    a = [ModelChoice("a", "01-distill", "/a/1"), ModelChoice("a", "teacher", "hub:x", teacher=True)]
+    assert plan_models(a) == [("teacher", "hub:x"), ("01-distill", "/a/1")]
+    b = [*a, ModelChoice("b", "teacher", "hub:x", teacher=True), ModelChoice("b", "01-distill", "/b/1"),
+         ModelChoice(OTHER, "01-distill", "/o/01-distill")]
+    assert plan_models(b) == [("teacher", "hub:x"), ("a-01-distill", "/a/1"), ("b-01-distill", "/b/1"),
+                              ("01-distill", "/o/01-distill")]
+
+
+def test_opening_a_run_with_results_fills_table_and_charts(qtbot, tmp_path):
+    run = write_run(tmp_path)
+    tab = EvaluationTab(tmp_path)
+    qtbot.addWidget(tab)
+    tab.show_run(run)
+    assert [c.name for c in tab.chosen()] == NAMES
+    assert tab.output_dir() == run.resolve() / "eval"
+    header = [tab.table.horizontalHeaderItem(c).text() for c in range(tab.table.columnCount())]
+    assert header[:4] == ["model", "pos accuracy", "pos drop (pts)", "pos drop (%)"]
+    rows = cells(tab.table)
+    assert [r[0] for r in rows] == NAMES
+    assert rows[2][1:3] == ["80.0 ± 1.0", "+10.0"]
+    assert tab.plots.bars["pos"] == pytest.approx({"teacher": 90, "01-distill": 88, "02-shrink": 80})
+    assert tab.plots.bars["topic"]["02-shrink"] == pytest.approx(60)
+    assert tab.plots.bars["speed"] == pytest.approx({"teacher": 1, "01-distill": 2, "02-shrink": 3})
+    assert set(tab.plots.shown) == {"pos", "topic", "speed"}
+
+
+def test_exports_write_csv_markdown_and_pngs(qtbot, tmp_path):
+    tab = EvaluationTab(tmp_path / "none")
+    qtbot.addWidget(tab)
+    tab.show_summary(summary())
+    tab.export_table(tmp_path / "out.csv")
+    tab.export_table(tmp_path / "out.md")
+    csv_lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,pos accuracy,pos drop (pts)") and len(csv_lines) == 4
+    assert (tmp_path / "out.md").read_text().startswith("| model | pos accuracy |")
+    written = tab.export_plots(tmp_path / "png")
+    assert sorted(p.name for p in written) == ["eval-pos.png", "eval-speed.png", "eval-topic.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_task_worker_delivers_events_on_the_gui_thread(qtbot):
+    seen = []
+
+    def job(sink, token, n):
+        for i in range(n):
+            sink.emit(Log(message=str(i)))
+        return n * 2
+
+    worker = TaskWorker(job, 3)
+    worker.event.connect(lambda e: seen.append((e.message, threading.current_thread() is threading.main_thread())))
+    with qtbot.waitSignal(worker.finished, timeout=60_000), qtbot.waitSignal(worker.done) as done:
+        worker.start()
+    assert done.args == [6] and seen == [("0", True), ("1", True), ("2", True)]
+    assert not live_workers()
+
+
+def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, monkeypatch, fake_sources):
+    calls = []
+
+    def fake_evaluate(plan, out_dir, sink, token=None):
+        calls.append((plan, Path(out_dir)))
+        jobs = [(t, m.name, s) for t, _ in plan.tasks for m in plan.models for s in range(plan.seeds)]
+        for done, (task, model, seed) in enumerate(jobs, start=1):
+            sink.emit(EvalResult(model=model, task=task, seed=seed, metrics={"accuracy": POS[model]}))
+            sink.emit(Progress(index=0, stage="eval", step=done, total=len(jobs), eta_seconds=len(jobs) - done))
+        return summary([m.name for m in plan.models])
+
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    run = write_run(tmp_path, with_summary=False)
+    tab = EvaluationTab(tmp_path)
+    qtbot.addWidget(tab)
+    tab.show_run(run)
+    assert tab.table.rowCount() == 0
+    tab.tasks.cellWidget(0, 1).setText(str(tmp_path / "pos-data"))
+    tab.seeds.setValue(2)
+    tab.speed.setChecked(False)
+    with qtbot.waitSignal(tab.evaluation_finished, timeout=60_000) as finished:
+        worker = tab.start()
+        assert worker is not None and not tab.run_button.isEnabled() and tab.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not tab.is_running())
+    plan, out = calls[0]
+    assert finished.args == [run.resolve() / "eval"] and out == run.resolve() / "eval"
+    assert [m.name for m in plan.models] == NAMES and plan.models[0].path == Path("packaged:tiny")
+    assert plan.tasks == (("pos", str(tmp_path / "pos-data")),) and plan.seeds == 2 and not plan.speed
+    assert (tab.progress.value(), tab.progress.maximum()) == (6, 6)
+    assert tab.live.rowCount() == 6 and tab.live.item(5, 3).text() == "accuracy 80.0"
+    assert [r[0] for r in cells(tab.table)] == NAMES
+    assert tab.run_button.isEnabled() and not tab.cancel_button.isEnabled()
+
+
+def test_cancel_ends_the_worker(qtbot, tmp_path, monkeypatch, fake_sources):
+    def slow_evaluate(plan, out_dir, sink, token=None):
+        sink.emit(Progress(index=0, stage="eval", step=0, total=10))
+        while True:
+            token.raise_if_cancelled()
+            time.sleep(0.01)
+
+    monkeypatch.setattr(runner, "evaluate", slow_evaluate)
+    tab = EvaluationTab(tmp_path)
+    qtbot.addWidget(tab)
+    tab.show_run(write_run(tmp_path, with_summary=False))
+    tab.tasks.cellWidget(0, 1).setText("hub:some/dataset")
+    worker = tab.start()
+    qtbot.waitUntil(lambda: tab.progress.maximum() == 10, timeout=60_000)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        tab.cancel()
+    assert not tab.is_running() and tab.summary is None
+    assert "cancelled" in tab.status.text() and tab.run_button.isEnabled()
+
+
+def test_failure_is_reported_and_missing_inputs_refuse_to_start(qtbot, tmp_path, monkeypatch, fake_sources):
+    def broken(plan, out_dir, sink, token=None):
+        raise MiniGlotError("no such dataset")
+
+    errors = []
+    monkeypatch.setattr(runner, "evaluate", broken)
+    monkeypatch.setattr(evaluation_tab, "show_error", lambda parent, title, message, details="":
+                        errors.append(message))
+    tab = EvaluationTab(tmp_path)
+    qtbot.addWidget(tab)
+    tab.show_run(write_run(tmp_path, with_summary=False))
+    assert tab.start() is None and "task" in tab.status.text()  # no task data yet
+    tab.tasks.cellWidget(0, 1).setText("hub:missing")
+    worker = tab.start()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass  # signals reach the GUI thread only once the event loop runs, i.e. inside the wait
+    assert errors == ["no such dataset"] and "failed" in tab.status.text()

@@ -1,0 +1,111 @@
+"""gui.tradeoffs_tab: points from run folders, Pareto front, size switch, score choice, table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from gui.tradeoffs_tab import NONE, TradeoffsTab, load_points, pareto_front
+
+STAGES = [("distill", 60_000_000, 240_000_000), ("prune", 50_000_000, 200_000_000),
+          ("shrink", 20_000_000, 80_000_000), ("trim_vocab", 5_000_000, 20_000_000)]
+NER = {"teacher": 0.80, "01-distill": 0.78, "02-prune": 0.79, "03-shrink": 0.70, "04-trim_vocab": 0.72}
+
+
+def write_run(folder: Path, name: str, stages=STAGES, ner: dict | None = NER) -> Path:
+    run = folder / name
+    run.mkdir(parents=True)
+    manifest = {"status": "completed", "teacher": {"source": "packaged:multilingual-e5-small", "params": 100_000_000},
+                "stages": [{"kind": k, "status": "completed", "model_dir": f"stages/{i:02d}-{k}/model", "params": p,
+                            "bytes": b} for i, (k, p, b) in enumerate(stages, start=1)]}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    if ner is not None:
+        names = list(ner)
+        results = [{"model": n, "task": "ner", "metric": "f1", "mean": v, "std": 0.01, "seeds": 3}
+                   for n, v in ner.items()]
+        results += [{"model": n, "task": "ner", "metric": "precision", "mean": 0.5, "std": 0, "seeds": 3}
+                    for n in names]
+        models = [{"name": "teacher", "path": "/t", "params": 100_000_000, "bytes": 410_000_000}]
+        models += [{"name": n, "path": "/s", "params": p, "bytes": b,
+                    "fidelity": {"similarity_correlation": 0.9 - 0.1 * i, "sentence_cosine": None}}
+                   for i, (n, (_, p, b)) in enumerate(zip(names[1:], stages, strict=True))]
+        (run / "eval").mkdir()
+        (run / "eval" / "summary.json").write_text(json.dumps({"teacher": "teacher", "results": results,
+                                                               "models": models}))
+    return run
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    xs, ys = [1.0, 2.0, 3.0, 4.0, 2.0], [50.0, 70.0, 60.0, 80.0, 70.0]
+    assert pareto_front(xs, ys) == [0, 1, 4, 3]  # 2 is beaten by 1 (smaller and better); 1 and 4 tie
+    assert pareto_front([3.0, 1.0], [10.0, 20.0]) == [1]
+    assert pareto_front([], []) == []
+
+
+def test_load_points_reads_manifest_and_summary(tmp_path):
+    points = load_points(write_run(tmp_path, "run-a"))
+    assert [p.name for p in points] == ["teacher", "01-distill", "02-prune", "03-shrink", "04-trim_vocab"]
+    teacher = points[0]
+    assert (teacher.params, teacher.bytes, teacher.bytes_estimated) == (100_000_000, 410_000_000, False)
+    assert points[3].scores["ner:f1"] == (0.70, 0.01)
+    assert "ner:precision" not in points[3].scores  # only each task's headline metric
+    assert points[1].scores["fidelity:similarity_correlation"] == (pytest.approx(0.9), 0.0)
+    assert "fidelity:sentence_cosine" not in points[1].scores
+    bare = load_points(write_run(tmp_path, "run-b", ner=None))
+    assert bare[0].bytes_estimated and bare[0].bytes == 400_000_000 and not bare[2].scores
+
+
+def test_tab_plots_scores_labels_front_and_table(qtbot, tmp_path):
+    run = write_run(tmp_path, "20260101-000000-a")
+    tab = TradeoffsTab(tmp_path)
+    qtbot.addWidget(tab)
+    assert tab.score == "ner:f1"
+    assert [p.name for p in tab.shown] == list(NER)
+    assert [label.toPlainText() for label in tab.labels] == list(NER)
+    (scatter,) = tab.scatters
+    xs, ys = scatter.getData()
+    assert list(xs) == pytest.approx([math.log10(p) for p in (100, 60, 50, 20, 5)])
+    assert list(ys) == pytest.approx([80, 78, 79, 70, 72])
+    # 01-distill (60M, 78) is beaten by 02-prune (50M, 79); 03-shrink by 04-trim_vocab
+    assert sorted(tab.shown[i].name for i in tab.front) == ["02-prune", "04-trim_vocab", "teacher"]
+    front_x, _ = tab.front_curve.getData()
+    assert list(front_x) == sorted(front_x)
+    assert "60,000,000 parameters" in scatter.opts["tip"](x=0, y=0, data=1)
+
+    table = [[tab.table.item(r, c).text() for c in range(tab.table.columnCount())]
+             for r in range(tab.table.rowCount())]
+    assert table[1][:6] == [run.name, "01-distill", "60.00", "240.0", "78.00 ± 1.00", "+2.00"]
+    assert [row[7] for row in table] == ["✓", "", "✓", "", "✓"]
+
+    tab.size_combo.setCurrentIndex(tab.size_combo.findData("mb"))
+    xs, _ = tab.scatters[0].getData()
+    assert list(xs) == pytest.approx([math.log10(m) for m in (410, 240, 200, 80, 20)])
+    assert "MB" in tab.plot.getPlotItem().getAxis("bottom").labelText
+
+    tab.score_combo.setCurrentIndex(tab.score_combo.findData("fidelity:similarity_correlation"))
+    assert tab.shown[0].name == "teacher" and tab.table.item(0, 4).text() == "100.00 ± 0.00"
+
+
+def test_unevaluated_run_shows_size_per_stage_and_runs_compare(qtbot, tmp_path):
+    write_run(tmp_path, "20260101-000000-a")
+    bare = write_run(tmp_path, "20260102-000000-b", stages=STAGES[:2], ner=None)
+    tab = TradeoffsTab(tmp_path)
+    qtbot.addWidget(tab)
+    assert tab.run_list.count() == 2
+    tab.checked = set()
+    tab.show_run(bare)
+    assert [tab.score_combo.itemData(i) for i in range(tab.score_combo.count())] == [NONE]
+    _, ys = tab.scatters[0].getData()
+    assert list(ys) == [0, 1, 2] and tab.front == []
+    assert "sizes only" in tab.note.text()
+
+    for i in range(tab.run_list.count()):
+        tab.run_list.item(i).setCheckState(Qt.CheckState.Checked)
+    assert tab.score == "ner:f1" and len(tab.scatters) == 1  # the bare run has no NER score
+    assert "20260102-000000-b" in tab.note.text()
+    tab.score_combo.setCurrentIndex(tab.score_combo.findData(NONE))
+    assert len(tab.scatters) == 2 and len(tab.shown) == 8
