@@ -262,7 +262,7 @@ class EvaluationTab(QWidget):
         split.addWidget(self._build_setup())
         split.addWidget(self._build_results())
         split.setStretchFactor(1, 1)
-        split.setSizes([430, 900])
+        split.setSizes([560, 780])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 12, 12, 12)
         layout.addWidget(split)
