@@ -303,7 +303,7 @@ def summary(r: dict) -> str:
 
     lines = [
         f"Distillation step, {r['teacher']} (12 layers) -> {r['student_layers']}-layer student, "
-        f"{r['threads']} threads, corpus {r['corpus']}",
+        f"threads {r['threads']}, corpus {r['corpus']}",
         f"Batch: {r['batch_size']} sentences, {r['real_tokens']} real tokens; MiniGlot pads to "
         f"{r['miniglot_batch_shape'][1]}, the reference to {r['reference_batch_shape'][1]}.",
     ]
@@ -316,8 +316,10 @@ def summary(r: dict) -> str:
         f"{'reference':10} {r['reference_step_seconds']:9.2f} {r['reference_tokens_per_second']:10.1f} "
         f"{mb(r['reference_peak_mb']):>11} {mb(r['reference_step_mb']):>11}",
         f"Speed-up: {r['speedup']:.1f}x (median of {r['repeats']} interleaved steps after {r['warmup']} "
-        "warm-up each; peak memory from one child process per variant).",
+        "warm-up each).",
     ]
+    if r["miniglot_peak_mb"] is not None:
+        lines.append("Peak RSS from one child process per variant; 'step adds' = peak - RSS after loading.")
     return "\n".join(lines)
 
 

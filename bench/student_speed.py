@@ -31,13 +31,12 @@ def main() -> None:
                           throughput_repeats=args.throughput_repeats, threads=args.threads)
     reference = refs[0].name
     ratios = ratios_to(speed, reference)
-    rows = {
-        name: {**speed[name], **ratios[name], "parameters": parameter_breakdown(model)["total"],
-               "encoder_parameters": parameter_breakdown(model)["encoder"],
-               "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
-               "vocabulary": model.config.vocab_size}
-        for name, model in models.items()
-    }
+    rows = {}
+    for name, model in models.items():
+        sizes = parameter_breakdown(model)
+        rows[name] = {**speed[name], **ratios[name], "parameters": sizes["total"],
+                      "encoder_parameters": sizes["encoder"], "layers": model.config.num_hidden_layers,
+                      "hidden": model.config.hidden_size, "vocabulary": model.config.vocab_size}
     result = {"run_dir": str(args.run_dir), "reference": reference, "seq_len": args.seq_len,
               "throughput_batch": args.batch, "latency_repeats": args.latency_repeats,
               "threads": args.threads, "models": rows}

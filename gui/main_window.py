@@ -368,7 +368,7 @@ class MainWindow(QMainWindow):
         self.training_tab.curves.timer.stop()
         for tab in self._result_tabs("cancel_and_wait"):
             tab.cancel_and_wait()  # an evaluation keeps every finished fine-tuning; a new one continues
-        wait_for_all()
+        wait_for_all(600_000)  # short background jobs always end; a QThread must not outlive its owner
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.sync()
         event.accept()

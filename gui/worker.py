@@ -35,9 +35,12 @@ _LIVE: set[_Threaded] = set()  # started workers, kept alive until their thread 
 
 
 def live_workers() -> list[_Threaded]:
-    """Workers whose thread is still running (the test fixture checks this is empty)."""
-    _LIVE.difference_update([w for w in _LIVE if not w.is_running()])  # GUI thread only: safe to drop
-    return list(_LIVE)
+    """Workers whose thread is still running (the test fixture checks this is empty).
+
+    A worker leaves `_LIVE` only in its own `_ended` slot, so no Python wrapper is collected while
+    its thread or its final queued signals are still on the way.
+    """
+    return [w for w in _LIVE if w.is_running()]
 
 
 def wait_for_all(msecs: int = 30_000) -> bool:
@@ -120,7 +123,6 @@ class _Threaded(QObject):
         self._final: list[tuple[str, tuple[Any, ...]]] = []
 
     def start(self) -> None:
-        live_workers()
         _LIVE.add(self)
         favour_gui_thread()
         self._thread.start()
