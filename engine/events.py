@@ -216,10 +216,8 @@ class ConsoleSink:
             return f"[{event.index:02d} {event.stage}] {event.status}"
         if isinstance(event, Progress):
             eta = f" eta {event.eta_seconds:.0f}s" if event.eta_seconds is not None else ""
-            return (
-                f"[{event.index:02d} {event.stage}] step {event.step}/{event.total} "
-                f"{event.tokens_per_second:.0f} tok/s{eta}"
-            )
+            rate = f" {event.tokens_per_second:.0f} tok/s" if event.tokens_per_second else ""
+            return f"[{event.index:02d} {event.stage}] step {event.step}/{event.total}{rate}{eta}"
         if isinstance(event, Metric) and event.split != "train":
             return f"[{event.index:02d} {event.stage}] {event.split} {event.name} = {event.value:.4g}"
         if isinstance(event, Artifact):

@@ -66,7 +66,9 @@ def source_models(specs: list[str]) -> list[ModelRef]:
     refs = []
     for spec in specs:
         path = resolve_source(spec)
-        name = spec.split(":", 1)[1] if spec.startswith(("packaged:", "hub:")) else Path(spec).name
+        folder = Path(spec)
+        name = (spec.split(":", 1)[1] if spec.startswith(("packaged:", "hub:"))
+                else folder.parent.name if folder.name == "model" else folder.name)  # stages/NN-kind/model
         refs.append(ModelRef(_unique(name, [r.name for r in refs]), path))
     return refs
 
