@@ -13,6 +13,7 @@ Cancellation is cooperative (`CancelToken`); threads are never terminated.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -66,6 +67,9 @@ def import_engine() -> None:
 
         for name in ("AutoConfig", "AutoTokenizer", "AutoModel", "AutoModelForMaskedLM"):
             getattr(transformers, name)
+        # the libraries' millions of long-lived objects leave the collector's view: a full collection
+        # in a work thread would otherwise hold the GIL (and freeze the window) for a tenth of a second
+        gc.freeze()
         _imported = True
 
 
