@@ -169,20 +169,14 @@ class _QueueSink:
         self.owner._events.append(event)
 
 
-class RunWorker(_Threaded):
-    """Runs one recipe (or resumes one run folder) through `engine.pipeline.run`."""
+class _EventWorker(_Threaded):
+    """A worker whose job emits engine events: queued by the work thread, delivered in batches."""
 
     event = Signal(object)  # every engine event, delivered on the GUI thread
-    failed = Signal(str, str)  # message, traceback — only for errors that produced no Failure event
-    finished = Signal(object)  # after the thread has ended: run folder (Path) or None
 
-    def __init__(self, recipe: Any = None, resume: Path | None = None, threads: int | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.recipe = recipe
-        self.resume = Path(resume) if resume is not None else None
         self.token = CancelToken()
-        self.threads = threads or compute_threads()
-        self.run_dir: Path | None = None
         self._events: deque[Event] = deque()  # filled by the work thread, drained on the GUI thread
         self._drain_timer = QTimer(self)
         self._drain_timer.setInterval(DELIVERY_MS)
@@ -191,6 +185,10 @@ class RunWorker(_Threaded):
     def start(self) -> None:
         self._drain_timer.start()
         super().start()
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next step; the thread then ends by itself."""
+        self.token.cancel()
 
     @Slot()
     def _drain(self) -> None:
@@ -202,9 +200,19 @@ class RunWorker(_Threaded):
         self._drain_timer.stop()
         self._drain()
 
-    def cancel(self) -> None:
-        """Ask the run to stop at its next step; the thread then ends by itself."""
-        self.token.cancel()
+
+class RunWorker(_EventWorker):
+    """Runs one recipe (or resumes one run folder) through `engine.pipeline.run`."""
+
+    failed = Signal(str, str)  # message, traceback — only for errors that produced no Failure event
+    finished = Signal(object)  # after the thread has ended: run folder (Path) or None
+
+    def __init__(self, recipe: Any = None, resume: Path | None = None, threads: int | None = None) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.resume = Path(resume) if resume is not None else None
+        self.threads = threads or compute_threads()
+        self.run_dir: Path | None = None
 
     def _work(self) -> None:
         sink = _QueueSink(self)
@@ -247,14 +255,13 @@ class BackgroundTask(_Threaded):
             self._post_at_end("done", result)
 
 
-class TaskWorker(_Threaded):
+class TaskWorker(_EventWorker):
     """Runs `fn(sink, token, *args)` on a thread, like `RunWorker` for any long job (e.g. evaluation).
 
     Events the function emits arrive through `event` on the GUI thread; then `done(result)`,
     `failed(message, traceback)` or neither (cancelled), and finally `finished()`.
     """
 
-    event = Signal(object)
     done = Signal(object)
     failed = Signal(str, str)
     finished = Signal()
@@ -262,28 +269,6 @@ class TaskWorker(_Threaded):
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
         super().__init__()
         self.fn, self.args = fn, args
-        self.token = CancelToken()
-        self._events: deque[Event] = deque()
-        self._drain_timer = QTimer(self)
-        self._drain_timer.setInterval(DELIVERY_MS)
-        self._drain_timer.timeout.connect(self._drain)
-
-    def start(self) -> None:
-        self._drain_timer.start()
-        super().start()
-
-    def cancel(self) -> None:
-        self.token.cancel()
-
-    @Slot()
-    def _drain(self) -> None:
-        batch = [self._events.popleft() for _ in range(len(self._events))]
-        for event in coalesce(batch):
-            self.event.emit(event)
-
-    def _before_final(self) -> None:
-        self._drain_timer.stop()
-        self._drain()
 
     def _work(self) -> None:
         from engine.errors import Cancelled
