@@ -11,6 +11,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
 from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QMessageBox
 
 # pytest drops sys.modules["conftest"] when it loads this file, so the suite's shared helpers are
 # re-exported here: `from conftest import recipe_toml` keeps working in every test module.
@@ -40,6 +41,31 @@ def no_threads_left():
     extra = [t.name for t in threading.enumerate()
              if t not in before and t.is_alive() and not isinstance(t, threading._DummyThread)]
     assert not extra, f"the test left Python threads running: {extra}"
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_dialogs(monkeypatch):
+    """A message box a test did not ask for fails the test with its text instead of blocking it forever.
+
+    Offscreen, nobody can click a modal dialog away: a run that fails for a reason the test did not
+    foresee would otherwise hang the suite. Tests that expect a dialog replace `show_error`/`confirm`.
+    """
+    shown: list[str] = []
+
+    def record(box, *args, **kwargs):
+        shown.append(f"{box.windowTitle()}: {box.text()}\n{box.detailedText()}")
+        return QMessageBox.StandardButton.Ok
+
+    def record_static(parent, title, text, *args, **kwargs):
+        shown.append(f"{title}: {text}")
+        return QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(QMessageBox, "exec", record)
+    monkeypatch.setattr(QMessageBox, "open", record)
+    for name in ("question", "warning", "critical", "information", "about"):
+        monkeypatch.setattr(QMessageBox, name, staticmethod(record_static))
+    yield
+    assert not shown, "unexpected dialog(s):\n" + "\n".join(shown)
 
 
 @pytest.fixture(autouse=True)
