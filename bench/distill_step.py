@@ -75,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="MiniGlot's autocast, as run.precision (auto: bf16 only on CPUs with native bf16)")
     parser.add_argument("--no-memory", action="store_true", help="skip the child processes measuring memory")
     parser.add_argument("--variant", choices=("reference", "miniglot"), help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -119,7 +121,8 @@ def available_mb() -> float:
 class Setup:
     """Teacher with a tied MLM head, its student, one real masked batch, and both step functions."""
 
-    def __init__(self, source: str, batch_size: int, max_len: int, variants: tuple[str, ...]) -> None:
+    def __init__(self, source: str, batch_size: int, max_len: int, variants: tuple[str, ...],
+                 precision: str = "auto") -> None:
         import copy
 
         import torch
@@ -131,8 +134,10 @@ class Setup:
         from engine.stages.adapt import _with_mlm_head
         from engine.surgery.layers import reduce_layers, select_layers
         from engine.training.losses import DistillLoss
+        from engine.training.precision import Precision
 
         torch.manual_seed(SEED)
+        self.precision = Precision.for_run(precision, torch.device("cpu"))
         loaded = load_teacher(TEACHER)
         self.teacher = loaded if loaded.has_mlm_head else _with_mlm_head(loaded)
         self.teacher.model.eval()
@@ -184,7 +189,8 @@ class Setup:
     def _miniglot_loss(self):
         b = self.batch
         inputs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels}
-        return self.distill(inputs)["total"]
+        with self.precision.autocast():
+            return self.distill(inputs)["total"]
 
     def _reference_loss(self, net):
         import torch
@@ -206,7 +212,7 @@ def median_width_step(stream) -> int:
 
 
 def time_steps(args: argparse.Namespace, batch_size: int) -> dict:
-    setup = Setup(text_source(args.text), batch_size, args.max_len, ("reference", "miniglot"))
+    setup = Setup(text_source(args.text), batch_size, args.max_len, ("reference", "miniglot"), args.precision)
     seconds: dict[str, list[float]] = {"reference": [], "miniglot": []}
     losses: dict[str, float] = {}
     for repeat in range(args.warmup + args.repeats):
@@ -215,7 +221,7 @@ def time_steps(args: argparse.Namespace, batch_size: int) -> dict:
             losses[variant] = setup.step(variant)
             if repeat >= args.warmup:
                 seconds[variant].append(time.perf_counter() - start)
-    return {"seconds": seconds, "losses": losses, "real_tokens": setup.real_tokens,
+    return {"seconds": seconds, "losses": losses, "real_tokens": setup.real_tokens, "precision": setup.precision.name,
             "shape": list(setup.batch.input_ids.shape)}
 
 
@@ -224,7 +230,8 @@ def child_memory(args: argparse.Namespace, variant: str, batch_size: int) -> dic
     if args.no_memory:
         return None
     command = [sys.executable, __file__, "--variant", variant, "--batch-size", str(batch_size),
-               "--max-len", str(args.max_len), "--warmup", str(args.warmup), "--text", text_source(args.text)]
+               "--max-len", str(args.max_len), "--warmup", str(args.warmup), "--text", text_source(args.text),
+               "--precision", args.precision]
     if args.threads:
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -236,7 +243,7 @@ def child_memory(args: argparse.Namespace, variant: str, batch_size: int) -> dic
 
 def measure_memory(args: argparse.Namespace) -> dict:
     """Child mode: load, reset the peak, run warm-up + one step of `args.variant`, read the peak."""
-    setup = Setup(args.text, args.batch_size, args.max_len, (args.variant,))
+    setup = Setup(args.text, args.batch_size, args.max_len, (args.variant,), args.precision)
     baseline = status_mb("VmRSS")
     reset = reset_peak()
     for _ in range(args.warmup + 1):
@@ -266,6 +273,7 @@ def report(args, corpus: str, batch_size: int, note: str, timing: dict, memory: 
         "batch_size": batch_size, "batch_size_requested": args.batch_size, "batch_note": note,
         "teacher": TEACHER, "student_layers": STUDENT_LAYERS, "corpus": corpus,
         "reference_teacher_mode": "torch.no_grad", "miniglot_teacher_mode": "torch.inference_mode",
+        "miniglot_precision": timing["precision"],
         "losses": timing["losses"], "repeats": args.repeats, "warmup": args.warmup,
         "threads": _threads(), "memory": memory,
     }
@@ -288,7 +296,7 @@ def summary(r: dict) -> str:
 
     lines = [
         f"Distillation step, {r['teacher']} (12 layers) -> {r['student_layers']}-layer student, "
-        f"threads {r['threads']}, corpus {r['corpus']}",
+        f"threads {r['threads']}, MiniGlot precision {r['miniglot_precision']}, corpus {r['corpus']}",
         f"Batch: {r['batch_size']} sentences, {r['real_tokens']} real tokens; MiniGlot pads to "
         f"{r['miniglot_batch_shape'][1]}, the reference to {r['reference_batch_shape'][1]}.",
     ]

@@ -42,6 +42,7 @@ from engine.shapes import Shape, stage_shapes
 from engine.stages import adapt, distill, prune, shrink, trim_vocab
 from engine.stages.base import StageContext, StageRun
 from engine.training.checkpoints import Checkpoints
+from engine.training.precision import Precision
 from engine.verify import verify_folder
 
 RUNNERS: dict[str, StageRun] = {
@@ -83,12 +84,13 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
     try:
         seed_everything(recipe.run.seed)
         device = pick_device(recipe.run.device, dist)
+        precision = Precision.for_run(recipe.run.precision, device)
         train, validation = load_corpus(recipe)
         teacher = load_teacher(recipe.teacher.source, recipe.teacher.allow_pickle)
         shapes = stage_shapes(recipe, shape_of(teacher))
         sink.emit(Log(message=f"teacher {recipe.teacher.source}: {shapes[0].describe()}, "
                               f"{count_params(teacher.model):,} parameters; corpus {len(train):,} training "
-                              f"and {len(validation):,} validation lines; device {device}"))
+                              f"and {len(validation):,} validation lines; device {device}, {precision.name}"))
         if resume is None:
             manifest.update(teacher={"source": recipe.teacher.source, "params": count_params(teacher.model),
                                      "shape": dataclasses.asdict(shapes[0])},

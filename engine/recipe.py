@@ -26,6 +26,7 @@ else:  # pragma: no cover
 LAYER_SELECTIONS = ("stride", "first_k", "last_k", "first_last_k")
 DISTILL_LOSSES = ("mse", "kl", "kl_unsoft", "hidden")
 SHRINK_INITS = ("truncation", "svd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -85,11 +86,13 @@ class RunConfig:
     runs_dir: str = "runs"
     name: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: autocast for training (weights stay fp32)
     verify: bool = True  # reload every stage's model in a fresh process and compare outputs
 
     def __post_init__(self) -> None:
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                f"run.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+        _one_of("run.precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class Distillation:
     temperature: float = 2.0
     all_positions: bool = False  # logit loss at every position (the paper) instead of masked ones
     intermediate: bool = False  # with loss = "hidden": also match mapped intermediate layers
+    cache_teacher: bool = True  # compute the teacher's outputs on the validation batches once, not at every check
 
     def check_distillation(self, where: str) -> None:
         _one_of(f"{where}.loss", self.loss, DISTILL_LOSSES)

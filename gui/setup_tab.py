@@ -38,6 +38,7 @@ from engine.errors import RecipeError
 from engine.recipe import (
     DISTILL_LOSSES,
     LAYER_SELECTIONS,
+    PRECISIONS,
     SHRINK_INITS,
     AdaptStage,
     CorpusConfig,
@@ -605,24 +606,32 @@ class SetupTab(QWidget):
         self.device_combo = _compact(QComboBox(), 8)
         self.device_combo.setEditable(True)
         self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.precision_combo = _compact(QComboBox(), 8)
+        self.precision_combo.addItems(list(PRECISIONS))
+        self.precision_combo.setToolTip(
+            "Autocast for the forward passes while training; weights and saved models stay fp32.\n"
+            "auto: bf16 on GPUs that support it (else fp16 with loss scaling), bf16 on CPUs with native\n"
+            "bf16 kernels (AVX512-BF16/AMX), fp32 elsewhere. fp16 needs a GPU.")
         self.runs_dir_edit = QLineEdit()
         self.runs_dir_edit.setToolTip("Where run folders are written (relative to the recipe's folder).")
         self.name_edit.textChanged.connect(self._changed)
         self.seed_spin.valueChanged.connect(self._changed)
         self.device_combo.editTextChanged.connect(self._changed)
+        self.precision_combo.currentTextChanged.connect(self._changed)
         self.runs_dir_edit.textChanged.connect(self._changed)
         self.run_error = _error_label()
         grid = QGridLayout(box)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         for i, (label, widget) in enumerate((("Name", self.name_edit), ("Seed", self.seed_spin),
-                                             ("Runs folder", self.runs_dir_edit), ("Device", self.device_combo))):
+                                             ("Runs folder", self.runs_dir_edit), ("Device", self.device_combo),
+                                             ("Precision", self.precision_combo))):
             row, col = divmod(i, 2)
             text = QLabel(label)
             text.setStyleSheet("font-weight: normal;")
             grid.addWidget(text, row, col * 2, Qt.AlignmentFlag.AlignRight)
             grid.addWidget(_framed(widget), row, col * 2 + 1)
-        grid.addWidget(self.run_error, 2, 0, 1, 4)
+        grid.addWidget(self.run_error, 3, 0, 1, 4)
         return box
 
     # ---- public API ----
@@ -663,6 +672,7 @@ class SetupTab(QWidget):
             self.seed_spin.setValue(recipe.run.seed)
             self.runs_dir_edit.setText(recipe.run.runs_dir)
             self.device_combo.setEditText(recipe.run.device)
+            self.precision_combo.setCurrentText(recipe.run.precision)
             self._stage_base = {}
             for stage in recipe.stages:
                 self._stage_base.setdefault(stage.kind, stage)
@@ -730,7 +740,7 @@ class SetupTab(QWidget):
         run = attempt(self.runs_dir_edit, lambda: dataclasses.replace(
             self._base.run, name=self.name_edit.text().strip(), seed=self.seed_spin.value(),
             runs_dir=self.runs_dir_edit.text().strip() or "runs",
-            device=self.device_combo.currentText().strip() or "auto"))
+            device=self.device_combo.currentText().strip() or "auto", precision=self.precision_combo.currentText()))
         stages = []
         for kind in self._stage_kinds():
             box = self.stage_boxes[kind]

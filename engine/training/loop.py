@@ -1,7 +1,8 @@
 """The optimisation loop shared by adapt, distill and shrink.
 
-AdamW with warmup + linear decay, gradient clipping and accumulation, periodic validation with
-best-state selection, checkpoints through the pipeline, cooperative cancellation. Batch k and its
+AdamW with warmup + linear decay, gradient clipping and accumulation, mixed precision (autocast,
+with loss scaling for fp16), periodic validation with best-state selection (the teacher's outputs
+on the validation batches computed once), checkpoints through the pipeline, cooperative cancellation. Batch k and its
 dropout are derived from (seed, k), so a resumed run continues exactly where it stopped.
 """
 
@@ -20,6 +21,7 @@ from engine.events import Progress
 from engine.recipe import Training
 from engine.stages.base import StageContext
 from engine.training.losses import Objective
+from engine.training.precision import Precision
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
 
@@ -32,7 +34,13 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
                          mlm_probability=cfg.mlm_probability)
     val_stream = BatchStream(tokenizer, ctx.validation_texts, max_length, cfg.batch_size,
                              derive_seed(ctx.seed, "validation", 0), mlm_probability=cfg.mlm_probability)
-    val_batches = [val_stream.batch(i) for i in range(min(cfg.eval_batches, val_stream.batches_per_epoch))]
+    val_inputs = [batch_inputs(val_stream.batch(i), ctx.device)
+                  for i in range(min(cfg.eval_batches, val_stream.batches_per_epoch))]
+    # the teacher is frozen and the validation batches fixed: its outputs on them can be kept
+    teacher_targets = getattr(objective, "targets", None) if getattr(cfg, "cache_teacher", False) else None
+    val_targets: list | None = None
+    precision = Precision.for_run(ctx.recipe.run.precision, ctx.device)
+    scaler = precision.scaler()
 
     dist = ctx.distributed
     named = [(n, p) for n, p in (parameters if parameters is not None else net.named_parameters())
@@ -51,17 +59,23 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
         net.load_state_dict(tensors["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start, best_loss, best_step = state["step"], state["best_loss"], state["best_step"]
         best_state = tensors.get("best")
         ctx.log(f"{phase}: resumed from step {start}")
 
     def validate(step: int) -> float:
+        nonlocal val_targets
         net.eval()
         totals: dict[str, float] = {}
-        with torch.no_grad():
-            for batch in val_batches:
-                for name, value in objective(batch_inputs(batch, ctx.device)).items():
-                    totals[name] = totals.get(name, 0.0) + float(value) / len(val_batches)
+        with torch.no_grad(), precision.autocast():
+            if teacher_targets is not None and val_targets is None:
+                val_targets = [teacher_targets(batch) for batch in val_inputs]
+            for i, batch in enumerate(val_inputs):
+                parts = objective(batch) if val_targets is None else objective(batch, val_targets[i])
+                for name, value in parts.items():
+                    totals[name] = totals.get(name, 0.0) + float(value) / len(val_inputs)
         for name, value in totals.items():
             ctx.metric(f"{phase}/{name}", value, step, "validation")
         net.train()
@@ -74,7 +88,7 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
         if best_state is not None:
             tensors["best"] = best_state
         ctx.checkpoints.save(phase, tensors, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "best_loss": best_loss, "best_step": best_step,
         })
 
@@ -87,15 +101,18 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
             index = dist.batch_index(step, micro, cfg.grad_accumulation)
             torch.manual_seed(derive_seed(ctx.seed, "dropout", index))
             batch = stream.batch(index)
-            parts = objective(batch_inputs(batch, ctx.device))
-            (parts["total"] / cfg.grad_accumulation).backward()
+            with precision.autocast():
+                parts = objective(batch_inputs(batch, ctx.device))
+            scaler.scale(parts["total"] / cfg.grad_accumulation).backward()
             tokens += dist.total(batch.real_tokens)
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach()) / cfg.grad_accumulation
         dist.average_gradients(trainable)
         parts_sum = dist.mean(parts_sum)
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1

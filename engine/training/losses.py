@@ -2,13 +2,16 @@
 
 Logit losses are computed at masked positions only by default: the vocabulary projection is the
 expensive part (DESIGN.md §6), so neither student nor teacher projects unmasked positions.
-The teacher runs under `torch.inference_mode`.
+The teacher runs under `torch.inference_mode`; its side of a loss (`DistillLoss.targets`) can be
+computed once and reused, which the training loop does for the fixed validation batches.
+Losses are computed in fp32 whatever dtype the forward passes ran in (mixed precision).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +30,7 @@ def mlm_loss(model: LoadedModel) -> Objective:
     def objective(batch: dict[str, Tensor]) -> dict[str, Tensor]:
         hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         masked = batch["labels"] != -100
-        loss = F.cross_entropy(head(hidden[masked]), batch["labels"][masked])
+        loss = F.cross_entropy(head(hidden[masked]).float(), batch["labels"][masked])
         return {"total": loss, "mlm": loss}
 
     return objective
@@ -57,33 +60,54 @@ class DistillLoss:
         self._t_head = self.teacher.adapter.mlm_module(self.teacher.model)
         self._intermediate = self.loss == "hidden" and self.config.intermediate and self.layer_map is not None
 
-    def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        masked = labels != -100
-        logit_positions = attention.bool() if self.config.all_positions else masked
-        student = self._s_base(input_ids=ids, attention_mask=attention, output_hidden_states=self._intermediate)
+    def targets(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        """The teacher's side of the loss for `batch` (no autograd; the validation set caches it).
+
+        `states`: teacher states at real tokens (last layer first, then the mapped intermediate
+        layers), already projected to the student's width; `logit_hidden`: the teacher's last states
+        at the logit positions, which its MLM head projects in `__call__`.
+        """
+        ids, attention = batch["input_ids"], batch["attention_mask"]
         with torch.inference_mode():
             teacher = self._t_base(input_ids=ids, attention_mask=attention, output_hidden_states=self._intermediate)
-            t_logits = self._t_head(teacher.last_hidden_state[logit_positions]) if self.loss != "hidden" else None
+            if self.loss != "hidden":
+                return {"logit_hidden": teacher.last_hidden_state[self._logit_positions(batch)]}
+            states = [teacher.last_hidden_state]
+            if self._intermediate:
+                states += [teacher.hidden_states[t + 1] for t in self.layer_map[:-1]]
+            tokens = attention.bool()
+            return {"states": [s[tokens] if self.projection is None else s[tokens] @ self.projection
+                               for s in states]}
+
+    def __call__(self, batch: dict[str, Tensor], targets: dict[str, Any] | None = None) -> dict[str, Tensor]:
+        ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        targets = self.targets(batch) if targets is None else targets
+        masked = labels != -100
+        student = self._s_base(input_ids=ids, attention_mask=attention, output_hidden_states=self._intermediate)
         parts: dict[str, Tensor] = {}
         s_hidden = student.last_hidden_state
         if self.loss == "hidden":
-            parts["hidden"] = self._hidden_loss(student, teacher, attention.bool())
+            parts["hidden"] = self._hidden_loss(student, targets["states"], attention.bool())
             distill = parts["hidden"]
         else:
-            s_logits = self._s_head(s_hidden[logit_positions])
-            distill = self._logit_loss(s_logits, t_logits.clone())
+            with torch.inference_mode():
+                t_logits = self._t_head(targets["logit_hidden"])
+            s_logits = self._s_head(s_hidden[self._logit_positions(batch)])
+            distill = self._logit_loss(s_logits.float(), t_logits.clone().float())
             parts["distill"] = distill
         if self._s_head is not None and self.config.alpha > 0:
             if self.loss != "hidden" and not self.config.all_positions:
                 mlm_logits = s_logits
             else:
                 mlm_logits = self._s_head(s_hidden[masked])
-            parts["mlm"] = F.cross_entropy(mlm_logits, labels[masked])
+            parts["mlm"] = F.cross_entropy(mlm_logits.float(), labels[masked])
             parts["total"] = self.config.alpha * parts["mlm"] + (1 - self.config.alpha) * distill
         else:
             parts["total"] = distill
         return parts
+
+    def _logit_positions(self, batch: dict[str, Tensor]) -> Tensor:
+        return batch["attention_mask"].bool() if self.config.all_positions else batch["labels"] != -100
 
     def _logit_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
         if self.loss == "mse":
@@ -93,18 +117,16 @@ class DistillLoss:
                       log_target=True, reduction="batchmean")
         return kl * t * t
 
-    def _hidden_loss(self, student, teacher, tokens: Tensor) -> Tensor:
-        pairs = [(student.last_hidden_state, teacher.last_hidden_state)]
-        if self._intermediate:
-            pairs += [(student.hidden_states[i + 1], teacher.hidden_states[t + 1])
-                      for i, t in enumerate(self.layer_map[:-1])]
-        total = 0.0
-        for s, t in pairs:
-            s, t = s[tokens], t[tokens].clone()
-            if self.projection is not None:
-                t = t @ self.projection
-            total = total + F.mse_loss(s, t) + (1 - F.cosine_similarity(s, t, dim=-1)).mean()
-        return total / len(pairs)
+    def _hidden_loss(self, student, teacher_states: list[Tensor], tokens: Tensor) -> Tensor:
+        students = [student.last_hidden_state]
+        students += [student.hidden_states[i + 1] for i in range(len(teacher_states) - 1)]
+        return sum(state_loss(s[tokens], t) for s, t in zip(students, teacher_states, strict=True)) / len(students)
+
+
+def state_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """MSE + (1 − cosine) between matching rows of states, in fp32 (the teacher's may be inference tensors)."""
+    s, t = student.float(), teacher.clone().float()
+    return F.mse_loss(s, t) + (1 - F.cosine_similarity(s, t, dim=-1)).mean()
 
 
 def resolve_loss(requested: str, student: LoadedModel, teacher: LoadedModel) -> str:
@@ -127,8 +149,7 @@ def clean_hidden_loss(student: LoadedModel, teacher: LoadedModel) -> Objective:
         s = s_base(input_ids=batch["input_ids"], attention_mask=attention).last_hidden_state[tokens]
         with torch.inference_mode():
             t = t_base(input_ids=original, attention_mask=attention).last_hidden_state[tokens]
-        t = t.clone()
-        loss = F.mse_loss(s, t) + (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+        loss = state_loss(s, t)
         return {"total": loss, "hidden": loss}
 
     return objective

@@ -1,0 +1,77 @@
+"""The training loop's speed features: the teacher's validation outputs computed once, mixed precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import recipe_toml
+from safetensors import safe_open
+
+from engine import pipeline
+from engine.errors import RecipeError
+from engine.events import Collect, Metric
+from engine.recipe import Recipe
+from engine.training import losses
+from engine.training.precision import Precision, autocast_dtype, cpu_has_fast_bf16
+
+DISTILL = """
+[[stages]]
+kind = "distill"
+layers = 2
+loss = "{loss}"
+intermediate = true
+cache_teacher = {cache}
+max_steps = 4
+batch_size = 8
+eval_every = 1
+eval_batches = 2
+"""
+
+
+def _run(tmp_path, teacher, corpus, loss="mse", cache=True, precision="fp32"):
+    text = recipe_toml(teacher, corpus, DISTILL.format(loss=loss, cache=str(cache).lower()),
+                       verify=False, precision=precision)
+    sink = Collect()
+    run_dir = pipeline.run(Recipe.from_toml(text, tmp_path / f"{loss}-{cache}-{precision}"), sink)
+    curves = {(e.name, e.split, e.step): e.value for e in sink.events if isinstance(e, Metric)}
+    return run_dir, curves
+
+
+@pytest.mark.parametrize("loss", ["mse", "hidden"])
+def test_cached_validation_targets_give_the_same_curves_with_fewer_teacher_passes(
+        tmp_path, tiny_models, corpus, monkeypatch, loss):
+    calls = []
+    original = losses.DistillLoss.targets
+    monkeypatch.setattr(losses.DistillLoss, "targets", lambda self, batch: calls.append(1) or original(self, batch))
+
+    _, cached = _run(tmp_path, tiny_models["bert"], corpus, loss, cache=True)
+    cached_calls, calls[:] = len(calls), []
+    _, recomputed = _run(tmp_path, tiny_models["bert"], corpus, loss, cache=False)
+
+    assert cached_calls == 4 + 2  # one per training step, one per validation batch for the whole run
+    assert len(calls) == 4 + 2 * 4  # validation after each of the 4 steps recomputes both batches
+    assert any(split == "validation" for _, split, _ in cached)
+    assert cached == recomputed
+
+
+def test_precision_rules():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if cpu_has_fast_bf16() else None)
+    with pytest.raises(RecipeError, match=r"fp16.*needs a GPU"):
+        autocast_dtype("fp16", cpu)
+    assert not Precision.for_run("bf16", cpu).scaler().is_enabled()
+    with pytest.raises(RecipeError, match=r"run\.precision"):
+        Recipe.from_dict({"corpus": {"train": ["x.txt"]}, "run": {"precision": "int8"}})
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_saves_fp32_weights(tmp_path, tiny_models, corpus):
+    _, fp32 = _run(tmp_path, tiny_models["bert"], corpus, precision="fp32")
+    run_dir, bf16 = _run(tmp_path, tiny_models["bert"], corpus, precision="bf16")
+
+    key = ("distill/total", "validation", 4)
+    assert bf16[key] == pytest.approx(fp32[key], rel=0.05)
+    assert bf16[key] != fp32[key]  # the forward passes really ran in bf16
+    with safe_open(next(run_dir.glob("stages/01-distill/model/model.safetensors")), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
