@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.cost import SENTENCE_TOKENS
 from engine.errors import MiniGlotError, RecipeError
 from engine.recipe import EVAL_TASKS
 
@@ -31,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--runs-dir", type=Path, metavar="DIR", help="where the run folder goes (default: the recipe's)")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    estimate = commands.add_parser("estimate", help="parameters and bytes per stage, without training")
+    estimate = commands.add_parser("estimate", help="parameters, bytes, peak memory and time per stage, "
+                                                    "without training")
     estimate.add_argument("recipe", type=Path)
+    estimate.add_argument("--device", help="device to estimate for (default: the recipe's run.device)")
+    estimate.add_argument("--tokens-per-sentence", type=int, default=SENTENCE_TOKENS,
+                          help="typical sentence length in tokens, for the time estimate")
     estimate.add_argument("--json", action="store_true")
 
     inspect = commands.add_parser("inspect", help="describe a model folder or teacher source")
@@ -125,14 +130,18 @@ def _eval(args) -> int:
 
 
 def _estimate(args) -> int:
+    from engine.cost import Device, stage_costs
     from engine.models.loading import source_shape
     from engine.recipe import Recipe
     from engine.shapes import estimate
 
     recipe = Recipe.load(args.recipe).resolved()
-    rows = estimate(recipe, source_shape(recipe.teacher.source, recipe.teacher.allow_pickle))
+    teacher = source_shape(recipe.teacher.source, recipe.teacher.allow_pickle)
+    rows = estimate(recipe, teacher)
+    device = Device.probe(args.device or recipe.run.device, recipe.run.precision)
+    costs = stage_costs(recipe, teacher, device, args.tokens_per_sentence)
     if args.json:
-        print(json.dumps({"stages": rows}, indent=2))
+        print(json.dumps({"stages": rows, "device": dataclasses.asdict(device), "costs": costs}, indent=2))
         return 0
     print(f"{'stage':<16}{'embeddings':>14}{'encoder':>14}{'head':>12}{'total':>14}{'fp32 MB':>10}"
           f"{'fp16 MB':>10}{'% teacher':>11}")
@@ -141,7 +150,24 @@ def _estimate(args) -> int:
         print(f"{row['name']:<16}{p['embeddings']:>14,}{p['encoder']:>14,}{p['head']:>12,}"
               f"{row['total_params']:>14,}{row['fp32_bytes'] / 1e6:>10.1f}{row['fp16_bytes'] / 1e6:>10.1f}"
               f"{row['percent_of_teacher']:>10.1f}%")
+    print(f"\non {device.name}: {device.free_bytes / 2**30:.1f} GiB free, "
+          f"{device.matmul_flops / 1e9:.0f} GFLOP/s measured; time assumes ~{args.tokens_per_sentence} tokens "
+          f"per sentence, memory sentences of {recipe.corpus.max_length}")
+    print(f"{'stage':<16}{'peak GiB':>10}{'time':>10}  fits")
+    for cost in costs:
+        print(f"{cost['name']:<16}{cost['peak_bytes'] / 2**30:>10.2f}{_duration(cost['seconds']):>10}  "
+              + ("yes" if cost["fits"] else "NO: lower batch_size or corpus.max_length, or use a larger device"))
+    print(f"{'total':<16}{max(c['peak_bytes'] for c in costs) / 2**30:>10.2f}"
+          f"{_duration(sum(c['seconds'] for c in costs)):>10}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _inspect(args) -> int:
