@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pyqtgraph.util.garbage_collector import GarbageCollector
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from engine.events import CancelToken, Event, Failure, Progress, RunFinished, read_events
@@ -33,15 +34,42 @@ SWITCH_INTERVAL = 0.001  # seconds a Python thread may hold the GIL before the G
 _IMPORT_LOCK = threading.Lock()
 _imported = False
 _LIVE: set[_Threaded] = set()  # started workers, kept alive until their thread has ended
+_collector: GarbageCollector | None = None  # while work threads run: cyclic garbage collected on the GUI thread
 
 
 def live_workers() -> list[_Threaded]:
     """Workers whose thread is still running (the test fixture checks this is empty).
 
-    A worker leaves `_LIVE` only in its own `_ended` slot, so no Python wrapper is collected while
-    its thread or its final queued signals are still on the way.
+    A worker leaves `_LIVE` only after its `_ended` slot has returned, so no Python wrapper is
+    collected while its thread or its final queued signals are still on the way.
     """
     return [w for w in _LIVE if w.is_running()]
+
+
+def collecting_on_gui_thread() -> bool:
+    return _collector is not None
+
+
+def _collect_on_gui_thread(active: bool) -> None:
+    """While work threads run, the cyclic garbage collector runs only on the GUI thread, on a timer.
+
+    Otherwise it runs in whichever thread allocates when a threshold is crossed — a work thread
+    building tensors, say — and destroys any Qt objects caught in garbage cycles there, which
+    crashes Qt (seen: a segfault in the window's event loop while a work thread read a tokenizer).
+    """
+    global _collector
+    if active and _collector is None:
+        _collector = GarbageCollector(interval=0.25)  # disables automatic collection until stopped
+    elif not active and _collector is not None:
+        _collector.timer.stop()
+        _collector = None
+        gc.enable()
+
+
+def _release(worker: _Threaded) -> None:
+    _LIVE.discard(worker)
+    if not _LIVE:
+        _collect_on_gui_thread(False)
 
 
 def wait_for_all(msecs: int = 30_000) -> bool:
@@ -114,20 +142,27 @@ class _Threaded(QObject):
 
     Every public signal fires on the GUI thread (even for plain-function or lambda receivers):
     results are kept until the thread has ended and emitted from `_ended`, a queued slot.
+
+    Lifetime: the Qt objects must be destroyed on the GUI thread, outside their own event handlers.
+    The job's reference to `_work` (a cycle through this object) exists only while the thread runs,
+    so the last reference is dropped by the owner or by `_LIVE`, never by the cyclic collector,
+    which may run in any thread (a worker collected from a work thread crashed the window).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._thread = QThread()
         self._thread.setObjectName(type(self).__name__)
+        self._job: _Job | None = None
+        self._final: list[tuple[str, tuple[Any, ...]]] = []
+
+    def start(self) -> None:
         self._job = _Job(self._work, self._thread)
         self._job.moveToThread(self._thread)
         self._thread.started.connect(self._job.run)
         self._thread.finished.connect(self._ended)
-        self._final: list[tuple[str, tuple[Any, ...]]] = []
-
-    def start(self) -> None:
         _LIVE.add(self)
+        _collect_on_gui_thread(True)
         favour_gui_thread()
         self._thread.start()
 
@@ -144,10 +179,13 @@ class _Threaded(QObject):
     @Slot()
     def _ended(self) -> None:
         self._thread.wait()  # `finished` comes from the thread just before it ends: let it end
-        _LIVE.discard(self)
+        self._job.work = None  # break the cycle worker -> job -> bound method -> worker
         self._before_final()
         for signal, args in self._final:
             getattr(self, signal).emit(*args)
+        # `_LIVE` may hold the last reference: drop it from the event loop, not inside this slot,
+        # which runs in this object's own event handler
+        QTimer.singleShot(0, lambda: _release(self))
 
     def _work(self) -> None:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import threading
@@ -28,7 +29,9 @@ from tiny import tiny_model_dir, write_corpus  # noqa: E402  (sys.path set by th
 @pytest.fixture(autouse=True)
 def no_threads_left():
     """Fail a test that leaves a worker thread (or any new Python thread) running."""
-    from gui.worker import live_workers, wait_for_all
+    from PySide6.QtCore import QCoreApplication
+
+    from gui.worker import collecting_on_gui_thread, live_workers, wait_for_all
 
     before = set(threading.enumerate())
     yield
@@ -38,6 +41,9 @@ def no_threads_left():
     finished = wait_for_all(120_000)
     assert not leftover, f"the test left worker threads running: {leftover}"
     assert finished, "background jobs did not end within two minutes"
+    for _ in range(3):  # ended workers are released from the event loop
+        QCoreApplication.processEvents()
+    assert not collecting_on_gui_thread() and gc.isenabled(), "automatic garbage collection was not restored"
     extra = [t.name for t in threading.enumerate()
              if t not in before and t.is_alive() and not isinstance(t, threading._DummyThread)]
     assert not extra, f"the test left Python threads running: {extra}"
