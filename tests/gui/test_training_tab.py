@@ -77,10 +77,16 @@ def test_event_loop_stays_responsive_during_a_run(qtbot, make_recipe):
         tab.start()  # from the start: loading the teacher and corpus, four stages, saving
         timer.start()
     timer.stop()
-    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    gaps = sorted(b - a for a, b in itertools.pairwise(ticks))
     assert len(ticks) > 50, "the run was too short to measure"
-    print(f"{len(ticks)} ticks, longest gap {max(gaps) * 1000:.1f} ms")
-    assert max(gaps) < 0.1, f"longest gap between 10 ms ticks: {max(gaps) * 1000:.0f} ms"
+    median, p99 = gaps[len(gaps) // 2], gaps[int(0.99 * len(gaps))]
+    print(f"{len(ticks)} ticks, gaps: median {median * 1000:.1f} ms, 99th percentile {p99 * 1000:.1f} ms, "
+          f"longest {gaps[-1] * 1000:.1f} ms")
+    # a frozen window (work on the GUI thread, a work thread hogging the GIL) shows as late ticks and
+    # stalls of seconds; a busy 2-core machine descheduling the process shows as a few 0.1-0.2 s gaps
+    assert median < 0.02, f"half of the 10 ms ticks came more than {median * 1000:.0f} ms apart"
+    assert p99 < 0.1, f"1% of the 10 ms ticks came more than {p99 * 1000:.0f} ms apart"
+    assert gaps[-1] < 0.5, f"the event loop stalled for {gaps[-1] * 1000:.0f} ms"
 
 
 def test_cancel_then_resume(qtbot, make_recipe, dialogs):
