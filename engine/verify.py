@@ -26,6 +26,7 @@ from engine.models.loading import LoadedModel
 TOLERANCE = 1e-4
 SAMPLE = 8
 MAX_LENGTH = 128
+FROZEN_CHILD_ENV = "MINIGLOT_VERIFY_CHILD"  # packaging/bundle_boot.py dispatches on it
 
 
 def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance: float = TOLERANCE) -> dict:
@@ -48,8 +49,10 @@ def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance
         (Path(tmp) / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
                "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.run([sys.executable, "-m", "engine.verify", str(folder), tmp, str(tolerance)],
-                              capture_output=True, text=True, env=env, timeout=600,
+        command = [sys.executable, "-m", "engine.verify", str(folder), tmp, str(tolerance)]
+        if getattr(sys, "frozen", False):  # a PyInstaller bundle has no `-m`: its executables run child_main
+            command, env[FROZEN_CHILD_ENV] = [sys.executable, *command[3:]], "1"
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
                               cwd=Path(__file__).resolve().parent.parent)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -104,5 +107,11 @@ def _child(folder: str, tmp: str, tolerance: float) -> dict[str, Any]:
     return {"problems": problems, "max_abs_diff": diff, "vocab_rows": rows, "tokenizer_size": len(tokenizer)}
 
 
+def child_main(argv: list[str]) -> int:
+    """The fresh process's entry: `FOLDER TMP TOLERANCE` -> one JSON line on stdout."""
+    print(json.dumps(_child(argv[0], argv[1], float(argv[2]))))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(_child(sys.argv[1], sys.argv[2], float(sys.argv[3]))))
+    sys.exit(child_main(sys.argv[1:]))

@@ -1,7 +1,8 @@
 """Regenerate `resources/samples/`: the sample text and the tiny BERT that `miniglot --self-test` compresses.
 
-The committed files are what the app and the bundle use; this script only documents how they were made
-(`.venv/bin/python packaging/make_samples.py`). The text is the made-up language of the test suite.
+The committed files are what the app and the bundle use; this script documents how they were made
+(`.venv/bin/python packaging/make_samples.py`; the weights come out the same, the WordPiece trainer may
+order equally frequent pieces differently). The text is the made-up language of the test suite.
 """
 
 from __future__ import annotations

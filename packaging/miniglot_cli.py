@@ -1,0 +1,7 @@
+"""Bundle entry point of `miniglot-cli`."""
+
+from bundle_boot import start
+
+from engine.cli import main
+
+start(main)
