@@ -38,6 +38,9 @@ def main() -> None:
     sources = args.text or [BIBLE]
     texts = read_corpus(sources)
     loaded = load_teacher(TEACHER)
+    if args.vocabulary_lines:
+        texts += vocabulary_lines(loaded.tokenizer, args.vocabulary_lines)
+        sources = [*sources, f"{args.vocabulary_lines:,} lines of the teacher's own vocabulary"]
     old_rows = loaded.adapter.embeddings(loaded.model).word_embeddings.num_embeddings
     loop = loop_estimate(loaded, texts, args.size, args.loop_sample)
 
@@ -81,8 +84,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=40_000, help="tokens to keep by frequency")
     parser.add_argument("--loop-sample", type=int, default=2000,
                         help="texts and embedding rows the per-token loop is timed on")
+    parser.add_argument("--vocabulary-lines", type=int, default=0, metavar="N",
+                        help="add N lines decoded from random vocabulary ids, so that a real 40k-row trim "
+                             "happens (the offline corpora use only 6-16k distinct tokens)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     return parser.parse_args()
+
+
+def vocabulary_lines(tokenizer, n: int, ids_per_line: int = 16, seed: int = 0) -> list[str]:
+    """Text that uses much of the vocabulary: each line decodes `ids_per_line` random non-special ids."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    special = len(tokenizer.all_special_ids)
+    ids = torch.randint(special, len(tokenizer), (n, ids_per_line), generator=generator)
+    return tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
 
 
 def loop_estimate(loaded, texts: list[str], size: int, sample: int) -> dict:
