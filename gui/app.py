@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 SCREENSHOT_SETTLE_MS = 600
@@ -62,19 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 def screenshots(window, out_dir: Path) -> int:
     """Visit every tab, save one PNG per tab into `out_dir`, close the window."""
     from PySide6.QtCore import QCoreApplication
-    from PySide6.QtTest import QTest
 
-    from gui.worker import live_workers
+    from gui.worker import idle_workers, run_event_loop
 
     out_dir.mkdir(parents=True, exist_ok=True)
     window.resize(1440, 900)
     window.show()
-    deadline = time.monotonic() + SCREENSHOT_MAX_WAIT_S
-    while live_workers() and time.monotonic() < deadline:  # e.g. the Setup tab inspecting the teacher
-        QTest.qWait(100)
+    idle_workers(SCREENSHOT_MAX_WAIT_S, SCREENSHOT_SETTLE_MS)  # e.g. the Setup tab inspecting the teacher
     for index in range(window.tabs.count()):
         window.tabs.setCurrentIndex(index)
-        QTest.qWait(SCREENSHOT_SETTLE_MS)
+        run_event_loop(SCREENSHOT_SETTLE_MS)
         name = window.tabs.tabText(index).lower().replace(" ", "-")
         path = out_dir / f"{index + 1:02d}-{name}.png"
         window.grab().save(str(path))

@@ -123,12 +123,11 @@ def offline_assets() -> tuple[int, list[str]]:
 def open_and_close_window(tmp: Path, run_dir: Path) -> None:
     """The main window opens the self-test recipe and run (settings in `tmp`), then closes cleanly."""
     from PySide6.QtCore import QSettings
-    from PySide6.QtTest import QTest
     from PySide6.QtWidgets import QApplication
 
     from gui import style
     from gui.main_window import APPLICATION, ORGANISATION, MainWindow
-    from gui.worker import live_workers
+    from gui.worker import idle_workers
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
     app = QApplication.instance() or QApplication([sys.argv[0]])
@@ -139,10 +138,8 @@ def open_and_close_window(tmp: Path, run_dir: Path) -> None:
     if not window.load_recipe(RECIPE) or not window.open_run(run_dir):
         raise SelfTestError("the main window could not open the self-test recipe or run")
     window.show()
-    deadline = time.monotonic() + WINDOW_WAIT_S
-    while live_workers() and time.monotonic() < deadline:  # e.g. the Setup tab inspecting the teacher
-        QTest.qWait(100)
-    QTest.qWait(200)
+    if not idle_workers(WINDOW_WAIT_S):  # e.g. the Setup tab inspecting the teacher
+        raise SelfTestError(f"the window's background jobs did not end within {WINDOW_WAIT_S:.0f} s")
     if window.tabs.count() != 5 or not window.close():
         raise SelfTestError("the main window did not close")
     app.processEvents()

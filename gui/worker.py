@@ -17,6 +17,7 @@ import gc
 import os
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pyqtgraph.util.garbage_collector import GarbageCollector
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
 from engine.events import CancelToken, Event, Failure, Progress, RunFinished, read_events
 
@@ -99,6 +100,26 @@ def import_engine() -> None:
         # in a work thread would otherwise hold the GIL (and freeze the window) for a tenth of a second
         gc.freeze()
         _imported = True
+
+
+def run_event_loop(msecs: int) -> None:
+    """Process GUI events for `msecs` while work threads go on (for scripted use: screenshots, self-test).
+
+    `QTest.qWait` keeps the GIL between its event-processing rounds, which starves work threads:
+    a teacher inspection that takes 6 s under a real event loop never finished under it.
+    """
+    loop = QEventLoop()
+    QTimer.singleShot(msecs, loop.quit)
+    loop.exec()
+
+
+def idle_workers(timeout_s: float, settle_ms: int = 600) -> bool:
+    """Run the event loop until no worker has run for two settle periods (debounced jobs start late)."""
+    deadline, idle = time.monotonic() + timeout_s, 0
+    while idle < 2 and time.monotonic() < deadline:
+        run_event_loop(settle_ms)
+        idle = 0 if live_workers() else idle + 1
+    return idle >= 2
 
 
 def favour_gui_thread() -> None:
