@@ -316,6 +316,10 @@ class EvaluationTab(QWidget):
         self.seeds.setToolTip("Fine-tuning runs per model and task; tables show mean ± std over them")
         self.epochs = QSpinBox(minimum=0, maximum=100, value=0)
         self.epochs.setSpecialValueText("task default")
+        self.learning_rate = QLineEdit()
+        self.learning_rate.setPlaceholderText("task default")
+        self.learning_rate.setToolTip("Peak fine-tuning learning rate, e.g. 2e-4. Empty: the task's default "
+                                      "(5e-5 full, 1e-3 head only); small students often need a higher one.")
         self.mode = QComboBox()
         self.mode.addItem("full fine-tuning", "full")
         self.mode.addItem("head only (frozen encoder)", "head_only")
@@ -335,6 +339,7 @@ class EvaluationTab(QWidget):
         form = QFormLayout(options)
         form.addRow("Seeds:", self.seeds)
         form.addRow("Epochs:", self.epochs)
+        form.addRow("Learning rate:", self.learning_rate)
         form.addRow("Mode:", self.mode)
         form.addRow(self.speed)
         form.addRow(self.intrinsic)
@@ -551,6 +556,7 @@ class EvaluationTab(QWidget):
             self.add_task_row(task, data)
         self.seeds.setValue(evaluation.seeds)
         self.epochs.setValue(evaluation.epochs)
+        self.learning_rate.setText(f"{evaluation.learning_rate:g}" if evaluation.learning_rate else "")
         self.mode.setCurrentIndex(max(0, self.mode.findData(evaluation.mode)))
         self.speed.setChecked(evaluation.speed)
         self.intrinsic.setChecked(evaluation.intrinsic)
@@ -586,6 +592,17 @@ class EvaluationTab(QWidget):
     def is_running(self) -> bool:
         return self.worker is not None and self.worker.is_running()
 
+    def _learning_rate(self) -> float | None:
+        """The learning-rate field: 0.0 when empty (the task's default), None when not a valid rate."""
+        text = self.learning_rate.text().strip()
+        if not text:
+            return 0.0
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return value if 0 < value < 1 else None
+
     def start(self) -> TaskWorker | None:
         """Start the evaluation of the ticked models on the task rows; None (with a message) if not ready."""
         if self.is_running():
@@ -593,14 +610,18 @@ class EvaluationTab(QWidget):
         models = plan_models(self.chosen())
         tasks = self.task_rows()
         out = self.output_dir()
+        learning_rate = self._learning_rate()
         problem = ("Tick at least one model." if not models else
                    "Add a task with its data (a folder, file or hub:<dataset id>)." if not tasks else
-                   "Choose an output folder." if out is None else "")
+                   "Choose an output folder." if out is None else
+                   "The learning rate must be a number between 0 and 1, such as 2e-4, or empty for the "
+                   "task's default." if learning_rate is None else "")
         if problem:
             self.status.setText(f"<span style='color:#b91c1c'>{problem}</span>")
             return None
         options = {"seeds": self.seeds.value(), "epochs": self.epochs.value(), "mode": self.mode.currentData(),
-                   "intrinsic": self.intrinsic.isChecked(), "speed": self.speed.isChecked()}
+                   "learning_rate": learning_rate, "intrinsic": self.intrinsic.isChecked(),
+                   "speed": self.speed.isChecked()}
         self._clear_results()
         self.progress.setFormat("%v / %m fine-tunings")
         self.progress.setRange(0, len(models) * len(tasks) * options["seeds"])

@@ -130,6 +130,7 @@ def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, 
     tab.tasks.cellWidget(0, 1).setText(str(tmp_path / "pos-data"))
     tab.seeds.setValue(2)
     tab.speed.setChecked(False)
+    tab.learning_rate.setText("2e-4")
     with qtbot.waitSignal(tab.evaluation_finished, timeout=60_000) as finished:
         worker = tab.start()
         assert worker is not None and not tab.run_button.isEnabled() and tab.cancel_button.isEnabled()
@@ -138,6 +139,7 @@ def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, 
     assert finished.args == [run.resolve() / "eval"] and out == run.resolve() / "eval"
     assert [m.name for m in plan.models] == NAMES and plan.models[0].path == Path("packaged:tiny")
     assert plan.tasks == (("pos", str(tmp_path / "pos-data")),) and plan.seeds == 2 and not plan.speed
+    assert plan.learning_rate == 2e-4
     assert (tab.progress.value(), tab.progress.maximum()) == (6, 6)
     assert tab.live.rowCount() == 6 and tab.live.item(5, 3).text() == "accuracy 80.0"
     assert [r[0] for r in cells(tab.table)] == NAMES
@@ -177,6 +179,9 @@ def test_failure_is_reported_and_missing_inputs_refuse_to_start(qtbot, tmp_path,
     tab.show_run(write_run(tmp_path, with_summary=False))
     assert tab.start() is None and "task" in tab.status.text()  # no task data yet
     tab.tasks.cellWidget(0, 1).setText("hub:missing")
+    tab.learning_rate.setText("fast")
+    assert tab.start() is None and "learning rate" in tab.status.text()
+    tab.learning_rate.setText("")
     worker = tab.start()
     assert worker is not None
     with qtbot.waitSignal(worker.finished, timeout=60_000):
