@@ -319,7 +319,8 @@ class EvaluationTab(QWidget):
         self.learning_rate = QLineEdit()
         self.learning_rate.setPlaceholderText("task default")
         self.learning_rate.setToolTip("Peak fine-tuning learning rate, e.g. 2e-4. Empty: the task's default "
-                                      "(5e-5 full, 1e-3 head only); small students often need a higher one.")
+                                      "(full: 5e-5 × 768 / hidden size, so narrow students get larger steps; "
+                                      "head only: 1e-3).")
         self.mode = QComboBox()
         self.mode.addItem("full fine-tuning", "full")
         self.mode.addItem("head only (frozen encoder)", "head_only")

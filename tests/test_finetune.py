@@ -16,6 +16,7 @@ from engine.errors import Cancelled, ModelError, TaskDataError
 from engine.evaluate import finetune as ft
 from engine.evaluate.finetune import (
     align_words,
+    default_learning_rate,
     finetune,
     most_frequent_tag,
     words_from_tokens,
@@ -207,6 +208,15 @@ def test_progress_reports_steps_and_dev_scores(models):
     finetune(models["bert"], sentiment_data(32), seed=0, epochs=2, batch_size=16, progress=seen.append)
     assert [i["kind"] for i in seen] == ["step", "step", "epoch", "step", "step", "epoch"]
     assert seen[2]["metric"] == "macro_f1" and seen[2]["dev_score"] == seen[2]["dev_metrics"]["macro_f1"]
+
+
+def test_default_rate_grows_as_the_encoder_narrows_and_is_recorded(models):
+    assert default_learning_rate("pos", "full", 768) == pytest.approx(5e-5)
+    assert default_learning_rate("topic", "full", 192) == pytest.approx(2e-4)
+    assert default_learning_rate("ner", "head_only", 192) == pytest.approx(1e-3)
+    result = finetune(models["bert"], sentiment_data(32), seed=0, epochs=1)  # tiny BERT: hidden 64
+    assert result.learning_rate == pytest.approx(5e-5 * 768 / 64)
+    assert finetune(models["bert"], sentiment_data(32), seed=0, epochs=1, learning_rate=1e-4).learning_rate == 1e-4
 
 
 def test_folder_without_tokenizer(models, tmp_path):

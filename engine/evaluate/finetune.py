@@ -4,11 +4,16 @@ Defaults per task, chosen so ~1k-sentence sets converge on 2 CPU cores in minute
 6-layer/384 model (the paper used 20 epochs for classification and 100 for token tasks with
 adapters; full fine-tuning of a small encoder needs far fewer):
 
-| task            | epochs | lr (full) | lr (head_only) | batch | patience | dev metric |
-|-----------------|--------|-----------|----------------|-------|----------|------------|
-| sentiment/topic | 10     | 5e-5      | 1e-3           | 16    | 3        | macro_f1   |
-| pos             | 10     | 5e-5      | 1e-3           | 16    | 3        | accuracy   |
-| ner             | 10     | 5e-5      | 1e-3           | 16    | 3        | f1         |
+| task            | epochs | lr (full)        | lr (head_only) | batch | patience | dev metric |
+|-----------------|--------|------------------|----------------|-------|----------|------------|
+| sentiment/topic | 10     | 5e-5 × 768 / h   | 1e-3           | 16    | 3        | macro_f1   |
+| pos             | 10     | 5e-5 × 768 / h   | 1e-3           | 16    | 3        | accuracy   |
+| ner             | 10     | 5e-5 × 768 / h   | 1e-3           | 16    | 3        | f1         |
+
+The full fine-tuning rate is BERT-base's 5e-5 scaled by 768 / hidden size: narrower encoders need
+larger steps. Measured on a hidden-192 e5 → Maltese student (1 seed, 10 epochs): at 5e-5 it stayed at
+the majority class on SIB-200 topic (25.0 accuracy) and reached 75.3 on UD POS; at 2e-4, 38.2 and 85.9
+(the teacher: 86.2 POS after 3 epochs).
 
 Training: fused AdamW (weight decay 0.01, none on biases and LayerNorms), linear schedule with 10%
 warmup, gradient clipping at 1.0, length-grouped dynamically padded batches in an order derived
@@ -58,6 +63,7 @@ NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
 WEIGHT_DECAY = 0.01
 WARMUP_RATIO = 0.1
 MAX_GRAD_NORM = 1.0
+REFERENCE_HIDDEN = 768  # the width the standard 5e-5 full fine-tuning rate belongs to (BERT-base)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class SeedResult:
     dev_size: int
     test_size: int
     labels: tuple[str, ...]
+    learning_rate: float
 
 
 @dataclass(frozen=True)
@@ -138,13 +145,13 @@ def finetune(
     epochs = defaults.epochs if epochs is None else epochs
     batch_size = defaults.batch_size if batch_size is None else batch_size
     patience = defaults.patience if patience is None else patience
-    if learning_rate is None:
-        learning_rate = defaults.head_only_learning_rate if mode == "head_only" else defaults.learning_rate
     if epochs < 1 or batch_size < 1 or patience < 1:
         raise ValueError("epochs, batch_size and patience must be >= 1")
 
     _seed_everything(seed)
     tokenizer, model = load_for_task(Path(model_dir), data)
+    if learning_rate is None:
+        learning_rate = default_learning_rate(data.task, mode, model.config.hidden_size)
     max_length = min(max_length, _max_positions(model.config))
     model.to(device)
     if mode == "head_only":
@@ -203,8 +210,16 @@ def finetune(
     return SeedResult(
         metrics=evaluate(test, data.test), dev_metrics=best_dev, best_epoch=best_epoch, epochs_run=epoch,
         seconds=time.perf_counter() - started, train_size=len(data.train), dev_size=len(data.dev),
-        test_size=len(data.test), labels=tuple(data.labels),
+        test_size=len(data.test), labels=tuple(data.labels), learning_rate=learning_rate,
     )
+
+
+def default_learning_rate(task: str, mode: str, hidden: int) -> float:
+    """The task's default rate; for full fine-tuning scaled by 768 / `hidden` (see the module docstring)."""
+    defaults = DEFAULTS[task]
+    if mode == "head_only":
+        return defaults.head_only_learning_rate
+    return defaults.learning_rate * REFERENCE_HIDDEN / hidden
 
 
 def load_for_task(model_dir: Path, data: TaskData) -> tuple[Any, nn.Module]:
