@@ -18,6 +18,8 @@ from gui.style import RESOURCES
 
 SAMPLES = RESOURCES / "samples"
 RECIPE = SAMPLES / "self-test.toml"
+TINY_BERT = SAMPLES / "tiny-bert"  # config and tokenizer only: the weights are drawn from WEIGHT_SEED
+WEIGHT_SEED = 0
 RELOAD_TOLERANCE = 1e-5
 WINDOW_WAIT_S = 60.0
 
@@ -66,8 +68,10 @@ def compress(tmp: Path) -> tuple[int, int, int, float, Path]:
     from engine.events import Collect
     from engine.recipe import Recipe
 
+    teacher = tiny_teacher(tmp / "tiny-bert")
     recipe = Recipe.load(RECIPE)
-    recipe = recipe.replace(run=dataclasses.replace(recipe.run, runs_dir=str(tmp / "runs"), verify=True))
+    recipe = recipe.replace(teacher=dataclasses.replace(recipe.teacher, source=str(teacher)),
+                            run=dataclasses.replace(recipe.run, runs_dir=str(tmp / "runs"), verify=True))
     run_dir = pipeline.run(recipe, Collect())
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     stages = manifest["stages"]
@@ -78,6 +82,19 @@ def compress(tmp: Path) -> tuple[int, int, int, float, Path]:
         raise SelfTestError("a stage was saved without its fresh-process reload check")
     return (len(stages), manifest["teacher"]["params"], stages[-1]["params"], max(diffs),
             run_dir / stages[-1]["model_dir"])
+
+
+def tiny_teacher(folder: Path) -> Path:
+    """The bundled tiny BERT in `folder`: its config and tokenizer, with weights initialised from a fixed seed."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    shutil.copytree(TINY_BERT, folder)
+    torch.manual_seed(WEIGHT_SEED)
+    AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(folder)).save_pretrained(folder)
+    return folder
 
 
 def stock_reload(folder: Path) -> None:

@@ -19,18 +19,17 @@ from engine.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGING = ROOT / "packaging"
-TINY_BERT = ROOT / "resources" / "samples" / "tiny-bert"
 
 
-def test_frozen_verification_reloads_through_the_bundle_entry_point(monkeypatch, tmp_path):
+def test_frozen_verification_reloads_through_the_bundle_entry_point(monkeypatch, tmp_path, tiny_models):
     """In a bundle sys.executable is the app: verify_folder runs it with the child flag instead of `-m`."""
     launcher = tmp_path / "miniglot-cli"
     launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{PACKAGING / "miniglot_cli.py"}" "$@"\n')
     launcher.chmod(0o755)
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     monkeypatch.setattr(sys, "executable", str(launcher))
-    loaded = load_model(TINY_BERT)
-    result = verify.verify_folder(TINY_BERT, loaded, ["kali muto rane.", "sipo hawu!"])
+    loaded = load_model(tiny_models["bert"])
+    result = verify.verify_folder(tiny_models["bert"], loaded, ["kali muto rane.", "sipo hawu!"])
     assert result["problems"] == [] and result["max_abs_diff"]["logits"] <= verify.TOLERANCE
 
 
@@ -41,9 +40,10 @@ def test_the_child_flag_is_the_one_engine_verify_sets():
     assert bundle_boot.FROZEN_CHILD_ENV == verify.FROZEN_CHILD_ENV
 
 
-def test_bundle_entry_points_work_offline_unless_told_otherwise(tmp_path):
+def test_bundle_entry_points_work_offline_unless_told_otherwise(tmp_path, tiny_models):
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f'[teacher]\nsource = "{TINY_BERT}"\n[corpus]\ntrain = ["hub:wikitext:wikitext-2-raw-v1"]\n'
+    teacher = tiny_models["bert"]
+    recipe.write_text(f'[teacher]\nsource = "{teacher}"\n[corpus]\ntrain = ["hub:wikitext:wikitext-2-raw-v1"]\n'
                       '[[stages]]\nkind = "trim_vocab"\nsize = 100\n')
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     proc = subprocess.run([sys.executable, str(PACKAGING / "miniglot_cli.py"), "run", "--quiet", str(recipe),
