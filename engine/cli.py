@@ -14,7 +14,6 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.cost import SENTENCE_TOKENS
 from engine.errors import MiniGlotError, RecipeError
 from engine.recipe import EVAL_TASKS
 
@@ -36,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     "without training")
     estimate.add_argument("recipe", type=Path)
     estimate.add_argument("--device", help="device to estimate for (default: the recipe's run.device)")
-    estimate.add_argument("--tokens-per-sentence", type=int, default=SENTENCE_TOKENS,
-                          help="typical sentence length in tokens, for the time estimate")
+    estimate.add_argument("--tokens-per-sentence", type=int,
+                          help="typical sentence length in tokens, for the time estimate (default 40)")
     estimate.add_argument("--json", action="store_true")
 
     inspect = commands.add_parser("inspect", help="describe a model folder or teacher source")
@@ -130,7 +129,7 @@ def _eval(args) -> int:
 
 
 def _estimate(args) -> int:
-    from engine.cost import Device, stage_costs
+    from engine.cost import SENTENCE_TOKENS, Device, stage_costs
     from engine.models.loading import source_shape
     from engine.recipe import Recipe
     from engine.shapes import estimate
@@ -139,7 +138,8 @@ def _estimate(args) -> int:
     teacher = source_shape(recipe.teacher.source, recipe.teacher.allow_pickle)
     rows = estimate(recipe, teacher)
     device = Device.probe(args.device or recipe.run.device, recipe.run.precision)
-    costs = stage_costs(recipe, teacher, device, args.tokens_per_sentence)
+    sentence_tokens = args.tokens_per_sentence or SENTENCE_TOKENS
+    costs = stage_costs(recipe, teacher, device, sentence_tokens)
     if args.json:
         print(json.dumps({"stages": rows, "device": dataclasses.asdict(device), "costs": costs}, indent=2))
         return 0
@@ -151,7 +151,7 @@ def _estimate(args) -> int:
               f"{row['total_params']:>14,}{row['fp32_bytes'] / 1e6:>10.1f}{row['fp16_bytes'] / 1e6:>10.1f}"
               f"{row['percent_of_teacher']:>10.1f}%")
     print(f"\non {device.name}: {device.free_bytes / 2**30:.1f} GiB free, "
-          f"{device.matmul_flops / 1e9:.0f} GFLOP/s measured; time assumes ~{args.tokens_per_sentence} tokens "
+          f"{device.matmul_flops / 1e9:.0f} GFLOP/s measured; time assumes ~{sentence_tokens} tokens "
           f"per sentence, memory sentences of {recipe.corpus.max_length}")
     print(f"{'stage':<16}{'peak GiB':>10}{'time':>10}  fits")
     for cost in costs:

@@ -42,8 +42,9 @@ class Device:
 
     @classmethod
     def probe(cls, name: str = "auto", precision: str = "auto") -> Device:
-        device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                              ("cpu" if name == "auto" else name))
+        from engine.pipeline import pick_device
+
+        device = pick_device(name)
         dtype = autocast_dtype(precision, device) or torch.float32
         label = (f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                  else f"cpu ({torch.get_num_threads()} threads)")
@@ -129,14 +130,13 @@ def stage_costs(recipe: Recipe, teacher: Shape, device: Device,
             # gradients, AdamW moments, the best-state copy
             peak += 4 * trainable * 4
             peak += _activation_bytes(student, batch, max_length)
-            vocab_rows = _logit_rows(stage, source, target, batch * max_length)
-            peak += 4 * vocab_rows * target.vocab * 4  # student logits, log-softmax, gradient, teacher logits
+            peak_rows = _logit_rows(stage, source, target, batch * max_length)
+            peak += 4 * peak_rows * target.vocab * 4  # student logits, log-softmax, gradient, teacher logits
             tokens = batch * length
-            step = 3 * _forward_flops(student, tokens, length) + 6 * _logit_rows(stage, source, target, tokens) \
-                * target.hidden * target.vocab
+            logit_rows = _logit_rows(stage, source, target, tokens)
+            step = 3 * _forward_flops(student, tokens, length) + 6 * logit_rows * target.hidden * target.vocab
             if not isinstance(stage, AdaptStage):
-                step += _forward_flops(source, tokens, length) \
-                    + 2 * _logit_rows(stage, source, target, tokens) * source.hidden * source.vocab
+                step += _forward_flops(source, tokens, length) + 2 * logit_rows * source.hidden * source.vocab
             per_step = step / (device.matmul_flops * EFFICIENCY) + trainable / device.adamw_params_per_second
             steps = stage.max_steps * stage.grad_accumulation
             if isinstance(stage, AdaptStage) and not teacher.mlm_head:
