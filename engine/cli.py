@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import MiniGlotError, RecipeError
-from engine.recipe import EVAL_TASKS
+from engine.recipe import EVAL_MODES, EVAL_TASKS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--data", action="append", required=True, metavar="PATH_OR_HUB_ID")
     evaluate.add_argument("--seeds", type=int, default=3)
     evaluate.add_argument("--epochs", type=int, default=0, help="0: the task's default")
-    evaluate.add_argument("--mode", choices=("full", "head_only"), default="full")
+    evaluate.add_argument("--mode", choices=EVAL_MODES, default="full",
+                          help="full: fine-tune every model; probe: linear probes on frozen features (minutes)")
+    evaluate.add_argument("--text-column", default="", metavar="NAME",
+                          help="classification tables: the column holding the text (default: by name)")
+    evaluate.add_argument("--label-column", default="", metavar="NAME",
+                          help="classification tables: the column holding the label (default: by name)")
     evaluate.add_argument("--learning-rate", type=float, default=0.0, help="0: the task's default")
     evaluate.add_argument("--out", type=Path, help="results folder (default: RUN_DIR/eval, or ./eval)")
     evaluate.add_argument("--no-speed", action="store_true", help="skip the latency/throughput measurement")
@@ -106,6 +111,7 @@ def _cancel_on_sigint():
 
 
 def _eval(args) -> int:
+    from engine.data.tasks import Columns
     from engine.evaluate.report import markdown
     from engine.evaluate.runner import EvalPlan, evaluate, run_models, source_models
     from engine.events import ConsoleSink, FanOut
@@ -117,7 +123,8 @@ def _eval(args) -> int:
     models = run_models(args.run) if args.run else source_models(args.models)
     out = args.out or (args.run / "eval" if args.run else Path("eval"))
     plan = EvalPlan(tuple(models), tuple(zip(args.task, args.data, strict=True)), args.seeds, args.epochs,
-                    args.mode, args.learning_rate, intrinsic=not args.no_intrinsic, speed=not args.no_speed)
+                    args.mode, args.learning_rate, intrinsic=not args.no_intrinsic, speed=not args.no_speed,
+                    columns=Columns(args.text_column, args.label_column))
     token = _cancel_on_sigint()
     summary = evaluate(plan, out, FanOut() if args.quiet else FanOut(ConsoleSink()), token)
     if args.json:

@@ -45,6 +45,13 @@ from engine.training.checkpoints import Checkpoints
 from engine.training.precision import Precision
 from engine.verify import verify_folder
 
+#: Stages that change neither depth nor width: while only these have run, their output is still the
+#: run's teacher (adapted, or with a trimmed vocabulary) and later stages distil from it.
+TEACHER_STAGES = ("adapt", "trim_vocab")
+#: Stages whose output reproduces its input's knowledge as faithfully as the run can: the reference
+#: that a later distillation (shrink) repairs pruning and width cuts against.
+REFERENCE_STAGES = ("adapt", "trim_vocab", "distill")
+
 RUNNERS: dict[str, StageRun] = {
     "adapt": adapt.run, "distill": distill.run, "prune": prune.run, "shrink": shrink.run,
     "trim_vocab": trim_vocab.run,
@@ -96,21 +103,22 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
                                      "shape": dataclasses.asdict(shapes[0])},
                             corpus={"train_lines": len(train), "validation_lines": len(validation)},
                             stages=[{"kind": s.kind, "status": "pending"} for s in recipe.stages])
-        current = teacher
+        current, original, reference = teacher, teacher, teacher
         for index, stage in enumerate(recipe.stages, start=1):
             current_index = index
             folder = stage_dir(run_dir, index, stage.kind)
             entry = manifest.stage(index)
             if entry["status"] == "completed" and (folder / "model").is_dir():
                 current = load_model(folder / "model", source=str(folder / "model"))
-                teacher = current if stage.kind == "adapt" else teacher
+                teacher = current if _still_teacher(recipe, index) else teacher
+                reference = current if stage.kind in REFERENCE_STAGES else reference
                 sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
                 continue
             sink.emit(StageStarted(index=index, stage=stage.kind, total_steps=getattr(stage, "max_steps", 0)))
             entry["status"] = "running"
             manifest.save()
             ctx = StageContext(index, stage, recipe, current, teacher, train, validation, device, sink, token,
-                               Checkpoints(folder / "checkpoint"), dist)
+                               Checkpoints(folder / "checkpoint"), dist, reference)
             output = RUNNERS[stage.kind](ctx)
             token.raise_if_cancelled()
             model_dir = folder / "model"
@@ -123,15 +131,17 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
             dist.barrier()
             params, size = count_params(output.model.model), folder_bytes(model_dir)
             sink.emit(Artifact(index=index, stage=stage.kind, path=str(model_dir), params=params, bytes=size))
+            quality = _quality(ctx, original, output.model) if dist.is_main else {}
             manifest.stage(index).update(status="completed", model_dir=str(model_dir.relative_to(run_dir)),
                                          params=params, bytes=size, metrics=_jsonable(output.metrics),
-                                         verification=check)
+                                         verification=check, quality=quality)
             manifest.save()
             if dist.is_main:
                 ctx.checkpoints.clear()
             current = LoadedModel(output.model.model, output.model.tokenizer, output.model.adapter,
                                   str(model_dir))
-            teacher = current if stage.kind == "adapt" else teacher
+            teacher = current if _still_teacher(recipe, index) else teacher
+            reference = current if stage.kind in REFERENCE_STAGES else reference
             sink.emit(StageFinished(index=index, stage=stage.kind, status="completed"))
         current_index = 0
         if recipe.evaluation is not None and dist.is_main:
@@ -159,13 +169,34 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
     return run_dir
 
 
+def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel) -> dict[str, Any]:
+    """The stage's label-free quality on held-out text (`stage_quality`), also sent as metrics."""
+    from engine.evaluate.intrinsic import stage_quality
+
+    teacher.model.to(ctx.device)
+    quality = stage_quality(teacher, student, ctx.validation_texts)
+    for name in ("fidelity", "masked_accuracy"):
+        if name in quality:
+            ctx.metric(name, quality[name], split="validation")
+    ctx.log(f"fidelity to the teacher {quality['fidelity']:.3f} (mean best layer CKA over {quality['tokens']:,} "
+            "held-out tokens)" + (f", masked-token accuracy {quality['masked_accuracy']:.3f}"
+                                  if "masked_accuracy" in quality else ""))
+    return _jsonable(quality)
+
+
+def _still_teacher(recipe: Recipe, index: int) -> bool:
+    """Whether the output of stage `index` is the (adapted or vocabulary-trimmed) teacher itself."""
+    return all(stage.kind in TEACHER_STAGES for stage in recipe.stages[:index])
+
+
 def _evaluate(recipe: Recipe, run_dir: Path, sink: EventSink, token: CancelToken) -> dict[str, Any]:
     """The recipe's [evaluation] over the teacher and every stage student, into `eval/`."""
+    from engine.data.tasks import Columns
     from engine.evaluate.runner import EvalPlan, evaluate, run_models
 
     cfg = recipe.evaluation
     plan = EvalPlan(tuple(run_models(run_dir)), tuple(zip(cfg.tasks, cfg.data, strict=True)), cfg.seeds, cfg.epochs,
-                    cfg.mode, cfg.learning_rate, cfg.intrinsic, cfg.speed)
+                    cfg.mode, cfg.learning_rate, cfg.intrinsic, cfg.speed, Columns(cfg.text_column, cfg.label_column))
     summary = evaluate(plan, run_dir / "eval", sink, token)
     return {"summary": "eval/summary.json", "results": summary["results"]}
 

@@ -25,7 +25,7 @@ else:  # pragma: no cover
 
 LAYER_SELECTIONS = ("stride", "first_k", "last_k", "first_last_k")
 DISTILL_LOSSES = ("mse", "kl", "kl_unsoft", "hidden")
-SHRINK_INITS = ("truncation", "svd")
+SHRINK_INITS = ("truncation", "activation", "svd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -111,8 +111,8 @@ class Training:
     eval_batches: int = 8
     checkpoint_every: int = 50
 
-    def check_training(self, where: str) -> None:
-        _check(self.max_steps >= 1, f"{where}.max_steps must be at least 1")
+    def check_training(self, where: str, min_steps: int = 1) -> None:
+        _check(self.max_steps >= min_steps, f"{where}.max_steps must be at least {min_steps}")
         _check(self.batch_size >= 1, f"{where}.batch_size must be at least 1")
         _check(0 < self.learning_rate < 1, f"{where}.learning_rate must be in (0, 1)")
         _check(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio must be in [0, 1)")
@@ -162,15 +162,17 @@ class AdaptStage(Stage, Training):
 
 @dataclass(frozen=True)
 class DistillStage(Stage, Training, Distillation):
-    """Layer-reduction distillation (paper stage 1)."""
+    """Layer-reduction distillation (paper stage 1). With init = teacher, `max_steps = 0` keeps the
+    selected teacher layers as they are (for first_k: exactly the teacher's lower layers)."""
 
     kind: ClassVar[str] = "distill"
     layers: int = 6
     layer_selection: str = "last_k"
     init: str = "teacher"  # teacher | random
+    last_to_last: bool = False  # loss = "hidden": the last layer reproduces the teacher's last, not its own origin
 
     def __post_init__(self) -> None:
-        self.check_training("distill")
+        self.check_training("distill", min_steps=0 if self.init == "teacher" else 1)
         self.check_distillation("distill")
         _check(self.layers >= 1, "distill.layers must be at least 1")
         _one_of("distill.layer_selection", self.layer_selection, LAYER_SELECTIONS)
@@ -216,12 +218,14 @@ class TrimVocabStage(Stage):
 
     kind: ClassVar[str] = "trim_vocab"
     size: int = 40000
+    fill: bool = True  # when the corpus uses fewer tokens than `size`, add the pieces inside its words
 
     def __post_init__(self) -> None:
         _check(self.size >= 1, "trim_vocab.size must be positive")
 
 
 EVAL_TASKS = ("pos", "ner", "sentiment", "topic")
+EVAL_MODES = ("probe", "full")
 
 
 @dataclass(frozen=True)
@@ -232,10 +236,12 @@ class EvaluationConfig:
     data: tuple[str, ...] = ()
     seeds: int = 3
     epochs: int = 0  # 0: the task's default
-    mode: str = "full"  # full | head_only
+    mode: str = "full"  # full (fine-tuning) | probe (linear probe on frozen features, minutes on a CPU)
     learning_rate: float = 0.0  # 0: the task's default
     intrinsic: bool = True  # representation fidelity (and MLM metrics when there is a head)
     speed: bool = True  # CPU latency and throughput, as ratios to the teacher
+    text_column: str = ""  # classification tables: the text column's name ("" = by name or inferred)
+    label_column: str = ""  # and the label column's
 
     def __post_init__(self) -> None:
         _check(len(self.tasks) > 0, "evaluation.tasks is empty: list tasks such as [\"pos\", \"topic\"]")
@@ -246,7 +252,9 @@ class EvaluationConfig:
             _one_of("evaluation.tasks", task, EVAL_TASKS)
         _check(self.seeds >= 1, "evaluation.seeds must be at least 1")
         _check(self.epochs >= 0, "evaluation.epochs must be 0 (task default) or more")
-        _one_of("evaluation.mode", self.mode, ("full", "head_only"))
+        _check(self.mode != "head_only", "evaluation.mode = 'head_only' was replaced by 'probe': a linear "
+               "classifier fitted to convergence on the frozen encoder's features")
+        _one_of("evaluation.mode", self.mode, EVAL_MODES)
         _check(0 <= self.learning_rate < 1, "evaluation.learning_rate must be 0 (task default) or in (0, 1)")
 
 
@@ -268,7 +276,9 @@ class Recipe:
     def __post_init__(self) -> None:
         _check(len(self.stages) > 0, "the recipe has no [[stages]]: add at least one")
         kinds = [s.kind for s in self.stages]
-        _check("adapt" not in kinds[1:], "an adapt stage must come first: it adapts the teacher")
+        if "adapt" in kinds:
+            _check(set(kinds[: kinds.index("adapt")]) <= {"trim_vocab"} and kinds.count("adapt") == 1,
+                   "an adapt stage must come first (after trim_vocab at most): it adapts the teacher")
 
     # ---- dict / TOML / JSON ----
     def to_dict(self) -> dict[str, Any]:

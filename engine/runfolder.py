@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -55,6 +56,19 @@ def atomic_dir(path: Path):
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def folder_fingerprint(path: Path) -> str:
+    """A hash of every file's relative name and bytes under `path` (a model folder's identity)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\x00")
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 def stage_dir(run_dir: Path, index: int, kind: str) -> Path:

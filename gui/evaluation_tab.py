@@ -113,10 +113,12 @@ def plan_models(choices: list[ModelChoice]) -> list[tuple[str, str]]:
 def run_evaluation(sink: Any, token: Any, models: list[tuple[str, str]], tasks: list[tuple[str, str]],
                    options: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Work-thread body: resolve the model sources, then `runner.evaluate` into `out_dir`."""
+    from engine.data.tasks import Columns
     from engine.evaluate import runner
     from engine.models.loading import resolve_source
 
     refs = tuple(runner.ModelRef(name, resolve_source(source)) for name, source in models)
+    options = {**options, "columns": Columns(*options.get("columns", ("", "")))}
     plan = runner.EvalPlan(models=refs, tasks=tuple(tasks), **options)
     return runner.evaluate(plan, out_dir, sink, token)
 
@@ -313,17 +315,27 @@ class EvaluationTab(QWidget):
         box.addLayout(row)
 
         self.seeds = QSpinBox(minimum=1, maximum=20, value=3)
-        self.seeds.setToolTip("Fine-tuning runs per model and task; tables show mean ± std over them")
+        self.seeds.setToolTip("Runs per model and task (probes: seeded training subsets); "
+                              "tables show mean ± std over them")
         self.epochs = QSpinBox(minimum=0, maximum=100, value=0)
         self.epochs.setSpecialValueText("task default")
         self.learning_rate = QLineEdit()
         self.learning_rate.setPlaceholderText("task default")
         self.learning_rate.setToolTip("Peak fine-tuning learning rate, e.g. 2e-4. Empty: the task's default "
-                                      "(full: 5e-5 × 768 / hidden size, so narrow students get larger steps; "
-                                      "head only: 1e-3).")
+                                      "(5e-5 × 768 / hidden size, so narrow students get larger steps).")
         self.mode = QComboBox()
-        self.mode.addItem("full fine-tuning", "full")
-        self.mode.addItem("head only (frozen encoder)", "head_only")
+        self.mode.addItem("linear probe (frozen features, minutes)", "probe")
+        self.mode.addItem("full fine-tuning (slow, most faithful)", "full")
+        self.mode.setToolTip("Probe: each model's features are computed once and a linear classifier is fitted "
+                             "to convergence (best layer chosen on dev); quick, deterministic comparisons.\n"
+                             "Full: every model is fine-tuned for every seed, as the paper reports.")
+        self.mode.currentIndexChanged.connect(self._mode_changed)
+        self.text_column = QLineEdit()
+        self.text_column.setPlaceholderText("by name (text, sentence…) or the longest column")
+        self.text_column.setToolTip("Classification tables (CSV/TSV/JSONL): the column that holds the text")
+        self.label_column = QLineEdit()
+        self.label_column.setPlaceholderText("by name (label, category, polarity…)")
+        self.label_column.setToolTip("Classification tables (CSV/TSV/JSONL): the column that holds the label")
         self.speed = QCheckBox("CPU latency and throughput")
         self.speed.setChecked(True)
         self.intrinsic = QCheckBox("Representation fidelity to the teacher")
@@ -338,10 +350,12 @@ class EvaluationTab(QWidget):
         out_row.addWidget(browse)
         options = QGroupBox("Options")
         form = QFormLayout(options)
+        form.addRow("Mode:", self.mode)
         form.addRow("Seeds:", self.seeds)
         form.addRow("Epochs:", self.epochs)
         form.addRow("Learning rate:", self.learning_rate)
-        form.addRow("Mode:", self.mode)
+        form.addRow("Text column:", self.text_column)
+        form.addRow("Label column:", self.label_column)
         form.addRow(self.speed)
         form.addRow(self.intrinsic)
         form.addRow("Output folder:", out_row)
@@ -372,6 +386,7 @@ class EvaluationTab(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.eta)
+        self._mode_changed()
         return panel
 
     def _build_results(self) -> QWidget:
@@ -559,6 +574,8 @@ class EvaluationTab(QWidget):
         self.epochs.setValue(evaluation.epochs)
         self.learning_rate.setText(f"{evaluation.learning_rate:g}" if evaluation.learning_rate else "")
         self.mode.setCurrentIndex(max(0, self.mode.findData(evaluation.mode)))
+        self.text_column.setText(evaluation.text_column)
+        self.label_column.setText(evaluation.label_column)
         self.speed.setChecked(evaluation.speed)
         self.intrinsic.setChecked(evaluation.intrinsic)
 
@@ -593,6 +610,12 @@ class EvaluationTab(QWidget):
     def is_running(self) -> bool:
         return self.worker is not None and self.worker.is_running()
 
+    def _mode_changed(self) -> None:
+        """Epochs and learning rate belong to fine-tuning; a probe has neither."""
+        full = self.mode.currentData() == "full"
+        self.epochs.setEnabled(full)
+        self.learning_rate.setEnabled(full)
+
     def _learning_rate(self) -> float | None:
         """The learning-rate field: 0.0 when empty (the task's default), None when not a valid rate."""
         text = self.learning_rate.text().strip()
@@ -622,9 +645,10 @@ class EvaluationTab(QWidget):
             return None
         options = {"seeds": self.seeds.value(), "epochs": self.epochs.value(), "mode": self.mode.currentData(),
                    "learning_rate": learning_rate, "intrinsic": self.intrinsic.isChecked(),
-                   "speed": self.speed.isChecked()}
+                   "speed": self.speed.isChecked(),
+                   "columns": (self.text_column.text().strip(), self.label_column.text().strip())}
         self._clear_results()
-        self.progress.setFormat("%v / %m fine-tunings")
+        self.progress.setFormat("%v / %m probes" if options["mode"] == "probe" else "%v / %m fine-tunings")
         self.progress.setRange(0, len(models) * len(tasks) * options["seeds"])
         self.progress.setValue(0)
         self.eta.setText("Loading the task data and models…")

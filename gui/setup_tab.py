@@ -128,7 +128,7 @@ _LOSS_TIPS = {
 class FieldSpec:
     name: str
     label: str
-    kind: str  # int | optional_int | float | lr | choice
+    kind: str  # int | optional_int | float | lr | choice | bool
     tip: str
     low: float = 0
     high: float = 0
@@ -139,8 +139,8 @@ def _int(name: str, label: str, tip: str, low: int, high: int) -> FieldSpec:
     return FieldSpec(name, label, "int", tip, low, high)
 
 
-def _training() -> list[FieldSpec]:
-    return [_int("max_steps", "Steps", _TRAINING_TIPS["max_steps"], 1, 10_000_000),
+def _training(min_steps: int = 1) -> list[FieldSpec]:
+    return [_int("max_steps", "Steps", _TRAINING_TIPS["max_steps"], min_steps, 10_000_000),
             _int("batch_size", "Batch size", _TRAINING_TIPS["batch_size"], 1, 4096),
             FieldSpec("learning_rate", "Learning rate", "lr", _TRAINING_TIPS["learning_rate"])]
 
@@ -165,7 +165,14 @@ FIELDS: dict[str, list[FieldSpec]] = {
         FieldSpec("init", "Initialisation", "choice",
                   "teacher: copy the selected teacher layers (the paper's setting); random: fresh weights.",
                   choices=("teacher", "random")),
-        *_distillation(), *_training()],
+        *_distillation(), *_training(min_steps=0),
+        FieldSpec("intermediate", "Match every layer", "bool",
+                  "loss = hidden: every student layer reproduces the teacher layer it was copied from, not only "
+                  "the last.\nWith first_k the student starts as an exact copy of the teacher's lower layers."),
+        FieldSpec("last_to_last", "Last layer → teacher's last", "bool",
+                  "loss = hidden: the student's last layer learns the teacher's last layer (its sentence-level "
+                  "knowledge)\ninstead of the layer it was copied from; with first_k it keeps token knowledge in "
+                  "the lower layers and topic knowledge on top.")],
     "prune": [
         FieldSpec("ffn", "FFN neurons", "optional_int",
                   "FFN neurons kept per layer, ranked by first-order importance |Σ w·∂L/∂w + b·∂L/∂b|.\n"
@@ -181,13 +188,17 @@ FIELDS: dict[str, list[FieldSpec]] = {
              "Hidden width after the cut; it must divide by the number of attention heads.\n"
              "Paper: 312 / 456 / 564 — the hidden-size cut costs the most accuracy of all stages.", 8, 16_384),
         FieldSpec("init", "Initialisation", "choice",
-                  "truncation: keep the first k dimensions (the paper); svd: project every weight into one "
-                  "shared low-rank basis.", choices=SHRINK_INITS),
+                  "truncation: keep the first k dimensions (the paper); activation: keep the k most active "
+                  "dimensions;\nsvd: project every weight into one shared basis of the top principal "
+                  "directions.", choices=SHRINK_INITS),
         *_distillation(), *_training()],
     "trim_vocab": [
         _int("size", "Vocabulary size",
              "Tokens kept: the most frequent in your corpus, plus special tokens.\nPaper: 40k. Word embeddings "
-             "are most of a multilingual model (E5: 96M of 117.5M parameters).", 6, 10_000_000)],
+             "are most of a multilingual model (E5: 96M of 117.5M parameters).", 6, 10_000_000),
+        FieldSpec("fill", "Fill the budget", "bool",
+                  "When your corpus uses fewer tokens than the size, keep the pieces found inside its words "
+                  "(then pieces\nwritten in its alphabet), so unseen text of the language re-segments less.")],
 }
 
 Runner = Callable[..., Any]
@@ -360,6 +371,9 @@ class StageBox(QGroupBox):
             widget = QLineEdit()
             widget.setPlaceholderText("e.g. 5e-5")
             widget.textChanged.connect(self.changed)
+        elif spec.kind == "bool":
+            widget = QCheckBox()
+            widget.toggled.connect(self.changed)
         else:
             widget = _compact(QComboBox(), 10)
             widget.addItems(spec.choices)
@@ -378,6 +392,8 @@ class StageBox(QGroupBox):
                 widget.setValue(float(value))
             elif isinstance(widget, QLineEdit):
                 widget.setText(repr(float(value)))
+            elif isinstance(widget, QCheckBox):
+                widget.setChecked(bool(value))
             else:
                 widget.setCurrentText(str(value))
 
@@ -395,6 +411,8 @@ class StageBox(QGroupBox):
                     out[name] = float(widget.text().strip())
                 except ValueError:
                     raise RecipeError(f"{self.kind}.{name} = {widget.text()!r} is not a number") from None
+            elif isinstance(widget, QCheckBox):
+                out[name] = widget.isChecked()
             else:
                 out[name] = widget.currentText()
         return out

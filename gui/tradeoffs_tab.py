@@ -1,8 +1,8 @@
 """Trade-offs tab: model size versus score for the teacher and every student of one or more runs.
 
-Data come from run folders only: `manifest.json` (stage parameters and bytes) and, when the run
-was evaluated, `eval/summary.json` (scores, fidelity, exact sizes). Without an evaluation the plot
-shows size against stage index.
+Data come from run folders only: `manifest.json` (stage parameters and bytes, and the label-free
+fidelity every stage records) and, when the run was evaluated, `eval/summary.json` (task scores,
+exact sizes). Runs from before stages recorded fidelity show size against stage index.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from gui.style import SERIES_COLOURS
 
 NONE = "none"
 FIDELITY = ("similarity_correlation", "sentence_cosine")
+STAGE_QUALITY = ("fidelity", "masked_accuracy")  # recorded by every stage in the manifest, no labels needed
 BYTES_PER_PARAM = 4  # fp32 estimate for a teacher whose folder size is not recorded
 SIZES = {"params": ("parameters (millions, log scale)", "params (M)"), "mb": ("size on disk (MB, log scale)",
                                                                             "size (MB)")}
@@ -83,6 +84,8 @@ def score_label(key: str) -> str:
     if key == NONE:
         return "none (size per stage)"
     kind, metric = key.split(":", 1)
+    if kind == "stage":
+        return "fidelity to the teacher (layer CKA)" if metric == "fidelity" else metric.replace("_", " ")
     return f"fidelity: {metric.replace('_', ' ')}" if kind == "fidelity" else f"{kind}: {metric.replace('_', ' ')}"
 
 
@@ -106,10 +109,16 @@ def load_points(run_dir: Path) -> list[ModelPoint]:
     if teacher.get("params"):
         points["teacher"] = ModelPoint(run_dir.name, "teacher", 0, int(teacher["params"]),
                                        int(teacher["params"]) * BYTES_PER_PARAM, bytes_estimated=True)
+        if any("fidelity" in (stage.get("quality") or {}) for stage in manifest.get("stages") or []):
+            points["teacher"].scores[score_key("stage", "fidelity")] = (1.0, 0.0)
     for i, stage in enumerate(manifest.get("stages") or [], start=1):
         if stage.get("status") == "completed" and stage.get("params"):
             name = f"{i:02d}-{stage.get('kind', 'stage')}"
             points[name] = ModelPoint(run_dir.name, name, i, int(stage["params"]), int(stage.get("bytes") or 0))
+            for metric in STAGE_QUALITY:
+                value = (stage.get("quality") or {}).get(metric)
+                if value is not None:
+                    points[name].scores[score_key("stage", metric)] = (float(value), 0.0)
     reference = summary.get("teacher")
     for model in summary.get("models") or []:
         name = str(model.get("name", ""))
@@ -314,7 +323,7 @@ class TradeoffsTab(QWidget):
 
     def _fill_scores(self) -> None:
         keys = list(dict.fromkeys(k for run in self.checked for p in self.points.get(run, []) for k in p.scores))
-        keys.sort(key=lambda k: (k.startswith("fidelity"), k))
+        keys.sort(key=lambda k: (k.split(":")[0] in ("fidelity", "stage"), k))  # task scores first
         current = self.score_combo.currentData()
         self.score_combo.blockSignals(True)
         self.score_combo.clear()

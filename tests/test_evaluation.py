@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,8 +82,9 @@ def test_evaluate_writes_seed_files_and_summary_and_is_deterministic(tmp_path, t
     assert len(sink.of(EvalResult)) == 3 * 2
     for model in ("teacher", "01-distill", "02-trim_vocab"):
         for seed in (0, 1):
-            record = json.loads((tmp_path / "a" / "sentiment" / model / f"seed-{seed}.json").read_text())
-            assert set(record["metrics"]) == {"accuracy", "macro_f1"}
+            (path,) = (tmp_path / "a" / "sentiment" / model).glob(f"seed-{seed}-*.json")
+            record = json.loads(path.read_text())
+            assert set(record["metrics"]) == {"accuracy", "macro_f1"} and path.stem.endswith(record["key"][:12])
     teacher = next(r for r in first["results"] if r["model"] == "teacher" and r["metric"] == "accuracy")
     assert teacher["seeds"] == 2 and teacher["mean"] > 0.5
     table = (tmp_path / "a" / "summary.md").read_text()
@@ -94,6 +97,49 @@ def test_evaluate_writes_seed_files_and_summary_and_is_deterministic(tmp_path, t
     (tmp_path / "a" / "summary.json").unlink()
     again = evaluate(plan, tmp_path / "a", Collect())
     assert again["results"] == first["results"]
+
+
+def flipped(folder: Path, root: Path) -> Path:
+    """`folder` with every test label flipped: another data set of the same task, scored about 1 − accuracy."""
+    out = root / "flipped"
+    out.mkdir()
+    for path in folder.glob("*.csv"):
+        rows = [(1 - int(label) if path.stem == "test" else label, text)
+                for label, text in csv.reader(path.open(encoding="utf-8"))]
+        with (out / path.name).open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+    return out
+
+
+def test_results_are_reused_only_for_the_same_weights_data_and_settings(tmp_path, tiny_run, monkeypatch):
+    """The cache keys on everything that changes a result: two data sets of one task in one folder
+    are two results, a changed model folder is scored again, and an unchanged plan is not."""
+    from engine.evaluate import probe as probe_module
+
+    data = sentiment_folder(tmp_path)
+    models = tuple(run_models(tiny_run))[:2]
+    calls = []
+    real = probe_module.probe
+    monkeypatch.setattr(probe_module, "probe", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    out = tmp_path / "out"
+
+    def scores(folder: Path, plan_models=models) -> dict[str, float]:
+        plan = EvalPlan(plan_models, (("sentiment", str(folder)),), seeds=1, mode="probe", speed=False,
+                        intrinsic=False)
+        return {r["model"]: r["mean"] for r in evaluate(plan, out, Collect())["results"] if r["metric"] == "accuracy"}
+
+    original = scores(data)
+    assert len(calls) == 2
+    other = scores(flipped(data, tmp_path))
+    assert len(calls) == 4, "another data set of the same task must not reuse the first one's results"
+    assert all(abs(other[m] - (1 - original[m])) < 0.2 for m in original)  # flipped labels: about 1 - accuracy
+    assert scores(data) == original and len(calls) == 4  # both data sets' results stay reusable
+    student = tmp_path / "student"
+    shutil.copytree(models[1].path, student)
+    config = json.loads((student / "config.json").read_text())
+    (student / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-3}))
+    scores(data, (models[0], dataclasses.replace(models[1], path=student)))
+    assert calls[-1] == student and len(calls) == 5  # same name, other weights: scored again
 
 
 def test_a_task_repeated_on_two_data_sets_gets_two_columns():

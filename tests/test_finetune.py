@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from tiny import tiny_model_dir
 
 from engine.data.tasks import TaskData, TextExample, TokenExample
 from engine.errors import Cancelled, ModelError, TaskDataError
-from engine.evaluate import finetune as ft
 from engine.evaluate.finetune import (
     align_words,
     default_learning_rate,
@@ -167,27 +165,6 @@ def test_short_max_length_still_scores_every_word(models):
     assert 0.0 <= result.metrics["accuracy"] <= 1.0  # pos_metrics would raise on a word count mismatch
 
 
-def test_head_only_leaves_encoder_unchanged(models, monkeypatch):
-    loaded = {}
-    real_load = ft.load_for_task
-
-    def capture(model_dir, data):
-        tokenizer, model = real_load(model_dir, data)
-        loaded["model"] = model
-        loaded["head"] = {k: v.clone() for k, v in model.named_parameters() if k.startswith("classifier.")}
-        return tokenizer, model
-
-    monkeypatch.setattr(ft, "load_for_task", capture)
-    result = finetune(models["bert"], sentiment_data(48), seed=0, mode="head_only", epochs=2)
-    model = loaded["model"]
-    saved = load_file(str(models["bert"] / "model.safetensors"))
-    encoder = {k: v for k, v in model.state_dict().items() if k.startswith(("bert.embeddings.", "bert.encoder."))}
-    assert encoder and all(k in saved for k in encoder)
-    assert all(torch.equal(v, saved[k]) for k, v in encoder.items())
-    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in loaded["head"].items())
-    assert result.epochs_run == 2
-
-
 def test_cancellation_between_steps(models):
     token = CancelToken()
     seen = []
@@ -211,9 +188,8 @@ def test_progress_reports_steps_and_dev_scores(models):
 
 
 def test_default_rate_grows_as_the_encoder_narrows_and_is_recorded(models):
-    assert default_learning_rate("pos", "full", 768) == pytest.approx(5e-5)
-    assert default_learning_rate("topic", "full", 192) == pytest.approx(2e-4)
-    assert default_learning_rate("ner", "head_only", 192) == pytest.approx(1e-3)
+    assert default_learning_rate("pos", 768) == pytest.approx(5e-5)
+    assert default_learning_rate("topic", 192) == pytest.approx(2e-4)
     result = finetune(models["bert"], sentiment_data(32), seed=0, epochs=1)  # tiny BERT: hidden 64
     assert result.learning_rate == pytest.approx(5e-5 * 768 / 64)
     assert finetune(models["bert"], sentiment_data(32), seed=0, epochs=1, learning_rate=1e-4).learning_rate == 1e-4
@@ -233,5 +209,3 @@ def test_bad_task_data(models):
     extra = (*data.train, TextExample("ra ne", "angry"))
     with pytest.raises(TaskDataError, match="angry"):
         finetune(models["bert"], TaskData("sentiment", data.labels, extra, data.dev, data.test, "x"), seed=0)
-    with pytest.raises(ValueError, match="mode"):
-        finetune(models["bert"], data, seed=0, mode="adapters")

@@ -178,7 +178,7 @@ def test_unknown_keys_are_named_with_their_table(text, needles):
     ('kind = "distill"\nloss = "l2"', ["distill.loss", "'l2'", "mse, kl, kl_unsoft, hidden"]),
     ('kind = "distill"\nlayer_selection = "every_other"', ["stride, first_k, last_k, first_last_k"]),
     ('kind = "distill"\ninit = "zeros"', ["distill.init", "teacher, random"]),
-    ('kind = "shrink"\ninit = "pca"', ["shrink.init", "truncation, svd"]),
+    ('kind = "shrink"\ninit = "pca"', ["shrink.init", "truncation, activation, svd"]),
     ('kind = "shrink"\nloss = "cosine"', ["shrink.loss", "mse, kl, kl_unsoft, hidden"]),
     ('kind = "quantize"', ["'quantize'", "adapt, distill, prune, shrink, trim_vocab"]),
     ('layers = 6', ["None", "adapt, distill, prune, shrink, trim_vocab"]),
@@ -248,6 +248,8 @@ def test_validation_is_a_fraction_or_files():
 
 def test_stage_order_and_count():
     assert "adapt stage must come first" in error(MINIMAL + DISTILL + '[[stages]]\nkind = "adapt"\n')
+    trimmed_then_adapted = MINIMAL + '[[stages]]\nkind = "trim_vocab"\nsize = 100\n[[stages]]\nkind = "adapt"\n' + DISTILL
+    assert [s.kind for s in Recipe.from_toml(trimmed_then_adapted).stages] == ["trim_vocab", "adapt", "distill"]
     assert [s.kind for s in load(MINIMAL + '[[stages]]\nkind = "adapt"\n' + DISTILL).stages] == [
         "adapt", "distill"]
     assert "no [[stages]]" in error(MINIMAL)
@@ -255,7 +257,10 @@ def test_stage_order_and_count():
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    (MINIMAL + DISTILL + "max_steps = 0\n", "distill.max_steps must be at least 1"),
+    (MINIMAL + DISTILL + 'max_steps = 0\ninit = "random"\n', "distill.max_steps must be at least 1"),
+    (MINIMAL + DISTILL + "max_steps = -1\n", "distill.max_steps must be at least 0"),
+    (MINIMAL + '[[stages]]\nkind = "shrink"\nmax_steps = 0\n', "shrink.max_steps must be at least 1"),
+    (MINIMAL + DISTILL + '[evaluation]\ntasks = ["pos"]\ndata = ["d"]\nmode = "head_only"\n', "replaced by 'probe'"),
     (MINIMAL + DISTILL + "alpha = 1.5\n", "distill.alpha must be in [0, 1]"),
     (MINIMAL + '[[stages]]\nkind = "prune"\n', "prune needs ffn, heads or both"),
     (MINIMAL + '[[stages]]\nkind = "trim_vocab"\nsize = 0\n', "trim_vocab.size must be positive"),

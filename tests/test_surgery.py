@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel, XLMRobertaConfi
 
 from engine.models.adapters import adapter_for
 from engine.surgery.ffn import prune_ffn
-from engine.surgery.hidden import shrink_hidden, svd_basis, truncation_basis
+from engine.surgery.hidden import activation_basis, residual_moment, shrink_hidden, svd_basis, truncation_basis
 from engine.surgery.importance import ffn_importance, head_importance
 
 D, LAYERS, HEADS, FFN, VOCAB = 64, 4, 4, 128, 1000
@@ -352,7 +352,7 @@ def test_svd_basis_is_orthonormal_and_beats_truncation(kind: str) -> None:
     adapter = adapter_for(model.config.model_type)
     batches = make_batches(model)
     model.train()
-    basis = svd_basis(model, adapter, batches, 16)
+    basis = svd_basis(residual_moment(model, adapter, batches), 16)
     assert model.training
     assert basis.shape == (D, 16)
     assert torch.allclose(basis.T @ basis, torch.eye(16), atol=1e-5)
@@ -370,5 +370,18 @@ def test_svd_basis_ignores_padding() -> None:
     adapter = adapter_for("bert")
     batches = make_batches(model)
     other = [{**b, "input_ids": b["input_ids"].masked_fill(b["attention_mask"] == 0, 7)} for b in batches]
-    first, second = svd_basis(model, adapter, batches, 8), svd_basis(model, adapter, other, 8)
+    first, second = (svd_basis(residual_moment(model, adapter, b), 8) for b in (batches, other))
     assert torch.allclose(first, second, atol=1e-5)
+
+
+def test_activation_basis_keeps_the_most_active_dimensions_in_order() -> None:
+    moment = torch.diag(torch.tensor([1.0, 9.0, 0.5, 4.0, 7.0], dtype=torch.float64))
+    basis = activation_basis(moment, 3)
+    assert basis.tolist() == torch.eye(5)[:, [1, 3, 4]].tolist()
+    model = build("bert-mlm")
+    adapter = adapter_for("bert")
+    batches = make_batches(model)
+    model.eval()
+    states = residual_states(model, batches)
+    chosen = activation_basis(residual_moment(model, adapter, batches), 16).double()
+    assert (states @ chosen).pow(2).sum() >= (states @ truncation_basis(D, 16).double()).pow(2).sum()

@@ -10,6 +10,7 @@ import pytest
 
 from engine.data import tasks
 from engine.data.tasks import (
+    Columns,
     TaskData,
     TextExample,
     TokenExample,
@@ -175,6 +176,44 @@ def test_header_with_text_but_no_label_column_is_explained(tmp_path: Path) -> No
         load_task("sentiment", path)
 
 
+def test_unnamed_text_column_is_inferred_as_the_clearly_longest(tmp_path: Path) -> None:
+    tweets = "this film was a long and lovely surprise,positive\nawful acting all along,negative\n"
+    data = load_task("sentiment", write(tmp_path / "afrisenti" / "train.csv", "tweet,label\n" + tweets * 10))
+    assert TextExample("this film was a long and lovely surprise", "positive") in data.train
+    reviews = "1,a warm and very funny story,1\n2,dull from start to end,0\n"
+    data = load_task("sentiment", write(tmp_path / "reviews" / "train.csv", "id,review,polarity\n" + reviews * 10))
+    assert TextExample("dull from start to end", "0") in data.train
+
+
+def test_ambiguous_columns_are_refused_with_the_columns_listed(tmp_path: Path) -> None:
+    table = "some title here,some body here,1\nother title,other body,0\n"
+    path = write(tmp_path / "train.csv", "title,body,label\n" + table * 10)
+    with pytest.raises(TaskDataError, match=r"which column is the text\?.*'title', 'body', 'label'.*--text-column"):
+        load_task("sentiment", path)
+    data = load_task("sentiment", path, columns=Columns(text="body"))
+    assert TextExample("some body here", "1") in data.train
+
+
+def test_named_columns_override_names_and_must_exist(tmp_path: Path) -> None:
+    table = "ignored,x,5,loved it\nignored,y,1,hated it\n"
+    path = write(tmp_path / "train.csv", "text,label,stars,comment\n" + table * 10)
+    data = load_task("sentiment", path, columns=Columns(text="Comment", label="stars"))
+    assert {TextExample("loved it", "5"), TextExample("hated it", "1")} == set(data.train)
+    with pytest.raises(TaskDataError, match=r"no label column 'score'; the header's columns are 'text', 'label'"):
+        load_task("sentiment", path, columns=Columns(label="score"))
+    jsonl = write(tmp_path / "j" / "train.jsonl", '{"body": "fine", "tag": "ok"}\n' * 10)
+    assert set(load_task("sentiment", jsonl, columns=Columns("body", "tag")).train) == {TextExample("fine", "ok")}
+    with pytest.raises(TaskDataError, match=r"keys: 'body', 'tag'.*--text-column"):
+        load_task("sentiment", jsonl)
+
+
+def test_fingerprint_changes_with_any_example(tmp_path: Path) -> None:
+    first = load_task("sentiment", write(tmp_path / "a" / "train.csv", "text,label\n" + "fine,1\nbad,0\n" * 10))
+    same = load_task("sentiment", write(tmp_path / "b" / "train.csv", "text,label\n" + "fine,1\nbad,0\n" * 10))
+    other = load_task("sentiment", write(tmp_path / "c" / "train.csv", "text,label\n" + "fine,1\nbad,1\n" * 10))
+    assert first.fingerprint() == same.fingerprint() != other.fingerprint()
+
+
 def test_tsv_with_index_id_like_sib200(tmp_path: Path) -> None:
     train = ('index_id\tcategory\ttext\n'
              '431\tgeography\tIt-Turkija hija mdawra bl-ibħra.\n'
@@ -208,7 +247,7 @@ def test_jsonl_fields_and_integer_labels(tmp_path: Path) -> None:
     data = load_task("sentiment", folder)
     assert data.train == (TextExample("one", "1"), TextExample("two", "0"), TextExample("three", "0"))
     bad = write(tmp_path / "bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": [1]}\n')
-    with pytest.raises(TaskDataError, match=rf"{bad}:2: expected a string or integer \"label\""):
+    with pytest.raises(TaskDataError, match=rf"{bad}:2: expected a string or integer 'label' or 'category'"):
         load_task("sentiment", bad)
     broken = write(tmp_path / "broken.jsonl", '{"text": "a", "label": 1}\n{"text": \n')
     with pytest.raises(TaskDataError, match=rf"{broken}:2: not valid JSON"):

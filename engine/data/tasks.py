@@ -10,14 +10,19 @@ Labels. `labels.txt` in the folder (one label per line) fixes the label order; o
 first appearance in train (ClassLabel order for hub datasets). For NER every entity type seen in train
 contributes both its B- and I- tag. A dev/test label that train never shows is refused.
 
-Tables without a header have two columns, `label,text` or `text,label`: the label column is the one
-with fewer distinct values over all such files of the data set (ties: the first column, `label,text`).
+Tables with a header find their columns by name (TEXT_COLUMNS, LABEL_COLUMNS) or as `Columns` says
+(`--text-column` / `--label-column`); with only the label column known, the text column is inferred
+when one column's values are clearly the longest. Tables without a header have two columns,
+`label,text` or `text,label`: the label column is the one with fewer distinct values over all such
+files of the data set (ties: the first column, `label,text`).
 Texts are kept exactly as read (inner and trailing newlines included); labels are stripped strings.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import random
@@ -90,6 +95,15 @@ class TaskData:
     def is_token_task(self) -> bool:
         return self.task in TOKEN_TASKS
 
+    def fingerprint(self) -> str:
+        """A hash of the task, labels and every split's examples: equal exactly when the data are."""
+        digest = hashlib.sha256(json.dumps([self.task, self.labels]).encode())
+        for split in SPLITS:
+            for example in getattr(self, split):
+                digest.update(json.dumps(dataclasses.astuple(example), ensure_ascii=False).encode())
+            digest.update(b"\x00" + split.encode())
+        return digest.hexdigest()
+
 
 @dataclass(frozen=True)
 class _Part:
@@ -108,15 +122,24 @@ class _Table:
     oriented: bool
 
 
-def load_task(task: str, data: str | Path, seed: int = 0) -> TaskData:
+@dataclass(frozen=True)
+class Columns:
+    """Which table columns (CSV/TSV header names, JSONL keys, hub columns) hold the text and the label;
+    empty = recognise them by name, or infer the text column (see `_pick_columns`)."""
+
+    text: str = ""
+    label: str = ""
+
+
+def load_task(task: str, data: str | Path, seed: int = 0, columns: Columns = Columns()) -> TaskData:
     """Read `task` data from a file, a folder of split files or `hub:<dataset>[:<config>]`."""
     if task not in TASKS:
         raise TaskDataError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     source = str(data)
     if source.startswith(HUB_PREFIX):
-        parts, order, order_origin = _load_hub(task, source[len(HUB_PREFIX) :])
+        parts, order, order_origin = _load_hub(task, source[len(HUB_PREFIX) :], columns)
     else:
-        parts, order, order_origin = _load_local(task, Path(source).expanduser())
+        parts, order, order_origin = _load_local(task, Path(source).expanduser(), columns)
     parts = _complete_splits(parts, seed)
     labels = _label_set(task, parts, order, order_origin)
     return TaskData(task, labels, *(tuple(parts[split].examples) for split in SPLITS), source)
@@ -165,16 +188,16 @@ def _example_labels(examples: Iterable[Example]) -> Iterable[str]:
 # --- local files ------------------------------------------------------------------------------
 
 
-def _load_local(task: str, path: Path) -> tuple[dict[str, _Part], tuple[str, ...] | None, str]:
+def _load_local(task: str, path: Path, columns: Columns) -> tuple[dict[str, _Part], tuple[str, ...] | None, str]:
     if not path.exists():
         raise TaskDataError(f"Task data {path} does not exist: give a file, a folder with train/dev/test files "
                             "or a hub:<dataset>[:<config>] id.")
     if path.is_file():
-        return _read_splits(task, {"train": path}), None, ""
+        return _read_splits(task, {"train": path}, columns), None, ""
     files = _split_files(task, path)
     labels_file = path / LABELS_FILE
     order = _read_labels_file(labels_file) if labels_file.is_file() else None
-    return _read_splits(task, files), order, str(labels_file)
+    return _read_splits(task, files, columns), order, str(labels_file)
 
 
 def _split_files(task: str, folder: Path) -> dict[str, Path]:
@@ -226,13 +249,13 @@ def _read_text(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _read_splits(task: str, files: dict[str, Path]) -> dict[str, _Part]:
+def _read_splits(task: str, files: dict[str, Path], columns: Columns) -> dict[str, _Part]:
     if task == "pos":
         parts = {split: _Part(_read_conllu(path), str(path)) for split, path in files.items()}
     elif task == "ner":
         parts = {split: _Part(_read_iob(path), str(path)) for split, path in files.items()}
     else:
-        parts = _read_text_splits(files)
+        parts = _read_text_splits(files, columns)
     for split, part in parts.items():
         if not part.examples:
             raise TaskDataError(f"The {split} split is empty: {part.origin} has no examples.")
@@ -294,8 +317,8 @@ def _read_iob(path: Path) -> list[TokenExample]:
     return [TokenExample(ex.words, to_iob2(ex.tags)) for ex in _read_blocks(path, parse)]
 
 
-def _read_text_splits(files: dict[str, Path]) -> dict[str, _Part]:
-    tables = {split: _read_table(path) for split, path in files.items()}
+def _read_text_splits(files: dict[str, Path], columns: Columns) -> dict[str, _Part]:
+    tables = {split: _read_table(path, columns) for split, path in files.items()}
     unoriented = [row for table in tables.values() if not table.oriented for row in table.rows]
     label_first = len({row[0] for row in unoriented}) <= len({row[1] for row in unoriented})
     parts: dict[str, _Part] = {}
@@ -312,10 +335,10 @@ def _read_text_splits(files: dict[str, Path]) -> dict[str, _Part]:
     return parts
 
 
-def _read_table(path: Path) -> _Table:
+def _read_table(path: Path, columns: Columns) -> _Table:
     text = _read_text(path)
     if path.suffix.lower() == ".jsonl":
-        return _read_jsonl(path, text)
+        return _read_jsonl(path, text, columns)
     first_line = text.split("\n", 1)[0]
     tab = path.suffix.lower() == ".tsv" or (path.suffix.lower() != ".csv" and "\t" in first_line)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tab else ",")
@@ -326,32 +349,69 @@ def _read_table(path: Path) -> _Table:
                 rows.append((row, reader.line_num))
     except csv.Error as exc:
         raise TaskDataError(f"{path}:{reader.line_num}: {exc}.") from exc
-    header = [name.strip().lower() for name in rows[0][0]] if rows else []
-    text_col = next((header.index(n) for n in TEXT_COLUMNS if n in header), None)
-    label_col = next((header.index(n) for n in LABEL_COLUMNS if n in header), None)
-    if text_col is not None and label_col is not None:
+    header = [name.strip() for name in rows[0][0]] if rows else []
+    picked = _pick_columns(path, header, [row for row, _ in rows[1:]], columns)
+    if picked is not None:
+        text_col, label_col = picked
         for row, line in rows[1:]:
             if len(row) != len(header):
                 raise TaskDataError(
                     f"{path}:{line}: expected {len(header)} columns as in the header, found {len(row)}."
                 )
         return _Table(path, [(row[text_col], row[label_col], line) for row, line in rows[1:]], oriented=True)
-    if (text_col is None) != (label_col is None):
-        kind, names = ("label", LABEL_COLUMNS) if label_col is None else ("text", TEXT_COLUMNS)
-        raise TaskDataError(
-            f"{path}:{rows[0][1]}: the header has no {kind} column (name it one of {', '.join(names)})."
-        )
     for row, line in rows:
         if len(row) != 2:
             raise TaskDataError(
                 f"{path}:{line}: expected 2 columns (label,text or text,label) without a header, found {len(row)}; "
                 f"a header needs a text column ({', '.join(TEXT_COLUMNS)}) and a label column "
-                f"({', '.join(LABEL_COLUMNS)})."
+                f"({', '.join(LABEL_COLUMNS)}), or name them with --text-column / --label-column."
             )
     return _Table(path, [(row[0], row[1], line) for row, line in rows], oriented=False)
 
 
-def _read_jsonl(path: Path, text: str) -> _Table:
+def _pick_columns(path: Path, header: list[str], rows: list[list[str]], columns: Columns) -> tuple[int, int] | None:
+    """(text, label) column indices of a table with a header, or None when the first row is data.
+
+    Columns named in `columns` must exist. Otherwise the header names are matched against
+    TEXT_COLUMNS / LABEL_COLUMNS; when only the label column is recognised (or named), the text is the
+    column with the longest values on average, if it is at least twice as long as the next one.
+    """
+    lowered = [name.lower() for name in header]
+    listed = ", ".join(repr(name) for name in header)
+    hint = "name them with --text-column / --label-column (or text_column / label_column in [evaluation])"
+
+    def named(name: str, kind: str) -> int:
+        if name.lower() not in lowered:
+            raise TaskDataError(f"{path}: no {kind} column {name!r}; the header's columns are {listed}.")
+        return lowered.index(name.lower())
+
+    text_col = named(columns.text, "text") if columns.text else next(
+        (lowered.index(n) for n in TEXT_COLUMNS if n in lowered), None)
+    label_col = named(columns.label, "label") if columns.label else next(
+        (lowered.index(n) for n in LABEL_COLUMNS if n in lowered), None)
+    if text_col is None and label_col is None:
+        if columns.text or columns.label:
+            raise TaskDataError(f"{path}: the first row has none of the named columns; columns: {listed}.")
+        return None
+    if label_col is None:
+        raise TaskDataError(f"{path}:1: the header has no label column (columns: {listed}); {hint}.")
+    if text_col is None:
+        others = [i for i in range(len(header)) if i != label_col]
+        mean_length = {i: sum(len(row[i]) for row in rows if i < len(row)) / max(1, len(rows)) for i in others}
+        ranked = sorted(others, key=lambda i: -mean_length[i])
+        if not ranked or (len(ranked) > 1 and mean_length[ranked[0]] < 2 * mean_length[ranked[1]]):
+            raise TaskDataError(f"{path}:1: which column is the text? The header has no text column name "
+                                f"({', '.join(TEXT_COLUMNS)}) and no column is clearly the longest "
+                                f"(columns: {listed}); {hint}.")
+        text_col = ranked[0]
+    if text_col == label_col:
+        raise TaskDataError(f"{path}: the text and label columns are the same column {header[text_col]!r}.")
+    return text_col, label_col
+
+
+def _read_jsonl(path: Path, text: str, columns: Columns) -> _Table:
+    text_fields = (columns.text,) if columns.text else JSONL_TEXT_FIELDS
+    label_fields = (columns.label,) if columns.label else JSONL_LABEL_FIELDS
     rows: list[tuple[str, str, int]] = []
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -361,20 +421,23 @@ def _read_jsonl(path: Path, text: str) -> _Table:
         except json.JSONDecodeError as exc:
             raise TaskDataError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
         record = record if isinstance(record, dict) else {}
-        value = next((record[k] for k in JSONL_TEXT_FIELDS if k in record), None)
-        label = next((record[k] for k in JSONL_LABEL_FIELDS if k in record), None)
+        value = next((record[k] for k in text_fields if k in record), None)
+        label = next((record[k] for k in label_fields if k in record), None)
         if not isinstance(value, str):
-            raise TaskDataError(f'{path}:{number}: expected a JSON object with a string "text" (or "sentence").')
-        rows.append((value, _label_string(label, f"{path}:{number}"), number))
+            keys = ", ".join(map(repr, record)) or "none"
+            raise TaskDataError(f"{path}:{number}: expected a JSON object with a string "
+                                f"{' or '.join(map(repr, text_fields))} (keys: {keys}); "
+                                "name the text key with --text-column.")
+        rows.append((value, _label_string(label, f"{path}:{number}", label_fields), number))
     return _Table(path, rows, oriented=True)
 
 
-def _label_string(value: object, where: str) -> str:
+def _label_string(value: object, where: str, fields: Sequence[str] = JSONL_LABEL_FIELDS) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise TaskDataError(f'{where}: expected a string or integer "label" (or "category"), found {value!r}.')
+    raise TaskDataError(f"{where}: expected a string or integer {' or '.join(map(repr, fields))}, found {value!r}.")
 
 
 # --- splits and labels ------------------------------------------------------------------------
@@ -436,7 +499,7 @@ def _with_entity_pairs(tags: Sequence[str]) -> list[str]:
 # --- Hugging Face hub ---------------------------------------------------------------------------
 
 
-def _load_hub(task: str, spec: str) -> tuple[dict[str, _Part], tuple[str, ...] | None, str]:
+def _load_hub(task: str, spec: str, columns: Columns) -> tuple[dict[str, _Part], tuple[str, ...] | None, str]:
     dataset, _, config = spec.partition(":")
     if not dataset:
         raise TaskDataError("A hub task dataset needs an id: hub:<dataset>[:<config>], e.g. hub:wikiann:sw.")
@@ -459,7 +522,7 @@ def _load_hub(task: str, spec: str) -> tuple[dict[str, _Part], tuple[str, ...] |
         if name is None:
             continue
         origin = f"hub:{spec} [{name}]"
-        examples, names_order = _hub_examples(task, loaded[name], origin)
+        examples, names_order = _hub_examples(task, loaded[name], origin, columns)
         if not examples:
             raise TaskDataError(f"The {split} split is empty: {origin} has no examples.")
         parts[split] = _Part(examples, origin)
@@ -469,7 +532,8 @@ def _load_hub(task: str, spec: str) -> tuple[dict[str, _Part], tuple[str, ...] |
     return parts, order, f"the ClassLabel names of hub:{spec}"
 
 
-def _hub_examples(task: str, table: Any, origin: str) -> tuple[list[Example], tuple[str, ...] | None]:
+def _hub_examples(task: str, table: Any, origin: str,
+                  columns: Columns) -> tuple[list[Example], tuple[str, ...] | None]:
     """Examples of one hub split and the ClassLabel names of its label column, if any."""
     if task in TOKEN_TASKS:
         words_col = _hub_column(table, HUB_WORD_COLUMNS, origin)
@@ -487,8 +551,8 @@ def _hub_examples(task: str, table: Any, origin: str) -> tuple[list[Example], tu
                 tags = list(to_iob2(tags))
             examples.append(TokenExample(tuple(map(str, words)), tuple(tags)))
         return examples, names
-    text_col = _hub_column(table, TEXT_COLUMNS, origin)
-    label_col = _hub_column(table, LABEL_COLUMNS, origin)
+    text_col = _hub_column(table, (columns.text,) if columns.text else TEXT_COLUMNS, origin)
+    label_col = _hub_column(table, (columns.label,) if columns.label else LABEL_COLUMNS, origin)
     names = _class_names(table.features[label_col])
     examples = []
     for row, (text, label) in enumerate(zip(table[text_col], table[label_col], strict=True)):

@@ -198,3 +198,53 @@ def representation_fidelity(teacher: LoadedModel, student: LoadedModel, texts: S
         "aligned_fraction": sum(aligned) / len(texts),
         "texts": len(texts),
     }
+
+
+def linear_cka(x: Tensor, y: Tensor) -> float:
+    """Linear centred kernel alignment of two sets of row-matched features (Kornblith et al. 2019):
+    1 for representations equal up to rotation and scale, near 0 for unrelated ones; widths may differ."""
+    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+    cross = (y.T @ x).pow(2).sum()
+    denominator = float((x.T @ x).norm() * (y.T @ y).norm())
+    return float(cross) / denominator if denominator > 0 else 0.0
+
+
+def layer_fidelity(teacher: LoadedModel, student: LoadedModel, texts: Sequence[str], *, max_texts: int = 200,
+                   max_length: int = 128, batch_size: int = 16) -> dict[str, Any]:
+    """How much of each teacher layer the student reproduces somewhere: for every teacher layer, the
+    best linear CKA any student layer reaches with it, over the tokens of the texts both tokenizers
+    segment identically. `fidelity` is the mean over teacher layers (1.0 for the teacher itself);
+    `by_layer` lists the per-layer values; `tokens` and `texts` say how much was compared."""
+    texts = _texts(texts, "layer fidelity")[:max_texts]
+    t_ids = tokenize(teacher.tokenizer, texts, max_length)
+    s_ids = tokenize(student.tokenizer, texts, max_length)
+    aligned = [i for i, (a, b) in enumerate(zip(t_ids, s_ids, strict=True))
+               if teacher.tokenizer.convert_ids_to_tokens(a) == student.tokenizer.convert_ids_to_tokens(b)]
+    if not aligned:
+        raise CorpusError("layer fidelity: no held-out text is segmented the same by teacher and student")
+    states: dict[str, list[list[Tensor]]] = {"teacher": [], "student": []}
+    with evaluating(teacher.model), evaluating(student.model):
+        for start in range(0, len(aligned), batch_size):
+            indices = aligned[start : start + batch_size]
+            for name, model, ids in (("teacher", teacher, t_ids), ("student", student, s_ids)):
+                pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+                batch = pad_batch(ids, indices, pad_id)
+                device = device_of(model.model)
+                mask = batch["attention_mask"].bool()
+                out = model.adapter.base(model.model)(input_ids=batch["input_ids"].to(device),
+                                                      attention_mask=mask.to(device), output_hidden_states=True)
+                states[name].append([h[mask.to(h.device)].float().cpu() for h in out.hidden_states[1:]])
+    teacher_layers = [torch.cat(layer) for layer in zip(*states["teacher"], strict=True)]
+    student_layers = [torch.cat(layer) for layer in zip(*states["student"], strict=True)]
+    by_layer = [max(linear_cka(s, t) for s in student_layers) for t in teacher_layers]
+    return {"fidelity": sum(by_layer) / len(by_layer), "by_layer": by_layer,
+            "tokens": int(teacher_layers[0].shape[0]), "texts": len(aligned)}
+
+
+def stage_quality(teacher: LoadedModel, student: LoadedModel, texts: Sequence[str]) -> dict[str, Any]:
+    """What a stage kept, without labelled data: `layer_fidelity` to the run's teacher and, when the
+    student has an MLM head, its masked-token accuracy on the same held-out texts."""
+    quality: dict[str, Any] = layer_fidelity(teacher, student, texts)
+    if student.has_mlm_head and student.tokenizer.mask_token_id is not None:
+        quality["masked_accuracy"] = masked_token_accuracy(student, texts[:200])["accuracy"]
+    return quality

@@ -8,17 +8,20 @@ and CSV. Progress and every score go out as events, so the GUI draws them live.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.data.tasks import Columns
 from engine.errors import MiniGlotError
 from engine.evaluate.report import write_summary
 from engine.events import CancelToken, EvalResult, EventSink, Log, Metric, Progress
 from engine.models.loading import load_model, resolve_source
-from engine.runfolder import MANIFEST, RECIPE, atomic_write_text, folder_bytes
+from engine.runfolder import MANIFEST, RECIPE, atomic_write_text, folder_bytes, folder_fingerprint
 
 STAGE = "eval"
 
@@ -37,10 +40,11 @@ class EvalPlan:
     tasks: tuple[tuple[str, str], ...]  # (task, data folder / file / hub id)
     seeds: int = 3
     epochs: int = 0  # 0: the task's default
-    mode: str = "full"
+    mode: str = "full"  # full | probe
     learning_rate: float = 0.0  # 0: the task's default
     intrinsic: bool = True
     speed: bool = True
+    columns: Columns = field(default_factory=Columns)  # text/label columns of classification tables (empty: by name)
 
 
 def run_models(run_dir: Path) -> list[ModelRef]:
@@ -85,32 +89,40 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
     """Run the plan into `out_dir`; returns the summary (also written as summary.json/.md/.csv)."""
     from engine.data.tasks import load_task
     from engine.evaluate.finetune import finetune
+    from engine.evaluate.probe import probe
 
     token = token or CancelToken()
     out_dir = Path(out_dir)
     labels = task_labels(plan.tasks)
-    datasets = {label: load_task(task, data) for label, (task, data) in zip(labels, plan.tasks, strict=True)}
+    datasets = {label: load_task(task, data, columns=plan.columns)
+                for label, (task, data) in zip(labels, plan.tasks, strict=True)}
     jobs = [(task, model, seed) for task in labels for model in plan.models for seed in range(plan.seeds)]
+    how = "linear probes on frozen features" if plan.mode == "probe" else f"{plan.mode} fine-tuning"
     sink.emit(Log(message=f"evaluating {len(plan.models)} models on {', '.join(datasets)} "
-                          f"× {plan.seeds} seeds ({plan.mode} fine-tuning)"))
+                          f"× {plan.seeds} seeds ({how})"))
+    fingerprints = {ref.name: folder_fingerprint(ref.path) for ref in plan.models}
+    data_prints = {label: data.fingerprint() for label, data in datasets.items()}
     began = time.monotonic()
     scored: list[dict[str, Any]] = []
     for done, (task, model, seed) in enumerate(jobs, start=1):
         token.raise_if_cancelled()
-        path = out_dir / task / model.name / f"seed-{seed}.json"
-        if path.is_file():
-            record = json.loads(path.read_text(encoding="utf-8"))
-        else:
+        key = result_key(plan, fingerprints[model.name], data_prints[task], task, seed)
+        path = out_dir / task / model.name / f"seed-{seed}-{key[:12]}.json"
+        record = _cached(path, key)
+        if record is None:
             def progress(info: dict, task=task, model=model) -> None:
                 if info.get("dev_score") is not None:
                     sink.emit(Metric(index=0, stage=STAGE, name=f"{task}/{model.name}/dev",
                                      value=float(info["dev_score"]), step=int(info.get("epoch", 0)),
                                      split="validation"))
 
-            result = finetune(model.path, datasets[task], seed, mode=plan.mode, epochs=plan.epochs or None,
-                              learning_rate=plan.learning_rate or None, progress=progress, token=token)
+            if plan.mode == "probe":
+                result = probe(model.path, datasets[task], seed, progress=progress, token=token)
+            else:
+                result = finetune(model.path, datasets[task], seed, epochs=plan.epochs or None,
+                                  learning_rate=plan.learning_rate or None, progress=progress, token=token)
             record = {"model": model.name, "model_path": str(model.path), "task": task, "seed": seed,
-                      "mode": plan.mode, **_result_fields(result)}
+                      "mode": plan.mode, "key": key, "data": datasets[task].source, **_result_fields(result)}
             atomic_write_text(path, json.dumps(record, indent=2))
         scored.append(record)
         sink.emit(EvalResult(model=model.name, task=task, seed=seed, metrics=record["metrics"]))
@@ -121,6 +133,38 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
     summary = {"teacher": plan.models[0].name, "results": aggregate(scored), "models": models}
     write_summary(summary, out_dir)
     return summary
+
+
+def result_key(plan: EvalPlan, model_print: str, data_print: str, task: str, seed: int) -> str:
+    """A hash of everything a result depends on: weights, data, task, mode and settings, seed, code."""
+    settings = {"model": model_print, "data": data_print, "task": task.split("@")[0], "mode": plan.mode,
+                "seed": seed, "code": code_fingerprint()}
+    if plan.mode != "probe":
+        settings.update(epochs=plan.epochs, learning_rate=plan.learning_rate)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the source of the modules that produce a score (readers, training, probes, metrics)."""
+    from engine.data import batches, tasks
+    from engine.evaluate import finetune, metrics, probe
+
+    digest = hashlib.sha256()
+    for module in (batches, tasks, finetune, metrics, probe):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _cached(path: Path, key: str) -> dict[str, Any] | None:
+    """The stored result at `path` if it was computed for exactly `key`."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None
 
 
 def task_labels(tasks: tuple[tuple[str, str], ...]) -> list[str]:

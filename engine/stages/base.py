@@ -25,7 +25,7 @@ class StageContext:
     config: Stage
     recipe: Recipe
     model: LoadedModel  # this stage's input: the teacher or the previous stage's output
-    teacher: LoadedModel  # the run's (possibly adapted) teacher
+    teacher: LoadedModel  # the run's (possibly adapted or vocabulary-trimmed) teacher
     train_texts: list[str]
     validation_texts: list[str]
     device: torch.device
@@ -33,6 +33,11 @@ class StageContext:
     token: CancelToken
     checkpoints: Checkpoints
     distributed: Distributed = SINGLE
+    reference: LoadedModel | None = None  # the last model trained to reproduce the teacher (no pruning/cut since)
+
+    def __post_init__(self) -> None:
+        if self.reference is None:
+            self.reference = self.teacher
 
     @property
     def kind(self) -> str:

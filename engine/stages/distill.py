@@ -20,11 +20,18 @@ def run(ctx: StageContext) -> StageOutput:
     net.requires_grad_(True)
     student = LoadedModel(net, teacher.tokenizer, teacher.adapter, teacher.source)
     loss = choose_loss(ctx, cfg.loss, student, teacher)
-    layer_map = select_layers("stride", n, cfg.layers) if random_init else indices
+    # each student layer reproduces the output of the teacher layer it starts from (random: stride)
+    layer_map = [i + 1 for i in (select_layers("stride", n, cfg.layers) if random_init else indices)]
+    if cfg.last_to_last:
+        layer_map[-1] = n
     ctx.log(f"student: {cfg.layers} of {n} layers "
             + ("(random init)" if random_init else f"from teacher layers {indices}") + f", loss {loss}")
-    metrics = train(ctx, net, student.tokenizer, DistillLoss(student, teacher, cfg, loss, layer_map=layer_map),
-                    cfg, phase="distill")
+    metrics: dict = {}
+    if cfg.max_steps:
+        metrics = train(ctx, net, student.tokenizer, DistillLoss(student, teacher, cfg, loss, layer_map=layer_map),
+                        cfg, phase="distill")
+    else:
+        ctx.log("max_steps = 0: the student is the teacher's layers as they are, without training")
     return StageOutput(student, {**metrics, "loss": loss, "teacher_layers": indices})
 
 

@@ -29,17 +29,11 @@ def truncation_basis(d: int, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def svd_basis(model: nn.Module, adapter: FamilyAdapter, batches: Iterable[dict], k: int) -> torch.Tensor:
-    """Top-k principal directions of the residual-stream states, [d, k] with orthonormal columns.
-
-    States are collected at every layer boundary (the embeddings output and each layer's output)
-    over all non-padding tokens of `batches`; the basis is the top-k eigenvectors of their
-    uncentered second moment (equivalently the top right singular vectors of the stacked states),
-    ordered by captured energy, each signed so its largest-magnitude entry is positive. The model
-    is not modified (it runs in eval mode; its training mode is restored).
-    """
+def residual_moment(model: nn.Module, adapter: FamilyAdapter, batches: Iterable[dict]) -> torch.Tensor:
+    """The uncentered second moment [d, d] of the residual-stream states, collected at every layer
+    boundary (the embeddings output and each layer's output) over the non-padding tokens of `batches`.
+    The model runs in eval mode; its training mode is restored."""
     d = model.config.hidden_size
-    _check_width(d, k)
     base = adapter.base(model)
     device = next(model.parameters()).device
     moment = torch.zeros(d, d, dtype=torch.float64, device=device)
@@ -56,10 +50,30 @@ def svd_basis(model: nn.Module, adapter: FamilyAdapter, batches: Iterable[dict],
                 moment += flat.T @ flat
     finally:
         model.train(was_training)
-    _, vectors = torch.linalg.eigh(moment.cpu())
+    return moment.cpu()
+
+
+def svd_basis(moment: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k principal directions of the residual stream, [d, k] with orthonormal columns.
+
+    The top-k eigenvectors of `residual_moment` (equivalently the top right singular vectors of the
+    stacked states), ordered by captured energy, each signed so its largest-magnitude entry is positive.
+    """
+    _check_width(moment.shape[0], k)
+    _, vectors = torch.linalg.eigh(moment)
     basis = vectors[:, -k:].flip(1)
     peak = basis.gather(0, basis.abs().argmax(dim=0, keepdim=True))
     return (basis * torch.sign(peak)).float()
+
+
+def activation_basis(moment: torch.Tensor, k: int) -> torch.Tensor:
+    """The k coordinates with the largest mean squared activation, in their original order, as a
+    [d, k] selection: like truncation it slices every weight and LayerNorm exactly (no rotation,
+    which LayerNorm does not commute with), but it keeps the dimensions the model actually uses,
+    its large "outlier" dimensions among them."""
+    _check_width(moment.shape[0], k)
+    kept = torch.diagonal(moment).argsort(descending=True)[:k].sort().values
+    return torch.eye(moment.shape[0])[:, kept].clone()
 
 
 @torch.no_grad()

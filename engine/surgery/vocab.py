@@ -11,6 +11,7 @@ in the same transformers class without any slow vocabulary file: `save_pretraine
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -46,10 +47,12 @@ class TrimReport:
     """What a trim kept and what it did to tokenisation.
 
     `old_size` is the old number of embedding rows (it may exceed the tokenizer's entries);
-    `new_size == kept_by_frequency + kept_special + kept_characters == len(kept_ids)`.
+    `new_size == kept_by_frequency + kept_to_fill + kept_special + kept_characters == len(kept_ids)`.
     `kept_by_frequency` is at most the requested size (fewer when the corpus uses fewer distinct
-    non-special tokens); `kept_special` counts special/added tokens and ids the config or
-    post-processor refers to; `kept_characters` counts single-character pieces kept on top of both.
+    non-special tokens); `kept_to_fill` counts the pieces that fill the rest of the budget (pieces
+    the corpus's words contain but its segmentation does not use); `kept_special` counts
+    special/added tokens and ids the config or post-processor refers to; `kept_characters` counts
+    single-character pieces kept on top of these.
     `resegmentation_rate` is the fraction of validation texts whose token sequence (token strings,
     without special tokens) differs after trimming; `unknown_rate_*` is the fraction of validation
     tokens that are the unknown token. All three are 0.0 when there are no validation texts.
@@ -59,6 +62,7 @@ class TrimReport:
     old_size: int
     new_size: int
     kept_by_frequency: int
+    kept_to_fill: int
     kept_special: int
     kept_characters: int
     resegmentation_rate: float
@@ -74,8 +78,13 @@ def trim_vocabulary(
     texts: Sequence[str],
     size: int,
     validation_texts: Sequence[str] = (),
+    fill: bool = True,
 ) -> tuple[nn.Module, Any, TrimReport]:
     """Keep the `size` most frequent tokens of `texts` plus special tokens and seen characters.
+
+    When the texts use fewer than `size` distinct tokens and `fill` is set, the rest of the budget
+    goes to the pieces that occur most often inside the texts' words (`_substring_counts`): the
+    pieces unseen words of the language are likely to need, so held-out text re-segments less.
 
     The model is changed in place (embedding rows, MLM decoder rows and biases, config ids) and
     returned with a new fast tokenizer of the same class and a report.
@@ -113,6 +122,10 @@ def trim_vocabulary(
     characters = _character_ids(counter, spec, texts)
     kept_characters = int(np.count_nonzero(~keep[characters]))
     keep[characters] = True
+    filled = np.zeros(0, dtype=np.int64)
+    if fill and used.size < size:
+        filled = _fill_ids(counter, spec, texts, n_tokens, keep, size - used.size)
+        keep[filled] = True
 
     kept_ids = np.flatnonzero(keep)
     new_id_of = np.full(n_tokens, _NOT_KEPT, dtype=np.int64)
@@ -127,6 +140,7 @@ def trim_vocabulary(
         old_size=n_rows,
         new_size=int(kept_ids.size),
         kept_by_frequency=int(used.size),
+        kept_to_fill=int(filled.size),
         kept_special=int(special.size),
         kept_characters=kept_characters,
         resegmentation_rate=reseg,
@@ -222,6 +236,70 @@ def _remap_processor(node: dict | None, new_id_of: np.ndarray) -> None:
             node[key] = [node[key][0], int(new_id_of[node[key][1]])]
 
 
+def _fill_ids(tokenizer: Tokenizer, spec: dict, texts: list[str], n_tokens: int, keep: np.ndarray,
+              budget: int) -> np.ndarray:
+    """Up to `budget` ids not in `keep`: first the pieces found most often inside the texts' words,
+    then pieces written only in the texts' characters, most probable first (Unigram scores;
+    WordPiece vocabularies are in frequency order)."""
+    inside = _substring_counts(tokenizer, spec, texts, n_tokens)
+    inside[keep] = 0
+    candidates = np.flatnonzero(inside)
+    first = candidates[np.argsort(-inside[candidates], kind="stable")[:budget]]
+    if first.size == budget:
+        return first
+    taken = keep.copy()
+    taken[first] = True
+    alphabet = _alphabet(tokenizer, texts) | {"\u2581", "#"}
+    model = spec["model"]
+    if model["type"] == "WordPiece":
+        ranked = sorted(model["vocab"].items(), key=lambda item: item[1])
+        pieces = [(piece, i, 0.0) for piece, i in ranked]
+    else:
+        pieces = [(piece, i, score) for i, (piece, score) in enumerate(model["vocab"])]
+    spelled = [(score, i) for piece, i, score in pieces
+               if i < n_tokens and not taken[i] and len(piece) > 1 and set(piece) <= alphabet]
+    spelled.sort(key=lambda item: -item[0])  # stable: WordPiece keeps its frequency order
+    second = np.array([i for _, i in spelled[: budget - first.size]], dtype=np.int64)
+    return np.concatenate([first, second])
+
+
+def _alphabet(tokenizer: Tokenizer, texts: list[str]) -> set[str]:
+    normalizer = tokenizer.normalizer
+    seen: set[str] = set()
+    for text in texts:
+        seen.update(normalizer.normalize_str(text) if normalizer is not None else text)
+    return {c for c in seen if not c.isspace()}
+
+
+def _substring_counts(tokenizer: Tokenizer, spec: dict, texts: list[str], n_tokens: int,
+                      longest: int = 16) -> np.ndarray:
+    """How often each vocabulary piece occurs inside the texts' words (pre-tokenised as the tokenizer
+    does), counting every position a piece could stand at: word-initial pieces at the start only
+    (`▁ab` for Unigram, `ab` for WordPiece), continuation pieces anywhere after it."""
+    model = spec["model"]
+    if model["type"] == "WordPiece":
+        prefix = model.get("continuing_subword_prefix") or "##"
+        vocab = model["vocab"]
+    else:
+        prefix = ""
+        vocab = {piece: i for i, (piece, _) in enumerate(model["vocab"])}
+    words: Counter[str] = Counter()
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+    for text in texts:
+        text = normalizer.normalize_str(text) if normalizer is not None else text
+        pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, None)]
+        words.update(piece for piece, _ in pieces)
+    counts = np.zeros(n_tokens, dtype=np.int64)
+    for word, n in words.items():
+        for start in range(len(word)):
+            lead = prefix if start else ""
+            for end in range(start + 1, min(len(word), start + longest) + 1):
+                token_id = vocab.get(lead + word[start:end])
+                if token_id is not None and token_id < n_tokens:
+                    counts[token_id] += n
+    return counts
+
+
 def _character_ids(tokenizer: Tokenizer, spec: dict, texts: list[str]) -> np.ndarray:
     """Ids of the single-character pieces for every character of the normalised texts.
 
@@ -230,11 +308,7 @@ def _character_ids(tokenizer: Tokenizer, spec: dict, texts: list[str]) -> np.nda
     old vocabulary lacks (say `##c` where only `c` exists) can leave a gap; `unknown_rate_after`
     shows it.
     """
-    normalizer = tokenizer.normalizer
-    seen: set[str] = set()
-    for text in texts:
-        seen.update(normalizer.normalize_str(text) if normalizer is not None else text)
-    chars = [c for c in seen if not c.isspace()]
+    chars = sorted(_alphabet(tokenizer, texts))
     if spec["model"]["type"] == "WordPiece":
         prefix = spec["model"].get("continuing_subword_prefix") or "##"
         pieces = chars + [prefix + c for c in chars]

@@ -43,7 +43,9 @@ class DistillLoss:
     D is `mse`, `kl` (softened by T, scaled by T²) or `kl_unsoft` over MLM logits, or `hidden`:
     MSE + (1 − cosine) between student states and teacher states projected by `projection`
     (the shared basis a hidden-size cut used; identity when widths match), over real tokens.
-    `layer_map[i]` is the teacher layer matched to student layer i when `intermediate` is set.
+    `layer_map[i]` is the teacher layer (1-based output, as in `hidden_states`) whose states student
+    layer i + 1 reproduces: the last student layer is always matched (to the teacher's last layer
+    when there is no map), the others too when `intermediate` is set.
     """
 
     student: LoadedModel
@@ -59,22 +61,26 @@ class DistillLoss:
         self._s_head = self.student.adapter.mlm_module(self.student.model)
         self._t_head = self.teacher.adapter.mlm_module(self.teacher.model)
         self._intermediate = self.loss == "hidden" and self.config.intermediate and self.layer_map is not None
+        self._all_states = self.loss == "hidden" and self.layer_map is not None
 
     def targets(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         """The teacher's side of the loss for `batch` (no autograd; the validation set caches it).
 
-        `states`: teacher states at real tokens (last layer first, then the mapped intermediate
-        layers), already projected to the student's width; `logit_hidden`: the teacher's last states
-        at the logit positions, which its MLM head projects in `__call__`.
+        `states`: teacher states at real tokens (the last student layer's target first, then the
+        mapped intermediate layers'), already projected to the student's width; `logit_hidden`: the
+        teacher's last states at the logit positions, which its MLM head projects in `__call__`.
         """
         ids, attention = batch["input_ids"], batch["attention_mask"]
         with torch.inference_mode():
-            teacher = self._t_base(input_ids=ids, attention_mask=attention, output_hidden_states=self._intermediate)
+            teacher = self._t_base(input_ids=ids, attention_mask=attention, output_hidden_states=self._all_states)
             if self.loss != "hidden":
                 return {"logit_hidden": teacher.last_hidden_state[self._logit_positions(batch)]}
-            states = [teacher.last_hidden_state]
+            if self.layer_map is None:
+                states = [teacher.last_hidden_state]
+            else:
+                states = [teacher.hidden_states[self.layer_map[-1]]]
             if self._intermediate:
-                states += [teacher.hidden_states[t + 1] for t in self.layer_map[:-1]]
+                states += [teacher.hidden_states[t] for t in self.layer_map[:-1]]
             tokens = attention.bool()
             return {"states": [s[tokens] if self.projection is None else s[tokens] @ self.projection
                                for s in states]}

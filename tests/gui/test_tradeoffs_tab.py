@@ -16,12 +16,13 @@ STAGES = [("distill", 60_000_000, 240_000_000), ("prune", 50_000_000, 200_000_00
 NER = {"teacher": 0.80, "01-distill": 0.78, "02-prune": 0.79, "03-shrink": 0.70, "04-trim_vocab": 0.72}
 
 
-def write_run(folder: Path, name: str, stages=STAGES, ner: dict | None = NER) -> Path:
+def write_run(folder: Path, name: str, stages=STAGES, ner: dict | None = NER, fidelity: bool = False) -> Path:
     run = folder / name
     run.mkdir(parents=True)
     manifest = {"status": "completed", "teacher": {"source": "packaged:multilingual-e5-small", "params": 100_000_000},
                 "stages": [{"kind": k, "status": "completed", "model_dir": f"stages/{i:02d}-{k}/model", "params": p,
-                            "bytes": b} for i, (k, p, b) in enumerate(stages, start=1)]}
+                            "bytes": b, **({"quality": {"fidelity": 1 - 0.05 * i}} if fidelity else {})}
+                           for i, (k, p, b) in enumerate(stages, start=1)]}
     (run / "manifest.json").write_text(json.dumps(manifest))
     if ner is not None:
         names = list(ner)
@@ -109,3 +110,11 @@ def test_unevaluated_run_shows_size_per_stage_and_runs_compare(qtbot, tmp_path):
     assert "20260102-000000-b" in tab.note.text()
     tab.score_combo.setCurrentIndex(tab.score_combo.findData(NONE))
     assert len(tab.scatters) == 2 and len(tab.shown) == 8
+
+
+def test_every_stage_recorded_fidelity_gives_an_unevaluated_run_a_score_axis(qtbot, tmp_path):
+    run = write_run(tmp_path, "20260103-000000-c", ner=None, fidelity=True)
+    assert [p.scores["stage:fidelity"][0] for p in load_points(run)] == pytest.approx([1.0, 0.95, 0.9, 0.85, 0.8])
+    tab = TradeoffsTab(tmp_path)
+    qtbot.addWidget(tab)
+    assert tab.score == "stage:fidelity" and len(tab.shown) == 5 and tab.front
