@@ -92,6 +92,56 @@ def test_headless_teacher_distils_hidden_states_and_says_so(tmp_path, tiny_model
     assert any("loss = \"hidden\"" in e.message for e in sink.events if hasattr(e, "message"))
 
 
+TRIM_FIRST = """
+[[stages]]
+kind = "trim_vocab"
+size = 150
+[[stages]]
+kind = "distill"
+layers = 2
+layer_selection = "first_k"
+max_steps = 0
+[[stages]]
+kind = "prune"
+ffn = 64
+importance_batches = 2
+batch_size = 8
+[[stages]]
+kind = "shrink"
+hidden = 32
+init = "activation"
+loss = "hidden"
+intermediate = true
+max_steps = 3
+batch_size = 8
+"""
+
+
+def test_trim_first_then_an_untrained_first_k_student_and_a_repaired_cut(tmp_path, tiny_models, corpus):
+    """Trimming first keeps the teacher (later stages distil from the trimmed one); first_k with no
+    steps is the teacher's lower layers exactly; shrink distils from that unpruned student; every
+    stage records its fidelity to the teacher."""
+    run_dir, sink = run_recipe(tmp_path, recipe_toml(tiny_models["bert-nohead"], corpus, TRIM_FIRST, verify=False))
+    stages = check_stage_folders(run_dir)
+    assert [s["kind"] for s in stages] == ["trim_vocab", "distill", "prune", "shrink"]
+    fidelity = [s["quality"]["fidelity"] for s in stages]
+    assert fidelity[0] == pytest.approx(1.0, abs=1e-6)  # same states on every text the trim left alone
+    assert stages[1]["quality"]["by_layer"][:2] == pytest.approx([1.0, 1.0], abs=1e-6)  # the teacher's layers 1-2
+    assert all(0 < f < 1 for f in fidelity[1:])  # teacher layers 3-4 are only approximated
+    assert all(s["quality"]["tokens"] > 0 and len(s["quality"]["by_layer"]) == 4 for s in stages)
+    messages = [e.message for e in sink.events if hasattr(e, "message")]
+    assert any("without training" in m for m in messages)
+    assert any("distilling from the last distilled student before pruning" in m for m in messages)
+    assert len([m for m in sink.events if getattr(m, "name", "") == "fidelity"]) == 4
+    trimmed, student = (AutoModel.from_pretrained(run_dir / stages[i]["model_dir"], add_pooling_layer=False)
+                        for i in (0, 1))
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / stages[1]["model_dir"])
+    batch = tokenizer(["kali muto rane."], return_tensors="pt")
+    with torch.no_grad():
+        expected = trimmed(**batch, output_hidden_states=True).hidden_states[2]
+        assert torch.allclose(student(**batch).last_hidden_state, expected, atol=1e-5)
+
+
 def test_adapt_fits_an_mlm_head_so_logit_losses_work(tmp_path, tiny_models, corpus):
     stages = """
 [[stages]]

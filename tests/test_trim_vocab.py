@@ -314,6 +314,38 @@ def test_corpus_smaller_than_size_keeps_what_is_used():
     assert new_tokenizer.tokenize("the dog walk") == ["▁the", "▁dog", "▁walk"]
 
 
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_budget_is_filled_with_pieces_inside_the_corpus_words(family, tmp_path):
+    """The corpus uses few tokens; the rest of the budget goes first to pieces inside its words
+    (`house` holds `ouse`), then to pieces spelled in its alphabet, never to foreign characters."""
+    texts = ["the house", "the houses walked"]
+    sizes = {}
+    for fill in (False, True):
+        if family == "bert":
+            _, tokenizer, model = build("bert", True, tmp_path / str(fill))
+        else:
+            tokenizer = unigram_tokenizer()
+            model = tiny_model("xlm-roberta", False, len(tokenizer))
+        vocab = tokenizer.get_vocab()
+        used = {i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]}
+        _, new_tokenizer, report = trim_vocabulary(model, tokenizer, adapter_for(family), texts, len(used) + 3,
+                                                   fill=fill)
+        kept = set(report.kept_ids)
+        assert used <= kept and report.kept_by_frequency == len(used)
+        sizes[fill] = report.new_size - report.kept_to_fill
+        assert report.new_size == len(new_tokenizer) == model.config.vocab_size
+        if fill:
+            assert 1 <= report.kept_to_fill <= 3
+            inside = "##ouse" if family == "bert" else "ouse"
+            assert vocab[inside] in kept  # a piece of "house" that its own segmentation does not use
+            alphabet = set("thehouseswalked") | {"#", "▁"}
+            filled = [tokenizer.convert_ids_to_tokens(i) for i in kept - used - set(tokenizer.all_special_ids)]
+            assert all(set(piece) <= alphabet for piece in filled)
+        else:
+            assert report.kept_to_fill == 0
+    assert sizes[True] == sizes[False]
+
+
 def test_rejects_empty_corpus_and_unsupported_tokenizer():
     tokenizer = unigram_tokenizer()
     model = tiny_model("xlm-roberta", False, len(tokenizer))
