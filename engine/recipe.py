@@ -131,12 +131,14 @@ class Distillation:
     temperature: float = 2.0
     all_positions: bool = False  # logit loss at every position (the paper) instead of masked ones
     intermediate: bool = False  # with loss = "hidden": also match mapped intermediate layers
+    sentence: float = 0.0  # with loss = "hidden": weight of matching mean-pooled sentence embeddings
     cache_teacher: bool = True  # compute the teacher's outputs on the validation batches once, not at every check
 
     def check_distillation(self, where: str) -> None:
         _one_of(f"{where}.loss", self.loss, DISTILL_LOSSES)
         _check(0 <= self.alpha <= 1, f"{where}.alpha must be in [0, 1]")
         _check(self.temperature > 0, f"{where}.temperature must be positive")
+        _check(self.sentence >= 0, f"{where}.sentence must be 0 or more")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ class DistillLoss:
     (the shared basis a hidden-size cut used; identity when widths match), over real tokens.
     `layer_map[i]` is the teacher layer (1-based output, as in `hidden_states`) whose states student
     layer i + 1 reproduces: the last student layer is always matched (to the teacher's last layer
-    when there is no map), the others too when `intermediate` is set.
+    when there is no map), the others too when `intermediate` is set. With `sentence` > 0 the hidden
+    loss adds `sentence` × the same distance between the student's mean-pooled last states and the
+    teacher's (its sentence embeddings: what E5 was trained to produce).
     """
 
     student: LoadedModel
@@ -82,8 +84,12 @@ class DistillLoss:
             if self._intermediate:
                 states += [teacher.hidden_states[t] for t in self.layer_map[:-1]]
             tokens = attention.bool()
-            return {"states": [s[tokens] if self.projection is None else s[tokens] @ self.projection
-                               for s in states]}
+            out = {"states": [s[tokens] if self.projection is None else s[tokens] @ self.projection
+                              for s in states]}
+            if self.config.sentence > 0:
+                pooled = mean_pool(teacher.last_hidden_state, attention)
+                out["sentence"] = pooled if self.projection is None else pooled @ self.projection
+            return out
 
     def __call__(self, batch: dict[str, Tensor], targets: dict[str, Any] | None = None) -> dict[str, Tensor]:
         ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -95,6 +101,9 @@ class DistillLoss:
         if self.loss == "hidden":
             parts["hidden"] = self._hidden_loss(student, targets["states"], attention.bool())
             distill = parts["hidden"]
+            if self.config.sentence > 0:
+                parts["sentence"] = state_loss(mean_pool(s_hidden, attention), targets["sentence"])
+                distill = distill + self.config.sentence * parts["sentence"]
         else:
             with torch.inference_mode():
                 t_logits = self._t_head(targets["logit_hidden"])
@@ -127,6 +136,12 @@ class DistillLoss:
         students = [student.last_hidden_state]
         students += [student.hidden_states[i + 1] for i in range(len(teacher_states) - 1)]
         return sum(state_loss(s[tokens], t) for s, t in zip(students, teacher_states, strict=True)) / len(students)
+
+
+def mean_pool(states: Tensor, attention: Tensor) -> Tensor:
+    """Each sequence's mean state over its real tokens (the sentence embedding of E5-style encoders)."""
+    weights = attention.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 def state_loss(student: Tensor, teacher: Tensor) -> Tensor:
