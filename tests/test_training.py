@@ -75,3 +75,30 @@ def test_bf16_autocast_trains_close_to_fp32_and_saves_fp32_weights(tmp_path, tin
     assert bf16[key] != fp32[key]  # the forward passes really ran in bf16
     with safe_open(next(run_dir.glob("stages/01-distill/model/model.safetensors")), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_hidden_loss_matches_mapped_layers_and_sentence_embeddings(tiny_models):
+    """Each student layer is compared with the teacher layer `layer_map` names; `sentence` adds the
+    distance between mean-pooled last states, and a student equal to the teacher's mapped layers has
+    zero loss."""
+    import dataclasses
+
+    from engine.models.loading import LoadedModel, load_model
+    from engine.recipe import DistillStage
+    from engine.surgery.layers import reduce_layers
+
+    teacher = load_model(tiny_models["bert-nohead"])
+    net = reduce_layers(teacher.model, teacher.adapter, [0, 1])
+    student = LoadedModel(net, teacher.tokenizer, teacher.adapter, "")
+    batch = teacher.tokenizer(["kali muto rane.", "sipo hawu ka li mu!"], return_tensors="pt", padding=True)
+    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+             "labels": torch.full_like(batch["input_ids"], -100)}
+    config = DistillStage(loss="hidden", intermediate=True, sentence=1.0)
+    own = losses.DistillLoss(student, teacher, config, "hidden", layer_map=[1, 2])(batch)
+    assert set(own) == {"hidden", "sentence", "total"} and float(own["total"]) == pytest.approx(0.0, abs=1e-6)
+    top = losses.DistillLoss(student, teacher, config, "hidden", layer_map=[1, 4])(batch)
+    assert float(top["sentence"]) > 0 and float(top["total"]) == pytest.approx(
+        float(top["hidden"]) + float(top["sentence"]))
+    plain = losses.DistillLoss(student, teacher, dataclasses.replace(config, sentence=0.0), "hidden",
+                               layer_map=[1, 4])(batch)
+    assert "sentence" not in plain and float(plain["total"]) == pytest.approx(float(top["hidden"]))

@@ -46,8 +46,9 @@ class DistillLoss:
     `layer_map[i]` is the teacher layer (1-based output, as in `hidden_states`) whose states student
     layer i + 1 reproduces: the last student layer is always matched (to the teacher's last layer
     when there is no map), the others too when `intermediate` is set. With `sentence` > 0 the hidden
-    loss adds `sentence` × the same distance between the student's mean-pooled last states and the
-    teacher's (its sentence embeddings: what E5 was trained to produce).
+    loss adds `sentence` × the same distance between the mean-pooled states of the last student layer
+    and of its teacher layer (sentence embeddings: for the teacher's last layer, what E5 was trained
+    to produce).
     """
 
     student: LoadedModel
@@ -87,7 +88,7 @@ class DistillLoss:
             out = {"states": [s[tokens] if self.projection is None else s[tokens] @ self.projection
                               for s in states]}
             if self.config.sentence > 0:
-                pooled = mean_pool(teacher.last_hidden_state, attention)
+                pooled = mean_pool(states[0], attention)
                 out["sentence"] = pooled if self.projection is None else pooled @ self.projection
             return out
 
