@@ -121,6 +121,8 @@ _LOSS_TIPS = {
             "hidden: match hidden states — for teachers without an MLM head (the packaged E5 and MiniLM).",
     "alpha": "Loss = alpha·MLM + (1 − alpha)·distillation. Paper: alpha 0.5 with MSE was the default.",
     "temperature": "Softening temperature T for the kl loss (scaled by T²); unused by the other losses.",
+    "sentence": "loss = hidden: weight of matching mean-pooled sentence embeddings of the last layer as well as "
+                "its tokens\n(what E5-style teachers were trained to produce; topic and sentiment depend on it).",
 }
 
 
@@ -148,7 +150,12 @@ def _training(min_steps: int = 1) -> list[FieldSpec]:
 def _distillation() -> list[FieldSpec]:
     return [FieldSpec("loss", "Loss", "choice", _LOSS_TIPS["loss"], choices=DISTILL_LOSSES),
             FieldSpec("alpha", "Alpha (MLM weight)", "float", _LOSS_TIPS["alpha"], 0.0, 1.0),
-            FieldSpec("temperature", "Temperature", "float", _LOSS_TIPS["temperature"], 0.05, 100.0)]
+            FieldSpec("temperature", "Temperature", "float", _LOSS_TIPS["temperature"], 0.05, 100.0),
+            FieldSpec("sentence", "Sentence weight", "float", _LOSS_TIPS["sentence"], 0.0, 100.0)]
+
+
+def _every_layer(what: str) -> FieldSpec:
+    return FieldSpec("intermediate", "Match every layer", "bool", f"loss = hidden: {what}")
 
 
 FIELDS: dict[str, list[FieldSpec]] = {
@@ -166,9 +173,8 @@ FIELDS: dict[str, list[FieldSpec]] = {
                   "teacher: copy the selected teacher layers (the paper's setting); random: fresh weights.",
                   choices=("teacher", "random")),
         *_distillation(), *_training(min_steps=0),
-        FieldSpec("intermediate", "Match every layer", "bool",
-                  "loss = hidden: every student layer reproduces the teacher layer it was copied from, not only "
-                  "the last.\nWith first_k the student starts as an exact copy of the teacher's lower layers."),
+        _every_layer("every student layer reproduces the teacher layer it was copied from, not only the last.\n"
+                     "With first_k the student starts as an exact copy of the teacher's lower layers."),
         FieldSpec("last_to_last", "Last layer → teacher's last", "bool",
                   "loss = hidden: the student's last layer learns the teacher's last layer (its sentence-level "
                   "knowledge)\ninstead of the layer it was copied from; with first_k it keeps token knowledge in "
@@ -191,7 +197,9 @@ FIELDS: dict[str, list[FieldSpec]] = {
                   "truncation: keep the first k dimensions (the paper); activation: keep the k most active "
                   "dimensions;\nsvd: project every weight into one shared basis of the top principal "
                   "directions.", choices=SHRINK_INITS),
-        *_distillation(), *_training()],
+        *_distillation(), *_training(),
+        _every_layer("every layer of the narrower model reproduces the same layer of the last distilled student "
+                     "(projected),\nnot only the last.")],
     "trim_vocab": [
         _int("size", "Vocabulary size",
              "Tokens kept: the most frequent in your corpus, plus special tokens.\nPaper: 40k. Word embeddings "
@@ -382,6 +390,9 @@ class StageBox(QGroupBox):
 
     def _loss_changed(self, loss: str) -> None:
         self.widgets["temperature"].setEnabled(loss == "kl")
+        for name in ("sentence", "intermediate", "last_to_last"):
+            if name in self.widgets:
+                self.widgets[name].setEnabled(loss == "hidden")
 
     def set_stage(self, stage: Stage) -> None:
         for name, widget in self.widgets.items():
