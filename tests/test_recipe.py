@@ -248,7 +248,8 @@ def test_validation_is_a_fraction_or_files():
 
 def test_stage_order_and_count():
     assert "adapt stage must come first" in error(MINIMAL + DISTILL + '[[stages]]\nkind = "adapt"\n')
-    trimmed_then_adapted = MINIMAL + '[[stages]]\nkind = "trim_vocab"\nsize = 100\n[[stages]]\nkind = "adapt"\n' + DISTILL
+    trim = '[[stages]]\nkind = "trim_vocab"\nsize = 100\n'
+    trimmed_then_adapted = MINIMAL + trim + '[[stages]]\nkind = "adapt"\n' + DISTILL
     assert [s.kind for s in Recipe.from_toml(trimmed_then_adapted).stages] == ["trim_vocab", "adapt", "distill"]
     assert [s.kind for s in load(MINIMAL + '[[stages]]\nkind = "adapt"\n' + DISTILL).stages] == [
         "adapt", "distill"]
