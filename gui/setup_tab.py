@@ -91,10 +91,10 @@ STAGE_TEMPLATES: dict[str, Stage] = {
 }
 STAGE_TITLES = {
     "adapt": "Adapt the teacher (continued MLM on your language)",
-    "distill": "1 · Layer-reduction distillation",
-    "prune": "2 · Structured pruning",
-    "shrink": "3 · Hidden-size reduction + second distillation",
-    "trim_vocab": "Vocabulary trimming (first: lossless, and every later step is cheaper)",
+    "distill": "Layer-reduction distillation (paper stage 1)",
+    "prune": "Structured pruning (paper stage 2)",
+    "shrink": "Hidden-size reduction + second distillation (paper stage 3)",
+    "trim_vocab": "Vocabulary trimming (paper stage 4; first here: lossless, cheaper steps)",
 }
 STAGE_TIPS = {
     "adapt": "Train the teacher further with MLM on your language before compressing it.\n"
