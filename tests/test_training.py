@@ -95,7 +95,7 @@ def test_hidden_loss_matches_mapped_layers_and_sentence_embeddings(tiny_models):
              "labels": torch.full_like(batch["input_ids"], -100)}
     config = DistillStage(loss="hidden", intermediate=True, sentence=1.0)
     own = losses.DistillLoss(student, teacher, config, "hidden", layer_map=[1, 2])(batch)
-    assert set(own) == {"hidden", "sentence", "total"} and float(own["total"]) == pytest.approx(0.0, abs=1e-6)
+    assert set(own) == {"hidden", "sentence", "total"} and float(own["total"].detach()) == pytest.approx(0.0, abs=1e-6)
     top = losses.DistillLoss(student, teacher, config, "hidden", layer_map=[1, 4])(batch)
     assert float(top["sentence"]) > 0 and float(top["total"]) == pytest.approx(
         float(top["hidden"]) + float(top["sentence"]))
