@@ -32,7 +32,6 @@ LANGUAGES = {
     "mlt": {"code": "mlt_Latn", "corpus": ["text_mlt/*.txt"], "extra_train_texts": [("topic", "sib200_mlt_Latn")],
             "tasks": [("pos", "ud_mlt_mudt"), ("topic", "sib200_mlt_Latn")]},
 }
-HEADLINE = {"pos": "accuracy", "ner": "f1", "topic": "macro_f1", "sentiment": "macro_f1"}
 
 
 class StageClock:
@@ -71,9 +70,11 @@ def main() -> None:
 
 def compress_and_score(args: argparse.Namespace, language: str, out: Path, console) -> list[dict]:
     from engine import pipeline
+    from engine.evaluate.report import headline
     from engine.evaluate.runner import EvalPlan, evaluate, run_models
     from engine.events import FanOut
     from engine.recipe import CorpusConfig, LanguageConfig, Recipe
+    from engine.runfolder import Manifest, stage_dir
 
     spec = LANGUAGES[language]
     corpus = [str(SHARED / pattern) for pattern in spec["corpus"]]
@@ -93,11 +94,11 @@ def compress_and_score(args: argparse.Namespace, language: str, out: Path, conso
     began = time.monotonic()
     summary = evaluate(plan, out / f"eval-{language}", console)
     probe_minutes = (time.monotonic() - began) / 60
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    scores = {(r["model"], r["task"]): r["mean"] for r in summary["results"] if r["metric"] == HEADLINE[r["task"]]}
+    manifest = Manifest.load(run_dir).data
+    scores = {(r["model"], r["task"]): r["mean"] for r in summary["results"] if r["metric"] == headline(r["task"])}
     teacher_params = manifest["teacher"]["params"]
     rows = []
-    names = ["teacher", *(f"{i:02d}-{s['kind']}" for i, s in enumerate(manifest["stages"], start=1))]
+    names = ["teacher", *(stage_dir(run_dir, i, s["kind"]).name for i, s in enumerate(manifest["stages"], start=1))]
     for index, name in enumerate(names):
         stage = manifest["stages"][index - 1] if index else {}
         params = stage.get("params", teacher_params)
