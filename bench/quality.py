@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,8 @@ class StageClock:
 
 def main() -> None:
     args = parse_args()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # as miniglot-cli: no weight-loading bars
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from engine.events import ConsoleSink, FanOut
 
     if not SHARED.is_dir():
@@ -74,7 +77,7 @@ def compress_and_score(args: argparse.Namespace, language: str, out: Path, conso
     from engine.evaluate.runner import EvalPlan, evaluate, run_models
     from engine.events import FanOut
     from engine.recipe import CorpusConfig, LanguageConfig, Recipe
-    from engine.runfolder import Manifest, stage_dir
+    from engine.runfolder import RunFolder
 
     spec = LANGUAGES[language]
     corpus = [str(SHARED / pattern) for pattern in spec["corpus"]]
@@ -94,11 +97,12 @@ def compress_and_score(args: argparse.Namespace, language: str, out: Path, conso
     began = time.monotonic()
     summary = evaluate(plan, out / f"eval-{language}", console)
     probe_minutes = (time.monotonic() - began) / 60
-    manifest = Manifest.load(run_dir).data
+    folder = RunFolder(run_dir)
+    manifest = folder.manifest().data
     scores = {(r["model"], r["task"]): r["mean"] for r in summary["results"] if r["metric"] == headline(r["task"])}
     teacher_params = manifest["teacher"]["params"]
     rows = []
-    names = ["teacher", *(stage_dir(run_dir, i, s["kind"]).name for i, s in enumerate(manifest["stages"], start=1))]
+    names = ["teacher", *(stage.name for stage in folder.stage_models(manifest))]
     for index, name in enumerate(names):
         stage = manifest["stages"][index - 1] if index else {}
         params = stage.get("params", teacher_params)

@@ -33,3 +33,7 @@ class Cancelled(MiniGlotError):
     """The run was cancelled by the user."""
 
     exit_code = 130
+
+
+class RunFolderError(MiniGlotError):
+    """A run folder is missing, damaged, or being written by another process."""

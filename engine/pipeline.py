@@ -12,6 +12,7 @@ import errno
 import platform
 import random
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from engine import __version__
 from engine.data.corpus import read_corpus, split_validation
 from engine.distributed import SINGLE, Distributed
-from engine.errors import Cancelled, MiniGlotError, RecipeError
+from engine.errors import Cancelled, MiniGlotError, ModelError, RecipeError
 from engine.events import (
     Artifact,
     CancelToken,
@@ -37,7 +38,7 @@ from engine.events import (
 )
 from engine.models.loading import LoadedModel, load_model, load_teacher, source_shape
 from engine.recipe import Recipe
-from engine.runfolder import EVENTS, RECIPE, Manifest, atomic_dir, folder_bytes, new_run_dir, stage_dir
+from engine.runfolder import Manifest, RunFolder, atomic_dir, folder_bytes
 from engine.shapes import Shape, stage_shapes
 from engine.stages import adapt, distill, prune, shrink, trim_vocab
 from engine.stages.base import StageContext, StageRun
@@ -60,45 +61,69 @@ RUNNERS: dict[str, StageRun] = {
 
 def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None,
         resume: Path | None = None) -> Path:
-    """Run `recipe` (or resume the run folder `resume`); returns the run folder.
+    """Run `recipe` (or resume the run folder `resume`); returns the run folder's absolute path.
 
-    Raises MiniGlotError subclasses (Cancelled on cancel) after recording the outcome in the
-    manifest and the event log.
+    With both, `recipe` must equal the run's own recipe. Everything that can be checked without
+    training (recipe, teacher, device, corpus) is checked before a new run folder is created; the run
+    folder is locked for the whole run, so a second writer is refused. Raises MiniGlotError
+    subclasses (Cancelled on cancel) after recording the outcome in the manifest and the event log.
     """
     token = token or CancelToken()
     dist = Distributed.from_env()
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / RECIPE).is_file():
-            raise RecipeError(f"{run_dir} is not a MiniGlot run folder (no {RECIPE})")
-        recipe = Recipe.load(run_dir / RECIPE)
-        manifest = Manifest.load(run_dir)
+        folder = RunFolder.open(resume)
+        saved = Recipe.load(folder.recipe_file)
+        if recipe is not None and (changed := saved.differences(recipe)):
+            raise RecipeError(f"this recipe is not the one {folder.path} was started with "
+                              f"(run's -> given: {'; '.join(changed[:5])}); resume with --resume alone")
+        recipe, prepared = saved, None
     else:
         assert recipe is not None
         recipe = recipe.resolved()
-        stage_shapes(recipe, source_shape(recipe.teacher.source, recipe.teacher.allow_pickle))  # before any write
-        if dist.is_main:
-            run_dir = new_run_dir(Path(recipe.base_dir) / recipe.run.runs_dir, recipe.run.name)
-            recipe.save(run_dir / RECIPE)
-        run_dir = Path(dist.broadcast(str(run_dir) if dist.is_main else None))
-        manifest = Manifest(run_dir)
-    manifest.writable = dist.is_main
-    sink = FanOut(sink, JsonlSink(run_dir / EVENTS)) if dist.is_main else FanOut()  # only rank 0 writes
-    sink.emit(RunStarted(run_dir=str(run_dir), stages=tuple(s.kind for s in recipe.stages),
-                         resumed=resume is not None))
-    manifest.update(status="running", **({} if resume else _provenance(recipe)))
+        stage_shapes(recipe, source_shape(recipe.teacher.source, recipe.teacher.allow_pickle))
+        prepared = _prepare(recipe, dist)
+        created = RunFolder.create(Path(recipe.base_dir) / recipe.run.runs_dir, recipe.run.name) \
+            if dist.is_main else None
+        folder = RunFolder(dist.broadcast(str(created.path) if created else None))
+    with folder.lock() if dist.is_main else nullcontext():
+        if resume is not None:
+            if dist.is_main:
+                folder.remove_leftovers()
+            manifest = folder.manifest()
+        else:
+            if dist.is_main:
+                recipe.save(folder.recipe_file)
+            manifest = Manifest(folder.path)
+        manifest.writable = dist.is_main
+        _run_stages(recipe, folder, manifest, sink, token, dist, prepared)
+    return folder.path
+
+
+def _prepare(recipe: Recipe, dist: Distributed) -> tuple[torch.device, Precision, list[str], list[str]]:
+    """Device, precision and corpus: what a run needs before it trains (each may fail with a clear error)."""
+    device = pick_device(recipe.run.device, dist)
+    precision = Precision.for_run(recipe.run.precision, device)
+    train, validation = load_corpus(recipe)
+    return device, precision, train, validation
+
+
+def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: EventSink, token: CancelToken,
+                dist: Distributed, prepared: tuple | None) -> None:
+    """The stages in order, each saved, verified and recorded; resumed stages are skipped."""
+    run_dir, resumed = folder.path, prepared is None
+    sink = FanOut(sink, JsonlSink(folder.events_file)) if dist.is_main else FanOut()  # only rank 0 writes
+    sink.emit(RunStarted(run_dir=str(run_dir), stages=tuple(s.kind for s in recipe.stages), resumed=resumed))
+    manifest.update(status="running", **({} if resumed else _provenance(recipe)))
     current_index = 0
     try:
         seed_everything(recipe.run.seed)
-        device = pick_device(recipe.run.device, dist)
-        precision = Precision.for_run(recipe.run.precision, device)
-        train, validation = load_corpus(recipe)
+        device, precision, train, validation = prepared or _prepare(recipe, dist)
         teacher = load_teacher(recipe.teacher.source, recipe.teacher.allow_pickle)
         shapes = stage_shapes(recipe, shape_of(teacher))
         sink.emit(Log(message=f"teacher {recipe.teacher.source}: {shapes[0].describe()}, "
                               f"{count_params(teacher.model):,} parameters; corpus {len(train):,} training "
                               f"and {len(validation):,} validation lines; device {device}, {precision.name}"))
-        if resume is None:
+        if not resumed:
             manifest.update(teacher={"source": recipe.teacher.source, "params": count_params(teacher.model),
                                      "shape": dataclasses.asdict(shapes[0])},
                             corpus={"train_lines": len(train), "validation_lines": len(validation)},
@@ -106,10 +131,14 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
         current, original, reference = teacher, teacher, teacher
         for index, stage in enumerate(recipe.stages, start=1):
             current_index = index
-            folder = stage_dir(run_dir, index, stage.kind)
+            stage_folder = folder.stage_dir(index, stage.kind)
             entry = manifest.stage(index)
-            if entry["status"] == "completed" and (folder / "model").is_dir():
-                current = load_model(folder / "model", source=str(folder / "model"))
+            if entry["status"] == "completed" and (stage_folder / "model").is_dir():
+                try:
+                    current = load_model(stage_folder / "model", source=str(stage_folder / "model"))
+                except ModelError as exc:
+                    raise ModelError(f"stage {index} ({stage.kind}) has a damaged model: {exc}. Delete "
+                                     f"{stage_folder / 'model'} and resume to train that stage again") from None
                 teacher = current if _still_teacher(recipe, index) else teacher
                 reference = current if stage.kind in REFERENCE_STAGES else reference
                 sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
@@ -118,10 +147,10 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
             entry["status"] = "running"
             manifest.save()
             ctx = StageContext(index, stage, recipe, current, teacher, train, validation, device, sink, token,
-                               Checkpoints(folder / "checkpoint"), dist, reference)
+                               Checkpoints(stage_folder / "checkpoint"), dist, reference)
             output = RUNNERS[stage.kind](ctx)
             token.raise_if_cancelled()
-            model_dir = folder / "model"
+            model_dir = stage_folder / "model"
             check = {}
             if dist.is_main:
                 with atomic_dir(model_dir) as tmp:
@@ -166,7 +195,6 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
         dist.close()
     manifest.update(status="completed", message="")
     sink.emit(RunFinished(status="completed"))
-    return run_dir
 
 
 def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel) -> dict[str, Any]:

@@ -302,6 +302,12 @@ class Recipe:
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
 
+    def differences(self, other: Recipe) -> list[str]:
+        """`key: this -> other` for every setting that differs (`stages[2].max_steps: 600 -> 1200`)."""
+        mine, theirs = _flat(self.resolved().to_dict()), _flat(other.resolved().to_dict())
+        return [f"{key}: {mine.get(key, '(unset)')!r} -> {theirs.get(key, '(unset)')!r}"
+                for key in sorted(mine.keys() | theirs.keys()) if mine.get(key) != theirs.get(key)]
+
     def resolved(self) -> Recipe:
         """The recipe with local paths made absolute, so its saved copy runs from any folder."""
         base = Path(self.base_dir).resolve()
@@ -389,6 +395,16 @@ def _plain(obj: Any) -> dict[str, Any]:
             continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested tables and lists of tables as one level of `a.b[1].c` keys (stages count from 1)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items()
+                for k, v in _flat(item, f"{prefix}.{key}" if prefix else key).items()}
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return {k: v for i, item in enumerate(value, start=1) for k, v in _flat(item, f"{prefix}[{i}]").items()}
+    return {prefix: value}
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

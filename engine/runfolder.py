@@ -1,4 +1,9 @@
-"""The run folder contract (DESIGN.md §2): layout, atomic writes and the manifest."""
+"""The run folder contract (DESIGN.md §2): layout, atomic writes, the manifest and the writer's lock.
+
+`RunFolder` is the one place that knows a run folder's layout: the pipeline, the CLI, evaluation and
+every GUI tab read manifests, stage folders and lock owners through it. Files are written under a
+temporary name and renamed into place, with the permissions the process's umask gives ordinary files.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,31 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engine.errors import RunFolderError
 
 RECIPE = "recipe.toml"
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
+LOCK = ".lock"  # held (flock) by the one process writing the run; the OS releases it if that process dies
+LOCK_OWNER = ".lock.json"  # who holds it: pid, host, since
+LEFTOVER_PATTERNS = (".*.tmp", ".*.old")  # a killed writer's temporary files and folders
+
+
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _process_umask()  # read once at import: os.umask can only be read by setting it
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -23,6 +44,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private (0600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -41,6 +63,7 @@ def atomic_dir(path: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _umask_permissions(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -52,6 +75,14 @@ def atomic_dir(path: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask_permissions(folder: Path) -> None:
+    """Give `folder` and everything in it the umask's permissions: mkdtemp makes folders private (0700) and
+    safetensors writes its files 0600, which would keep others on a shared disk from loading a student."""
+    os.chmod(folder, 0o777 & ~UMASK)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~UMASK)
 
 
 def folder_bytes(path: Path) -> int:
@@ -75,21 +106,6 @@ def stage_dir(run_dir: Path, index: int, kind: str) -> Path:
     return Path(run_dir) / "stages" / f"{index:02d}-{kind}"
 
 
-def new_run_dir(runs_dir: Path, name: str) -> Path:
-    """A fresh, uniquely named run folder: `<date>-<time>-<name>`."""
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    stem = time.strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
-    for n in range(1000):
-        candidate = runs_dir / (stem if n == 0 else f"{stem}-{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a run folder under {runs_dir}")
-
-
 class Manifest:
     """`manifest.json`: status, teacher, stages with lineage, sizes and metrics; saved atomically."""
 
@@ -100,8 +116,19 @@ class Manifest:
 
     @classmethod
     def load(cls, run_dir: Path) -> Manifest:
+        """The manifest of `run_dir`; RunFolderError when it is missing or damaged."""
         path = Path(run_dir) / MANIFEST
-        return cls(run_dir, json.loads(path.read_text(encoding="utf-8")))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunFolderError(f"{run_dir} has no {MANIFEST}: the run never started; start it again from "
+                                 f"its recipe ({Path(run_dir) / RECIPE})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFolderError(f"{path} is damaged ({exc}); the run cannot be resumed: start it again from "
+                                 f"its recipe ({Path(run_dir) / RECIPE})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("stages", []), list):
+            raise RunFolderError(f"{path} is not a MiniGlot manifest; start the run again from its recipe")
+        return cls(run_dir, data)
 
     def save(self) -> None:
         if not self.writable:
@@ -114,3 +141,164 @@ class Manifest:
 
     def stage(self, index: int) -> dict[str, Any]:
         return self.data["stages"][index - 1]
+
+
+@dataclass(frozen=True)
+class StageModel:
+    """A completed stage's model folder with what the manifest records about it."""
+
+    index: int
+    kind: str
+    path: Path
+    params: int = 0
+    bytes: int = 0
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:02d}-{self.kind}"
+
+
+class RunFolder:
+    """A run folder (DESIGN.md §2) at an absolute path: its files, its stage models and its lock."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @classmethod
+    def create(cls, runs_dir: Path | str, name: str) -> RunFolder:
+        """A fresh, uniquely named run folder `<date>-<time>-<name>` under `runs_dir`."""
+        runs_dir = Path(runs_dir).expanduser().resolve()
+        if runs_dir.exists() and not runs_dir.is_dir():
+            raise RunFolderError(f"the runs folder {runs_dir} is a file; choose a folder for runs")
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"cannot create the runs folder {runs_dir}: {exc.strerror or exc}; "
+                                 "choose a folder you can write to") from None
+        stem = time.strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
+        for n in range(1000):
+            candidate = runs_dir / (stem if n == 0 else f"{stem}-{n}")
+            try:
+                candidate.mkdir()
+                return cls(candidate)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise RunFolderError(f"cannot create a run folder in {runs_dir}: {exc.strerror or exc}") from None
+        raise RunFolderError(f"cannot create a run folder under {runs_dir}: 1000 runs named {stem} exist")
+
+    @classmethod
+    def open(cls, path: Path | str) -> RunFolder:
+        """An existing run folder; RunFolderError when `path` is not one."""
+        folder = cls(path)
+        if not folder.path.is_dir():
+            raise RunFolderError(f"run folder not found: {folder.path}")
+        if not folder.recipe_file.is_file():
+            raise RunFolderError(f"{folder.path} is not a MiniGlot run folder (no {RECIPE})")
+        return folder
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.path / RECIPE
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def events_file(self) -> Path:
+        return self.path / EVENTS
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    def is_run(self) -> bool:
+        """Whether the folder has a manifest or an event log (a run, possibly still starting)."""
+        return self.manifest_file.is_file() or self.events_file.is_file()
+
+    def stage_dir(self, index: int, kind: str) -> Path:
+        return stage_dir(self.path, index, kind)
+
+    def manifest(self) -> Manifest:
+        """The manifest, for writing; RunFolderError when it is missing or damaged."""
+        return Manifest.load(self.path)
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest's data for display: empty when missing or unreadable (a view never fails on it)."""
+        try:
+            data = json.loads(self.manifest_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def status(self) -> str:
+        return str(self.read_manifest().get("status", ""))
+
+    def stage_models(self, manifest: dict[str, Any] | None = None) -> list[StageModel]:
+        """Every completed stage that has a model folder, in order."""
+        data = self.read_manifest() if manifest is None else manifest
+        models = []
+        for index, stage in enumerate(data.get("stages") or [], start=1):
+            if stage.get("status") == "completed" and stage.get("model_dir"):
+                models.append(StageModel(index, str(stage.get("kind", "stage")), self.path / stage["model_dir"],
+                                         int(stage.get("params") or 0), int(stage.get("bytes") or 0),
+                                         dict(stage.get("quality") or {})))
+        return models
+
+    def lock(self) -> RunLock:
+        return RunLock(self.path)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete what killed writers left (temporary files and folders, replaced models); call under the lock."""
+        found = [p for pattern in LEFTOVER_PATTERNS
+                 for p in (*self.path.glob(pattern), *self.path.glob(f"stages/*/{pattern}"),
+                           *self.path.glob(f"stages/*/checkpoint/{pattern}"))]
+        for path in found:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return found
+
+
+class RunLock:
+    """The right to write one run folder, held by one process at a time (a context manager).
+
+    An OS file lock (released by the kernel when the holder dies, even by SIGKILL), with the holder's
+    pid and host beside it so a refused writer can say who is writing.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        from filelock import FileLock
+
+        self.run_dir = Path(run_dir)
+        self._lock = FileLock(self.run_dir / LOCK, timeout=0)
+
+    def __enter__(self) -> RunLock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunFolderError(f"{self.run_dir} is being written by {self.owner()}; wait for that run to "
+                                 "end (or cancel it), then resume") from None
+        atomic_write_text(self.run_dir / LOCK_OWNER, json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (self.run_dir / LOCK_OWNER).unlink(missing_ok=True)
+        self._lock.release()
+
+    def owner(self) -> str:
+        """'pid N on HOST since T', as recorded by the holder."""
+        try:
+            owner = json.loads((self.run_dir / LOCK_OWNER).read_text(encoding="utf-8"))
+            return f"pid {owner['pid']} on {owner['host']} (since {owner['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process (it has not recorded its pid yet)"

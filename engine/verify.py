@@ -52,8 +52,9 @@ def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance
         command = [sys.executable, "-m", "engine.verify", str(folder), tmp, str(tolerance)]
         if getattr(sys, "frozen", False):  # a PyInstaller bundle has no `-m`: its executables run child_main
             command, env[FROZEN_CHILD_ENV] = [sys.executable, *command[3:]], "1"
+        # its own session: a Ctrl-C or SIGTERM sent to the run's process group cancels the run, not the check
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                              cwd=Path(__file__).resolve().parent.parent)
+                              cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):

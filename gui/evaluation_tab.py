@@ -48,6 +48,7 @@ from PySide6.QtWidgets import (
 from engine.errors import MiniGlotError
 from engine.events import EvalResult, Event, Log, Progress
 from engine.recipe import EVAL_TASKS
+from engine.runfolder import RunFolder
 from gui.runs_tab import list_runs
 from gui.style import SERIES_COLOURS, show_error
 from gui.training_tab import format_duration
@@ -71,19 +72,14 @@ class ModelChoice:
 
 def run_choices(run_dir: Path) -> list[ModelChoice]:
     """The teacher and completed students of a run folder, read from its manifest (no model loading)."""
-    run_dir = Path(run_dir)
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    choices = []
+    folder = RunFolder(run_dir)
+    manifest = folder.read_manifest()
+    name, choices = folder.path.name, []
     source = (manifest.get("teacher") or {}).get("source")
     if source:
-        choices.append(ModelChoice(run_dir.name, "teacher", str(source), teacher=True, run_dir=str(run_dir)))
-    for i, stage in enumerate(manifest.get("stages") or [], start=1):
-        if stage.get("status") == "completed" and stage.get("model_dir"):
-            choices.append(ModelChoice(run_dir.name, f"{i:02d}-{stage.get('kind', 'stage')}",
-                                       str(run_dir / stage["model_dir"]), run_dir=str(run_dir)))
+        choices.append(ModelChoice(name, "teacher", str(source), teacher=True, run_dir=str(folder.path)))
+    for stage in folder.stage_models(manifest):
+        choices.append(ModelChoice(name, stage.name, str(stage.path), run_dir=str(folder.path)))
     return choices
 
 
@@ -793,14 +789,12 @@ class EvaluationTab(QWidget):
 
 def _sizes(run_dir: Path) -> dict[str, str]:
     """Model name -> "107.0M" from a run's manifest."""
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    folder = RunFolder(run_dir)
+    manifest = folder.read_manifest()
     out = {}
     if (manifest.get("teacher") or {}).get("params"):
         out["teacher"] = f"{manifest['teacher']['params'] / 1e6:.1f}M"
-    for i, stage in enumerate(manifest.get("stages") or [], start=1):
-        if stage.get("params"):
-            out[f"{i:02d}-{stage.get('kind', 'stage')}"] = f"{stage['params'] / 1e6:.1f}M"
+    for stage in folder.stage_models(manifest):
+        if stage.params:
+            out[stage.name] = f"{stage.params / 1e6:.1f}M"
     return out

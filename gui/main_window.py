@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from engine.errors import RecipeError
 from engine.recipe import Recipe
+from engine.runfolder import RunFolder
 from gui.runs_tab import RunsTab
 from gui.style import RESOURCES, icon, show_error
 from gui.training_tab import TrainingTab
@@ -260,8 +261,8 @@ class MainWindow(QMainWindow):
 
     # ---- runs ----
     def open_run(self, run_dir: Path) -> bool:
-        run_dir = Path(run_dir)
-        if not (run_dir / "manifest.json").is_file() and not (run_dir / "events.jsonl").is_file():
+        run_dir = RunFolder(run_dir).path
+        if not RunFolder(run_dir).is_run():
             show_error(self, "Not a run folder", f"{run_dir} has no manifest.json or events.jsonl.")
             return False
         if not self.training_tab.open_run(run_dir):
@@ -376,15 +377,5 @@ class MainWindow(QMainWindow):
 
 def _completed_stages(run_dir: Path) -> dict[str, Path]:
     """'NN-kind (params)' -> model folder, for every completed stage of a run."""
-    import json
-
-    try:
-        manifest = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for i, stage in enumerate(manifest.get("stages") or [], start=1):
-        model = Path(run_dir) / str(stage.get("model_dir", ""))
-        if stage.get("status") == "completed" and stage.get("model_dir") and model.is_dir():
-            out[f"{i:02d}-{stage['kind']} ({stage.get('params', 0) / 1e6:.1f}M parameters)"] = model
-    return out
+    return {f"{stage.name} ({stage.params / 1e6:.1f}M parameters)": stage.path
+            for stage in RunFolder(run_dir).stage_models() if stage.path.is_dir()}

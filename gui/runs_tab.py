@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
@@ -23,6 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.runfolder import RunFolder
 from gui.style import STATUS_COLOURS
 
 COLUMNS = ("Run", "Status", "Date", "Teacher", "Language", "Stages", "Final size", "Compression")
@@ -49,23 +48,22 @@ class RunSummary:
 
 def summarise(run_dir: Path) -> RunSummary | None:
     """What the table shows about one run folder; None when it is not a run folder."""
-    run_dir = Path(run_dir)
-    try:
-        manifest: dict[str, Any] = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    folder = RunFolder(run_dir)
+    manifest = folder.read_manifest()
+    if not manifest:
         return None
     stages = manifest.get("stages") or []
-    done = [s for s in stages if s.get("status") == "completed" and s.get("params")]
+    done = [s for s in folder.stage_models(manifest) if s.params]
     teacher = manifest.get("teacher") or {}
     return RunSummary(
-        path=run_dir,
+        path=folder.path,
         status=str(manifest.get("status", "?")),
-        started=_started(run_dir),
+        started=_started(folder),
         teacher=str(teacher.get("source", "")),
         language=str(manifest.get("language", "")),
         stages=" → ".join(str(s.get("kind", "?")) for s in stages),
-        final_params=done[-1]["params"] if done else None,
-        final_bytes=done[-1].get("bytes") if done else None,
+        final_params=done[-1].params if done else None,
+        final_bytes=done[-1].bytes or None if done else None,
         teacher_params=teacher.get("params"),
     )
 
@@ -84,13 +82,12 @@ def newest_run(runs_dir: Path) -> Path | None:
     return runs[0].path if runs else None
 
 
-def _started(run_dir: Path) -> float:
+def _started(folder: RunFolder) -> float:
     """The run's start time: from the folder name (`YYYYmmdd-HHMMSS-…`), else the recipe's mtime."""
     try:
-        return time.mktime(time.strptime(run_dir.name[:15], "%Y%m%d-%H%M%S"))
+        return time.mktime(time.strptime(folder.path.name[:15], "%Y%m%d-%H%M%S"))
     except ValueError:
-        recipe = run_dir / "recipe.toml"
-        return (recipe if recipe.exists() else run_dir).stat().st_mtime
+        return (folder.recipe_file if folder.recipe_file.exists() else folder.path).stat().st_mtime
 
 
 def _size(params: int | None, size: int | None) -> str:

@@ -62,18 +62,18 @@ def run_checks(tmp: Path) -> str:
 def compress(tmp: Path) -> tuple[int, int, int, float, Path]:
     """Run the self-test recipe with verification on; (stages, params before/after, max diff, student)."""
     import dataclasses
-    import json
 
     from engine import pipeline
     from engine.events import Collect
     from engine.recipe import Recipe
+    from engine.runfolder import RunFolder
 
     teacher = tiny_teacher(tmp / "tiny-bert")
     recipe = Recipe.load(RECIPE)
     recipe = recipe.replace(teacher=dataclasses.replace(recipe.teacher, source=str(teacher)),
                             run=dataclasses.replace(recipe.run, runs_dir=str(tmp / "runs"), verify=True))
     run_dir = pipeline.run(recipe, Collect())
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = RunFolder(run_dir).manifest().data
     stages = manifest["stages"]
     if manifest["status"] != "completed" or any(s["status"] != "completed" for s in stages):
         raise SelfTestError(f"the run ended {manifest['status']}: {manifest.get('message', '')}")

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.runfolder import RunFolder
 from gui.runs_tab import list_runs
 from gui.style import SERIES_COLOURS
 
@@ -101,9 +102,9 @@ def load_points(run_dir: Path) -> list[ModelPoint]:
     """The teacher and completed students of a run, with scores from `eval/summary.json` if present."""
     from engine.evaluate.report import HEADLINE
 
-    run_dir = Path(run_dir)
-    manifest = _read_json(run_dir / "manifest.json") or {}
-    summary = _read_json(run_dir / "eval" / "summary.json") or {}
+    folder = RunFolder(run_dir)
+    run_dir, manifest = folder.path, folder.read_manifest()
+    summary = _read_json(folder.eval_dir / "summary.json") or {}
     points: dict[str, ModelPoint] = {}
     teacher = manifest.get("teacher") or {}
     if teacher.get("params"):
@@ -111,14 +112,12 @@ def load_points(run_dir: Path) -> list[ModelPoint]:
                                        int(teacher["params"]) * BYTES_PER_PARAM, bytes_estimated=True)
         if any("fidelity" in (stage.get("quality") or {}) for stage in manifest.get("stages") or []):
             points["teacher"].scores[score_key("stage", "fidelity")] = (1.0, 0.0)
-    for i, stage in enumerate(manifest.get("stages") or [], start=1):
-        if stage.get("status") == "completed" and stage.get("params"):
-            name = f"{i:02d}-{stage.get('kind', 'stage')}"
-            points[name] = ModelPoint(run_dir.name, name, i, int(stage["params"]), int(stage.get("bytes") or 0))
+    for stage in folder.stage_models(manifest):
+        if stage.params:
+            points[stage.name] = ModelPoint(run_dir.name, stage.name, stage.index, stage.params, stage.bytes)
             for metric in STAGE_QUALITY:
-                value = (stage.get("quality") or {}).get(metric)
-                if value is not None:
-                    points[name].scores[score_key("stage", metric)] = (float(value), 0.0)
+                if stage.quality.get(metric) is not None:
+                    points[stage.name].scores[score_key("stage", metric)] = (float(stage.quality[metric]), 0.0)
     reference = summary.get("teacher")
     for model in summary.get("models") or []:
         name = str(model.get("name", ""))
@@ -282,7 +281,7 @@ class TradeoffsTab(QWidget):
     def refresh(self) -> None:
         """Re-read the run folders (manifests and eval summaries) and redraw."""
         runs = [r.path.resolve() for r in list_runs(self.runs_dir)]
-        runs += [p for p in self.extra_runs if p not in runs and (p / "manifest.json").is_file()]
+        runs += [p for p in self.extra_runs if p not in runs and RunFolder(p).manifest_file.is_file()]
         self.points = {}
         for run in runs:
             points = load_points(run)

@@ -7,7 +7,6 @@ in this window (`RunWorker`) or from a run folder written by another process (`R
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from engine.events import (
     StageFinished,
     StageStarted,
 )
+from engine.runfolder import RunFolder
 from gui.style import SERIES_COLOURS, STATUS_LABELS, show_error, status_css
 from gui.worker import RunFollower, RunWorker
 
@@ -414,7 +414,7 @@ class TrainingTab(QWidget):
         self._stop_following()
         self._clear()
         self.run_dir = Path(run_dir)
-        self.run_status = _manifest_status(self.run_dir)
+        self.run_status = RunFolder(self.run_dir).status()
         self.follower = RunFollower(self.run_dir, parent=self)
         self.follower.event.connect(self.handle)
         self.follower.finished.connect(self._update_buttons)
@@ -520,7 +520,7 @@ class TrainingTab(QWidget):
         if run_dir is not None:
             self.run_dir = Path(run_dir)
         if self.run_dir is not None:
-            self.run_status = _manifest_status(self.run_dir) or self.run_status
+            self.run_status = RunFolder(self.run_dir).status() or self.run_status
         self._show_run_label()
         self._update_buttons()
         self.running_changed.emit(False)
@@ -585,8 +585,3 @@ def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-def _manifest_status(run_dir: Path) -> str:
-    try:
-        return str(json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8")).get("status", ""))
-    except (OSError, ValueError):
-        return ""

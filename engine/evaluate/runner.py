@@ -21,7 +21,7 @@ from engine.errors import MiniGlotError
 from engine.evaluate.report import write_summary
 from engine.events import CancelToken, EvalResult, EventSink, Log, Metric, Progress
 from engine.models.loading import load_model, resolve_source
-from engine.runfolder import MANIFEST, RECIPE, atomic_write_text, folder_bytes, folder_fingerprint
+from engine.runfolder import RunFolder, atomic_write_text, folder_bytes, folder_fingerprint
 
 STAGE = "eval"
 
@@ -51,15 +51,11 @@ def run_models(run_dir: Path) -> list[ModelRef]:
     """The teacher and every completed stage student of a run folder."""
     from engine.recipe import Recipe
 
-    run_dir = Path(run_dir)
-    if not (run_dir / MANIFEST).is_file():
-        raise MiniGlotError(f"{run_dir} is not a MiniGlot run folder (no {MANIFEST})")
-    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
-    recipe = Recipe.load(run_dir / RECIPE)
+    folder = RunFolder.open(run_dir)
+    stages = folder.stage_models(folder.manifest().data)
+    recipe = Recipe.load(folder.recipe_file)
     models = [ModelRef("teacher", resolve_source(recipe.teacher.source))]
-    for i, stage in enumerate(manifest.get("stages", []), start=1):
-        if stage.get("status") == "completed" and stage.get("model_dir"):
-            models.append(ModelRef(f"{i:02d}-{stage['kind']}", run_dir / stage["model_dir"]))
+    models += [ModelRef(stage.name, stage.path) for stage in stages]
     if len(models) == 1:
         raise MiniGlotError(f"{run_dir} has no completed stage yet: nothing to compare with the teacher")
     return models

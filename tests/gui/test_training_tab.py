@@ -123,6 +123,24 @@ def test_engine_failure_is_shown_as_a_dialog_with_the_traceback(qtbot, make_reci
     assert tab.timeline.statuses == ["completed"] * 4
 
 
+def test_resume_of_a_run_another_writer_holds_is_refused_and_leaves_it_alone(qtbot, make_recipe, dialogs):
+    import os
+
+    from engine.runfolder import RunFolder
+
+    tab = _tab(qtbot, make_recipe())
+    run_dir, status = _run(qtbot, tab)
+    assert status == "completed"
+    before = (run_dir / "events.jsonl").read_text()
+    with RunFolder(run_dir).lock():  # as a CLI resume of the same run would hold it
+        _run(qtbot, tab, tab.resume)
+        qtbot.waitUntil(lambda: len(dialogs) == 1)
+    _title, message, _details = dialogs[0]
+    assert f"being written by pid {os.getpid()}" in message
+    assert (run_dir / "events.jsonl").read_text() == before
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "completed"
+
+
 def test_invalid_recipe_is_reported_not_started(qtbot, dialogs):
     from engine.errors import RecipeError
 
