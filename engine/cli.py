@@ -1,7 +1,8 @@
 """`miniglot-cli run|estimate|inspect`: the engine from a terminal or a GPU server.
 
-Exit codes: 0 done, 1 failed (one-line reason on stderr), 2 invalid recipe or arguments,
-130 cancelled (Ctrl-C cancels cooperatively; the run can be resumed).
+Exit codes: 0 done, 1 failed (one-line reason on stderr), 2 invalid recipe or arguments (then
+nothing was started), 130 / 143 cancelled by Ctrl-C / SIGTERM (cooperatively, after the current step; the
+run can be resumed; a second signal stops at once).
 """
 
 from __future__ import annotations
@@ -79,35 +80,47 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from engine.recipe import Recipe
 
-    if (args.recipe is None) == (args.resume is None):
-        raise RecipeError("give a recipe file or --resume RUN_DIR (not both)")
+    if args.recipe is None and args.resume is None:
+        raise RecipeError("give a recipe file, or --resume RUN_DIR to continue a run")
+    if args.resume is not None and args.runs_dir is not None:
+        raise RecipeError("--runs-dir is for new runs; a resumed run stays in its own folder")
     recipe = Recipe.load(args.recipe) if args.recipe else None  # the pipeline checks it before writing
     if recipe is not None and args.runs_dir is not None:
         recipe = recipe.replace(run=dataclasses.replace(recipe.run, runs_dir=str(args.runs_dir.resolve())))
 
     from engine import pipeline
     from engine.events import ConsoleSink, FanOut
-    token = _cancel_on_sigint()
+    token, signals = _cancel_on_signals()
     sink = FanOut() if args.quiet else FanOut(ConsoleSink())
-    run_dir = pipeline.run(recipe, sink, token, resume=args.resume)
+    try:
+        run_dir = pipeline.run(recipe, sink, token, resume=args.resume)
+    except MiniGlotError as exc:
+        if signals:  # cancelled by a signal: 128 + its number, as shells and schedulers expect
+            print(f"miniglot-cli: {exc}", file=sys.stderr)
+            return 128 + signals[0]
+        raise
     print(run_dir)
     return 0
 
 
-def _cancel_on_sigint():
-    """A CancelToken that the first Ctrl-C sets; a second one stops at once."""
+def _cancel_on_signals():
+    """A CancelToken that the first Ctrl-C or SIGTERM sets, and the signals received; a second one stops at once."""
     from engine.events import CancelToken
 
-    token = CancelToken()
+    token, received = CancelToken(), []
 
-    def interrupt(_signum, _frame):
+    def interrupt(signum, _frame):
+        received.append(signum)
         if token.cancelled:
             raise KeyboardInterrupt
-        print("miniglot-cli: cancelling after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"miniglot-cli: {name}: cancelling after the current step (again to stop at once); "
+              "the run can be resumed", file=sys.stderr)
         token.cancel()
 
-    signal.signal(signal.SIGINT, interrupt)
-    return token
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
+    return token, received
 
 
 def _eval(args) -> int:
@@ -125,7 +138,7 @@ def _eval(args) -> int:
     plan = EvalPlan(tuple(models), tuple(zip(args.task, args.data, strict=True)), args.seeds, args.epochs,
                     args.mode, args.learning_rate, intrinsic=not args.no_intrinsic, speed=not args.no_speed,
                     columns=Columns(args.text_column, args.label_column))
-    token = _cancel_on_sigint()
+    token, _ = _cancel_on_signals()
     summary = evaluate(plan, out, FanOut() if args.quiet else FanOut(ConsoleSink()), token)
     if args.json:
         print(json.dumps({"results": summary["results"], "models": summary["models"]}))

@@ -87,22 +87,77 @@ def invalid_toml(tmp, models, corpus):
 def empty_corpus(tmp, models, corpus):
     write(tmp / "empty.txt", "\n  \n\n")
     write(tmp / "r.toml", recipe_toml(models["bert"], tmp / "empty.txt", DISTILL))
-    return ["run", "r.toml"], 1, ["empty.txt", "is empty"], False
+    return ["run", "r.toml"], 1, ["empty.txt", "is empty"], True
 
 
 def binary_corpus(tmp, models, corpus):
     write(tmp / "weights.txt", bytes(range(256)) * 4)
     write(tmp / "r.toml", recipe_toml(models["bert"], tmp / "weights.txt", DISTILL))
-    return ["run", "r.toml"], 1, ["weights.txt", "binary"], False
+    return ["run", "r.toml"], 1, ["weights.txt", "binary"], True
 
 
 def missing_corpus(tmp, models, corpus):
     write(tmp / "r.toml", recipe_toml(models["bert"], tmp / "nowhere.txt", DISTILL))
-    return ["run", "r.toml"], 1, ["nowhere.txt", "does not exist"], False
+    return ["run", "r.toml"], 1, ["nowhere.txt", "does not exist"], True
+
+
+def no_gpu(tmp, models, corpus):
+    write(tmp / "r.toml", recipe_toml(models["bert"], corpus, DISTILL, device="cuda"))
+    return ["run", "r.toml"], 2, ["run.device = 'cuda'", "no CUDA GPU"], True
+
+
+def runs_dir_is_a_file(tmp, models, corpus):
+    write(tmp / "r.toml", recipe_toml(models["bert"], corpus, DISTILL))
+    write(tmp / "afile", "x")
+    return ["run", "r.toml", "--runs-dir", "afile"], 1, ["afile", "is a file"], True
+
+
+def runs_dir_impossible(tmp, models, corpus):
+    write(tmp / "r.toml", recipe_toml(models["bert"], corpus, DISTILL))
+    write(tmp / "afile", "x")
+    return ["run", "r.toml", "--runs-dir", "afile/runs"], 1, ["cannot create the runs folder", "afile/runs"], True
+
+
+def inspect_a_file(tmp, models, corpus):
+    return ["inspect", str(models["bert"] / "config.json")], 1, ["config.json is a file", "model folder"], True
+
+
+def truncated_weights(tmp, models, corpus):
+    """A copied teacher whose model.safetensors lost its end (an interrupted copy or download)."""
+    import shutil
+
+    teacher = shutil.copytree(models["bert"], tmp / "teacher")
+    weights = teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    write(tmp / "r.toml", recipe_toml(teacher, corpus, DISTILL))
+    return teacher
+
+
+def truncated_weights_run(tmp, models, corpus):
+    truncated_weights(tmp, models, corpus)
+    return ["run", "r.toml"], 1, ["model.safetensors is damaged or incomplete", "again"], True
+
+
+def truncated_weights_estimate(tmp, models, corpus):
+    truncated_weights(tmp, models, corpus)
+    return ["estimate", "r.toml"], 1, ["model.safetensors is damaged or incomplete"], True
+
+
+def truncated_weights_inspect(tmp, models, corpus):
+    return ["inspect", str(truncated_weights(tmp, models, corpus))], 1, ["model.safetensors is damaged"], True
+
+
+def truncated_manifest(tmp, models, corpus):
+    run = tmp / "old-run"
+    write(run / "recipe.toml", recipe_toml(models["bert"], corpus, DISTILL))
+    write(run / "manifest.json", '{"status": "running", "stages": [{"kind": "dis')
+    return ["run", "--resume", str(run)], 1, ["manifest.json is damaged", "cannot be resumed", "recipe.toml"], True
 
 
 CASES = [missing_model, unsupported_type, pickle_only, hub_offline, indivisible_hidden, unknown_key,
-         recipe_not_found, invalid_toml, empty_corpus, binary_corpus, missing_corpus]
+         recipe_not_found, invalid_toml, empty_corpus, binary_corpus, missing_corpus, no_gpu, runs_dir_is_a_file,
+         runs_dir_impossible, inspect_a_file, truncated_weights_run, truncated_weights_estimate,
+         truncated_weights_inspect, truncated_manifest]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)

@@ -65,6 +65,9 @@ def resolve_source(source: str) -> Path:
     if source.startswith("hub:"):
         return _hub_snapshot(source.removeprefix("hub:"))
     path = Path(source).expanduser()
+    if path.is_file():
+        raise ModelError(f"{path} is a file: give the model folder that holds it (config.json, weights and "
+                         "tokenizer)")
     if not path.is_dir():
         raise ModelError(f"model folder not found: {path} (give a folder with config.json, "
                          "packaged:multilingual-e5-small, or hub:<model id>)")
@@ -117,8 +120,12 @@ def inspect_folder(path: Path, allow_pickle: bool = False) -> FolderInfo:
     if shards:
         names: set[str] = set()
         for shard in shards:
-            with safe_open(str(shard), framework="pt") as f:
-                names.update(f.keys())
+            try:
+                with safe_open(str(shard), framework="pt") as f:
+                    names.update(f.keys())
+            except Exception as exc:  # safetensors raises its own SafetensorError for a damaged file
+                raise ModelError(f"{shard} is damaged or incomplete ({exc}); copy or download the model "
+                                 "again") from None
         return FolderInfo(path, config, frozenset(names), True)
     pickles = sorted(path.glob("pytorch_model*.bin"))
     if not pickles:
