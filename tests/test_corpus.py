@@ -90,6 +90,16 @@ def test_binary_file_refused(tmp_path: Path) -> None:
         read_corpus(["blob.txt"], base_dir=tmp_path)
 
 
+def test_utf16_and_utf32_with_a_byte_order_mark_are_text_not_binary(tmp_path: Path) -> None:
+    for encoding in ("utf-16", "utf-16-be", "utf-32"):
+        data = "Moni dziko\nZikomo kwambiri\n".encode(encoding)
+        write(tmp_path / f"{encoding}.txt", data if encoding != "utf-16-be" else b"\xfe\xff" + data)
+        assert read_corpus([f"{encoding}.txt"], base_dir=tmp_path) == ["Moni dziko", "Zikomo kwambiri"]
+    write(tmp_path / "broken.txt", b"\xff\xfe\x00\xd8a\x00")  # a lone UTF-16 surrogate
+    with pytest.raises(CorpusError, match=r"broken\.txt starts with a UTF-16 byte-order mark but is not valid"):
+        read_corpus(["broken.txt"], base_dir=tmp_path)
+
+
 def test_invalid_utf8_refused_with_position(tmp_path: Path) -> None:
     write(tmp_path / "latin1.txt", b"good line\n" + "caf\u00e9".encode("latin-1"))
     with pytest.raises(CorpusError, match=r"latin1\.txt is not valid UTF-8 \(line 2, byte offset 13\)"):

@@ -170,6 +170,22 @@ def test_csv_wrong_column_count_names_file_and_reader_line(tmp_path: Path) -> No
         load_task("sentiment", headed)
 
 
+def test_csv_missing_closing_quote_is_reported_not_swallowing_rows(tmp_path: Path) -> None:
+    # the quote opened on line 2 closes on line 4, so a lenient reader makes lines 2-4 one text and loses rows
+    path = write(tmp_path / "d" / "train.csv", 'text,label\n"unclosed,pos\nsecond,neg\n"third",pos\nfourth,neg\n')
+    with pytest.raises(TaskDataError, match=rf"{path}:2: a quoted field .* closing quote missing"):
+        load_task("sentiment", path)
+
+
+def test_utf16_tables_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    text = "text,label\nġurnata sabiħa,pos\nxita qawwija,neg\nżiemel,pos\n" * 4
+    path = tmp_path / "d" / "train.csv"
+    path.parent.mkdir()
+    path.write_bytes(text.encode("utf-16"))  # Windows "Unicode text" exports: UTF-16 with its BOM
+    data = load_task("sentiment", path)
+    assert TextExample("ġurnata sabiħa", "pos") in data.train + data.dev + data.test
+
+
 def test_header_with_text_but_no_label_column_is_explained(tmp_path: Path) -> None:
     path = write(tmp_path / "train.csv", "text,stars\nnice,5\n")
     with pytest.raises(TaskDataError, match=r"train\.csv:1: the header has no label column"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
@@ -152,8 +153,34 @@ def _expand_path(source: str, base_dir: Path | None) -> list[Path]:
     return [path]
 
 
+#: Byte-order marks of the wide Unicode encodings (Windows "Unicode text" is UTF-16); longest first
+WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+             (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def decode_wide(path: Path, data: bytes) -> str | None:
+    """The text of a UTF-16/UTF-32 file that starts with its byte-order mark, else None.
+
+    Raises UnicodeError naming the encoding when the mark is there but the bytes are not valid.
+    """
+    for bom, encoding in WIDE_BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise UnicodeError(f"{path} starts with a {encoding.upper()} byte-order mark but is not valid "
+                                   f"{encoding.upper()} (byte offset {exc.start}); re-save it as UTF-8") from None
+    return None
+
+
 def _decode(path: Path) -> str:
     data = path.read_bytes()
+    try:
+        wide = decode_wide(path, data)
+    except UnicodeError as exc:
+        raise CorpusError(str(exc)) from None
+    if wide is not None:
+        return wide
     nul = data.find(b"\x00")
     if nul >= 0:
         line = data.count(b"\n", 0, nul) + 1

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.data.corpus import HUB_PREFIX, _hub_offline_reason
+from engine.data.corpus import HUB_PREFIX, _hub_offline_reason, decode_wide
 from engine.errors import TaskDataError
 
 TASKS = ("pos", "ner", "sentiment", "topic")
@@ -237,11 +237,16 @@ def _read_labels_file(path: Path) -> tuple[str, ...]:
 
 
 def _read_text(path: Path) -> str:
-    """The file's text (UTF-8, BOM dropped, LF line ends); refuses an empty file."""
+    """The file's text (UTF-8, or UTF-16/32 with a byte-order mark; LF line ends); refuses an empty file."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        text = decode_wide(path, data)
+        if text is None:
+            text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise TaskDataError(f"{path} is not UTF-8 text ({exc}).") from exc
+    except UnicodeError as exc:
+        raise TaskDataError(str(exc)) from None
     except OSError as exc:
         raise TaskDataError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
     if not text.strip():
@@ -341,14 +346,18 @@ def _read_table(path: Path, columns: Columns) -> _Table:
         return _read_jsonl(path, text, columns)
     first_line = text.split("\n", 1)[0]
     tab = path.suffix.lower() == ".tsv" or (path.suffix.lower() != ".csv" and "\t" in first_line)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tab else ",")
+    # strict: a quote that is not closed where its field ends is an error, not a field that swallows rows
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tab else ",", strict=True)
     rows: list[tuple[list[str], int]] = []
+    start = 1
     try:
         for row in reader:
             if any(field.strip() for field in row):
-                rows.append((row, reader.line_num))
+                rows.append((row, start))
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise TaskDataError(f"{path}:{reader.line_num}: {exc}.") from exc
+        raise TaskDataError(f"{path}:{start}: a quoted field that starts on this line is not closed where it "
+                            f"should be ({exc}); is a closing quote missing?") from exc
     header = [name.strip() for name in rows[0][0]] if rows else []
     picked = _pick_columns(path, header, [row for row, _ in rows[1:]], columns)
     if picked is not None:
