@@ -10,7 +10,8 @@ from tiny import tiny_model_dir
 
 from engine.data.tasks import TaskData, TokenExample
 from engine.errors import Cancelled
-from engine.evaluate.probe import fit_logistic, probe, probe_layers, training_subset
+from engine.evaluate.finetune import encode, load_tokenizer
+from engine.evaluate.probe import extract, fit_logistic, probe, probe_layers, training_subset
 from engine.events import CancelToken
 
 
@@ -61,6 +62,31 @@ def test_words_cut_by_max_length_get_the_fallback_tag(model):
     data = pos_data(60, length=(12, 20))
     result = probe(model, data, seed=0, max_length=8)  # pos_metrics raises on a word-count mismatch
     assert 0.0 <= result.metrics["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("make_data", [pos_data, sentiment_data], ids=["token", "text"])
+def test_features_are_each_example_alone_in_example_order(model, make_data):
+    """Batches group examples by length; every row must still be its own example's state, in order."""
+    from transformers import AutoModel
+
+    data = make_data(40)
+    tokenizer = load_tokenizer(model)
+    bert = AutoModel.from_pretrained(model, add_pooling_layer=False).eval()
+    enc = encode(tokenizer, data, data.train, 64)
+    assert len({len(ids) for ids in enc.input_ids}) > 1, "equal lengths would not exercise the regrouping"
+    features = extract(bert, enc, [1, 3], tokenizer.pad_token_id, "cpu")
+    expected: dict[int, list[torch.Tensor]] = {1: [], 3: []}
+    with torch.inference_mode():
+        for i, ids in enumerate(enc.input_ids):
+            states = bert(torch.tensor([ids]), output_hidden_states=True).hidden_states
+            for layer in expected:
+                if enc.word_positions is None:
+                    expected[layer].append(states[layer][0].mean(0, keepdim=True))
+                else:
+                    expected[layer].append(states[layer][0, [p for p in enc.word_positions[i] if p is not None]])
+    for layer, rows in expected.items():
+        torch.testing.assert_close(features.layers[layer], torch.cat(rows), rtol=1e-4, atol=1e-4)
+    assert len(features.targets) == len(features.layers[1])
 
 
 def test_training_subset_caps_rows_by_seed():

@@ -139,28 +139,34 @@ def extract(model: torch.nn.Module, enc: Any, layers: Sequence[int], pad_id: int
             token: CancelToken | None = None) -> SplitFeatures:
     """Hidden states at `layers` for every labelled row, in example order: each word's first sub-token
     (token tasks; words without one are skipped) or each text's mean over its real tokens."""
-    rows: dict[int, dict[int, Tensor]] = {layer: {} for layer in layers}
-    targets: dict[int, Tensor] = {}
+    chunks: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    order: list[int] = []  # example index of each chunk, to restore example order at the end
     token_task = enc.word_positions is not None
     for indices in length_grouped_batches(enc.input_ids, BATCH_SIZE, 0, shuffle=False):
         if token is not None:
             token.raise_if_cancelled()
         batch = {k: v.to(device) for k, v in pad_batch(enc.input_ids, indices, pad_id).items()}
-        states = [s.float().cpu() for s in model(**batch, output_hidden_states=True).hidden_states]
-        weights = batch["attention_mask"].cpu().unsqueeze(-1).float()
-        for r, i in enumerate(indices):
-            if token_task:
-                positions = [p for p in enc.word_positions[i] if p is not None]
-                targets[i] = torch.tensor([enc.targets[i][p] for p in positions], dtype=torch.long)
-                for layer in layers:
-                    rows[layer][i] = states[layer][r, positions]
-            else:
-                targets[i] = torch.tensor([enc.targets[i]], dtype=torch.long)
-                for layer in layers:
-                    rows[layer][i] = (states[layer][r] * weights[r]).sum(0, keepdim=True) / weights[r].sum()
-    order = range(len(enc.input_ids))
-    return SplitFeatures({layer: torch.cat([rows[layer][i] for i in order]) for layer in layers},
-                         torch.cat([targets[i] for i in order]))
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+        states = torch.stack([hidden[layer] for layer in layers]).float().cpu()  # [layers, batch, length, hidden]
+        if token_task:
+            positions = [[p for p in enc.word_positions[i] if p is not None] for i in indices]
+            rows = torch.tensor([r for r, present in enumerate(positions) for _ in present], dtype=torch.long)
+            picked = states[:, rows, torch.tensor([p for present in positions for p in present], dtype=torch.long)]
+            for layer, values in zip(layers, picked, strict=True):
+                chunks[layer] += values.split([len(present) for present in positions])
+        else:
+            weights = batch["attention_mask"].cpu().unsqueeze(-1).float()
+            means = (states * weights).sum(2) / weights.sum(1)
+            for layer, values in zip(layers, means, strict=True):
+                chunks[layer] += values.split(1)
+        order += indices
+    rank = sorted(range(len(order)), key=order.__getitem__)
+    if token_task:
+        targets = [torch.tensor([enc.targets[i][p] for p in enc.word_positions[i] if p is not None], dtype=torch.long)
+                   for i in range(len(enc.input_ids))]
+    else:
+        targets = [torch.tensor([target], dtype=torch.long) for target in enc.targets]
+    return SplitFeatures({layer: torch.cat([chunks[layer][c] for c in rank]) for layer in layers}, torch.cat(targets))
 
 
 def fit_logistic(x: Tensor, y: Tensor, n_classes: int, l2: float, max_iterations: int = MAX_ITERATIONS,
