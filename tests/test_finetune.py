@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import shutil
 from pathlib import Path
@@ -10,12 +11,16 @@ import pytest
 import torch
 from tiny import tiny_model_dir
 
+from engine.data.batches import pad_batch
 from engine.data.tasks import TaskData, TextExample, TokenExample
 from engine.errors import Cancelled, ModelError, TaskDataError
 from engine.evaluate.finetune import (
     align_words,
+    compact_vocabulary,
     default_learning_rate,
+    encode,
     finetune,
+    load_for_task,
     most_frequent_tag,
     words_from_tokens,
 )
@@ -209,3 +214,36 @@ def test_bad_task_data(models):
     extra = (*data.train, TextExample("ra ne", "angry"))
     with pytest.raises(TaskDataError, match="angry"):
         finetune(models["bert"], TaskData("sentiment", data.labels, extra, data.dev, data.test, "x"), seed=0)
+
+
+@pytest.mark.parametrize("family", ["bert", "xlmr"])
+def test_compact_vocabulary_trains_exactly_like_the_full_embedding(models, family):
+    data = pos_data(40)
+    tokenizer, full = load_for_task(models[family], data)
+    compact = copy.deepcopy(full)
+    pad = tokenizer.pad_token_id
+    encoded = [encode(tokenizer, data, split, 32) for split in (data.train, data.dev, data.test)]
+    renumbered = compact_vocabulary(compact, encoded, pad)
+    used = sorted({i for enc in encoded for ids in enc.input_ids for i in ids} | set(range(pad + 1)))
+    assert compact.get_input_embeddings().num_embeddings == len(used) < full.config.vocab_size
+    assert [len(ids) for ids in renumbered[0].input_ids] == [len(ids) for ids in encoded[0].input_ids]
+    for old, new in zip(encoded, renumbered, strict=True):  # every input reads its own row
+        old_ids, new_ids = (torch.tensor([i for ids in enc.input_ids for i in ids]) for enc in (old, new))
+        torch.testing.assert_close(compact.get_input_embeddings().weight[new_ids],
+                                   full.get_input_embeddings().weight[old_ids])
+    outputs = []
+    for model, enc in ((full, encoded[0]), (compact, renumbered[0])):
+        batch = pad_batch(enc.input_ids, list(range(8)), pad)
+        model.train()
+        torch.manual_seed(0)  # the same dropout masks
+        logits = model(**batch).logits
+        logits.square().mean().backward()
+        outputs.append((logits.detach(), dict(model.named_parameters())))
+    (full_logits, full_params), (compact_logits, compact_params) = outputs
+    torch.testing.assert_close(compact_logits, full_logits)
+    word = next(name for name in full_params if "word_embeddings" in name)
+    torch.testing.assert_close(compact_params[word].grad, full_params[word].grad[used])
+    assert full_params[word].grad.abs().sum() == full_params[word].grad[used].abs().sum()  # others get none
+    for name, param in full_params.items():
+        if name != word:
+            torch.testing.assert_close(compact_params[name].grad, param.grad, msg=name)

@@ -17,8 +17,10 @@ the majority class on SIB-200 topic (25.0 accuracy) and reached 75.3 on UD POS; 
 
 Training: fused AdamW (weight decay 0.01, none on biases and LayerNorms), linear schedule with 10%
 warmup, gradient clipping at 1.0, length-grouped dynamically padded batches in an order derived
-from the seed and epoch. After each epoch the dev set is scored; the best epoch's weights are
-restored (early stopping after `patience` epochs without improvement) and the test set is scored.
+from the seed and epoch, the input embedding cut to the rows the task's texts use (the same training,
+a fraction of the optimiser's work for a large vocabulary). After each epoch the dev set is scored;
+the best epoch's weights are restored (early stopping after `patience` epochs without improvement)
+and the test set is scored.
 
 Token tasks (pos, ner) label the first sub-token of each word and ignore the others (-100); a
 word's prediction is its first sub-token's. Words with no sub-token in the model input (cut by
@@ -39,7 +41,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,11 +154,10 @@ def finetune(
     max_length = min(max_length, max_positions(model.config))
     model.to(device)
 
-    train = encode(tokenizer, data, data.train, max_length)
-    dev = encode(tokenizer, data, data.dev, max_length)
-    test = encode(tokenizer, data, data.test, max_length)
-    fallback = most_frequent_tag(data) if data.is_token_task else ""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train, dev, test = compact_vocabulary(model, [encode(tokenizer, data, split, max_length)
+                                                  for split in (data.train, data.dev, data.test)], pad_id)
+    fallback = most_frequent_tag(data) if data.is_token_task else ""
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
@@ -207,6 +208,29 @@ def finetune(
         seconds=time.perf_counter() - started, train_size=len(data.train), dev_size=len(data.dev),
         test_size=len(data.test), labels=tuple(data.labels), learning_rate=learning_rate,
     )
+
+
+def compact_vocabulary(model: nn.Module, splits: Sequence[Encoded], pad_id: int) -> list[Encoded]:
+    """Keep only the input-embedding rows that `splits` use, renumbering their ids (`pad_id` and every
+    id below it keep their numbers, so padding and position rules are unchanged).
+
+    A row no input uses gets no gradient, so the model trains and scores exactly as with every row,
+    but backward, clipping and AdamW no longer sweep the whole vocabulary: for a 250k-piece teacher
+    that is 96M of its 118M parameters.
+    """
+    embeddings = model.get_input_embeddings()
+    low = max(pad_id, embeddings.padding_idx if embeddings.padding_idx is not None else 0) + 1
+    used = sorted(set(range(low)).union(*(ids for enc in splits for ids in enc.input_ids)))
+    if len(used) >= embeddings.num_embeddings:
+        return list(splits)
+    compact = nn.Embedding(len(used), embeddings.embedding_dim, padding_idx=embeddings.padding_idx,
+                           device=embeddings.weight.device, dtype=embeddings.weight.dtype)
+    with torch.no_grad():
+        compact.weight.copy_(embeddings.weight[used])
+    model.set_input_embeddings(compact)
+    new_id = np.zeros(max(used) + 1, dtype=np.int64)
+    new_id[used] = np.arange(len(used))
+    return [replace(enc, input_ids=[new_id[ids].tolist() for ids in enc.input_ids]) for enc in splits]
 
 
 def default_learning_rate(task: str, hidden: int) -> float:
