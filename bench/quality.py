@@ -168,8 +168,10 @@ def table(rows: list[dict], result: dict) -> str:
 
 
 def parse_args() -> argparse.Namespace:
+    from engine.resources import DEFAULT_RECIPE
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", type=Path, default=REPO / "resources" / "recipes" / "offline-default.toml",
+    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE,
                         help="the stages to benchmark (its corpus and language are replaced)")
     parser.add_argument("--languages", nargs="+", choices=tuple(LANGUAGES), default=list(LANGUAGES))
     parser.add_argument("--out", type=Path, help="where runs and probe results go (default bench/out/quality-*)")

@@ -14,9 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
-from gui.style import RESOURCES
+from engine.resources import SAMPLES
 
-SAMPLES = RESOURCES / "samples"
 RECIPE = SAMPLES / "self-test.toml"
 TINY_BERT = SAMPLES / "tiny-bert"  # config and tokenizer only: the weights are drawn from WEIGHT_SEED
 WEIGHT_SEED = 0

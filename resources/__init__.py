@@ -1,0 +1,1 @@
+"""MiniGlot's bundled files, installed as the package `miniglot_resources`; engine/resources.py locates them."""
