@@ -131,7 +131,7 @@ class Setup:
         from engine.data.corpus import read_corpus
         from engine.models.loading import LoadedModel, load_teacher
         from engine.recipe import Distillation
-        from engine.stages.adapt import _with_mlm_head
+        from engine.stages.adapt import with_mlm_head
         from engine.surgery.layers import reduce_layers, select_layers
         from engine.training.losses import DistillLoss
         from engine.training.precision import Precision
@@ -139,7 +139,7 @@ class Setup:
         torch.manual_seed(SEED)
         self.precision = Precision.for_run(precision, torch.device("cpu"))
         loaded = load_teacher(TEACHER)
-        self.teacher = loaded if loaded.has_mlm_head else _with_mlm_head(loaded)
+        self.teacher = loaded if loaded.has_mlm_head else with_mlm_head(loaded)
         self.teacher.model.eval()
         adapter = self.teacher.adapter
         indices = select_layers("stride", self.teacher.config.num_hidden_layers, STUDENT_LAYERS)

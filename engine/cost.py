@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from engine.recipe import AdaptStage, DistillStage, PruneStage, Recipe, ShrinkStage, TrimVocabStage
-from engine.shapes import Shape, stage_shapes
-from engine.training.precision import autocast_dtype
+    from engine.recipe import Recipe, Training
+    from engine.shapes import Shape
 
 EFFICIENCY = 0.5  # of the measured matmul rate reached by whole training steps (attention, layer norms, copies)
 MASKED = 0.15  # fraction of tokens the MLM losses project to the vocabulary
@@ -42,7 +43,10 @@ class Device:
 
     @classmethod
     def probe(cls, name: str = "auto", precision: str = "auto") -> Device:
+        import torch
+
         from engine.pipeline import pick_device
+        from engine.training.precision import autocast_dtype
 
         device = pick_device(name)
         dtype = autocast_dtype(precision, device) or torch.float32
@@ -51,8 +55,35 @@ class Device:
         return cls(f"{label}, {str(dtype).removeprefix('torch.')}", _free_bytes(device),
                    _matmul_rate(device, dtype), _adamw_rate(device))
 
+    def seconds(self, flops: float) -> float:
+        """Time of `flops` of whole-model work (at `EFFICIENCY` of the matmul rate)."""
+        return flops / (self.matmul_flops * EFFICIENCY)
+
+
+@dataclass(frozen=True)
+class CostInputs:
+    """What a stage's cost model may use: the run's teacher, the stage's input and output shapes, sentence
+    lengths (memory: `max_length`, the worst case; time: `length`, typical) and the device."""
+
+    teacher: Shape
+    source: Shape
+    target: Shape
+    max_length: int
+    length: int
+    device: Device
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """What a stage holds at its peak besides the models' weights, and how long it takes."""
+
+    bytes: int
+    seconds: float
+
 
 def _free_bytes(device: torch.device) -> int:
+    import torch
+
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
@@ -64,6 +95,8 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def _timed(device: torch.device, fn, repeats: int) -> float:
+    import torch
+
     fn()  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -76,6 +109,8 @@ def _timed(device: torch.device, fn, repeats: int) -> float:
 
 
 def _matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    import torch
+
     n = 4096 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -83,6 +118,8 @@ def _matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def _adamw_rate(device: torch.device) -> float:
+    import torch
+
     p = torch.nn.Parameter(torch.zeros(16_000_000, device=device))  # large enough to amortise per-call costs
     p.grad = torch.ones_like(p)
     optimizer = torch.optim.AdamW([p], lr=1e-5)
@@ -95,76 +132,55 @@ def _adamw_rate(device: torch.device) -> float:
     return p.numel() / _timed(device, step, 3)
 
 
-def _encoder_params(shape: Shape) -> int:
-    return shape.params()["encoder"]
-
-
-def _activation_bytes(shape: Shape, batch: int, length: int) -> int:
+def activation_bytes(shape: Shape, batch: int, length: int) -> int:
     """fp32 tensors a BERT layer saves for backward, per layer (Korthikanti et al. 2022, fp32, no recompute)."""
     tokens = batch * length
     return 4 * tokens * (10 * shape.hidden + 2 * shape.ffn + 2 * shape.heads * length) * shape.layers
 
 
-def _forward_flops(shape: Shape, tokens: int, length: int) -> float:
-    return 2 * _encoder_params(shape) * tokens + 4 * shape.layers * tokens * length * shape.hidden
+def forward_flops(shape: Shape, tokens: int, length: int) -> float:
+    return 2 * shape.params()["encoder"] * tokens + 4 * shape.layers * tokens * length * shape.hidden
 
 
-def _weights(*shapes: Shape) -> int:
+def weights_bytes(*shapes: Shape) -> int:
     return 4 * sum(s.total_params for s in shapes)
+
+
+def training_cost(cfg: Training, inputs: CostInputs, logit_rows: Callable[[int], int], teacher_forward: bool,
+                  extra_steps: int = 0) -> StageCost:
+    """A stage that trains its output model with AdamW: gradients, moments and the best-state copy, a
+    batch's activations and vocabulary logits (`logit_rows(tokens)` rows), and per step 3 forward passes
+    of the student (+ one of the input model when it teaches)."""
+    student, trainable, batch = inputs.target, inputs.target.total_params, cfg.batch_size
+    held = 4 * trainable * 4 + activation_bytes(student, batch, inputs.max_length)
+    held += 4 * logit_rows(batch * inputs.max_length) * student.vocab * 4  # logits, log-softmax, grad, teacher's
+    tokens = batch * inputs.length
+    rows = logit_rows(tokens)
+    flops = 3 * forward_flops(student, tokens, inputs.length) + 6 * rows * student.hidden * student.vocab
+    if teacher_forward:
+        source = inputs.source
+        flops += forward_flops(source, tokens, inputs.length) + 2 * rows * source.hidden * source.vocab
+    per_step = inputs.device.seconds(flops) + trainable / inputs.device.adamw_params_per_second
+    return StageCost(held, (cfg.max_steps * cfg.grad_accumulation + extra_steps) * per_step)
 
 
 def stage_costs(recipe: Recipe, teacher: Shape, device: Device,
                 sentence_tokens: int = SENTENCE_TOKENS) -> list[dict[str, Any]]:
     """One row per stage: `peak_bytes`, `fits`, `seconds`, and what they assume."""
+    from engine.shapes import stage_shapes
+    from engine.stages.registry import spec_for
+
     shapes = stage_shapes(recipe, teacher)
     max_length = recipe.corpus.max_length
-    length = min(sentence_tokens, max_length)
     rows = []
     for i, stage in enumerate(recipe.stages, start=1):
         source, target = shapes[i - 1], shapes[i]
+        inputs = CostInputs(teacher, source, target, max_length, min(sentence_tokens, max_length), device)
+        cost = spec_for(stage.kind).cost(stage, inputs)
         alive = (teacher, source, target) if i > 1 else (teacher, target)
-        peak, seconds = _weights(*alive), 0.0
-        if isinstance(stage, (AdaptStage, DistillStage, ShrinkStage)):
-            batch = stage.batch_size
-            student, trainable = target, target.total_params
-            # gradients, AdamW moments, the best-state copy
-            peak += 4 * trainable * 4
-            peak += _activation_bytes(student, batch, max_length)
-            peak_rows = _logit_rows(stage, source, target, batch * max_length)
-            peak += 4 * peak_rows * target.vocab * 4  # student logits, log-softmax, gradient, teacher logits
-            tokens = batch * length
-            logit_rows = _logit_rows(stage, source, target, tokens)
-            step = 3 * _forward_flops(student, tokens, length) + 6 * logit_rows * target.hidden * target.vocab
-            if not isinstance(stage, AdaptStage):
-                step += _forward_flops(source, tokens, length) + 2 * logit_rows * source.hidden * source.vocab
-            per_step = step / (device.matmul_flops * EFFICIENCY) + trainable / device.adamw_params_per_second
-            steps = stage.max_steps * stage.grad_accumulation
-            if isinstance(stage, AdaptStage) and not teacher.mlm_head:
-                steps += stage.head_steps
-            seconds = steps * per_step
-        elif isinstance(stage, PruneStage):
-            batch, tokens = stage.batch_size, stage.batch_size * length
-            peak += 4 * source.total_params + _activation_bytes(source, batch, max_length)
-            passes = stage.importance_batches * (2 if stage.ffn is not None else 1)
-            seconds = passes * 3 * _forward_flops(source, tokens, length) / (device.matmul_flops * EFFICIENCY)
-        elif isinstance(stage, TrimVocabStage):
-            peak += _weights(source)
-            seconds = TRIM_SECONDS
+        peak = weights_bytes(*alive) + cost.bytes + PROCESS_BYTES
         if recipe.run.verify:
-            peak += _weights(target)  # the reload process holds one more copy
-        peak += PROCESS_BYTES
+            peak += weights_bytes(target)  # the reload process holds one more copy
         rows.append({"name": f"{i:02d}-{stage.kind}", "peak_bytes": int(peak), "fits": peak <= device.free_bytes,
-                     "seconds": seconds})
+                     "seconds": cost.seconds})
     return rows
-
-
-def _logit_rows(stage, source: Shape, target: Shape, tokens: int) -> int:
-    """Rows projected to the vocabulary per batch by the stage's loss."""
-    if not target.mlm_head:
-        return 0
-    if isinstance(stage, AdaptStage):
-        return int(MASKED * tokens)
-    logit_loss = stage.loss != "hidden" and source.mlm_head
-    if logit_loss and stage.all_positions:
-        return tokens
-    return int(MASKED * tokens) if logit_loss or stage.alpha > 0 else 0

@@ -29,13 +29,14 @@ SHRINK_INITS = ("truncation", "activation", "svd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def _check(condition: bool, message: str) -> None:
+def check(condition: bool, message: str, path: str = "") -> None:
+    """Raise RecipeError(message, path) unless `condition`."""
     if not condition:
-        raise RecipeError(message)
+        raise RecipeError(message, path)
 
 
-def _one_of(where: str, value: str, allowed: tuple[str, ...]) -> None:
-    _check(value in allowed, f"{where} = {value!r}: choose one of {', '.join(allowed)}")
+def one_of(where: str, value: str, allowed: tuple[str, ...], path: str) -> None:
+    check(value in allowed, f"{where} = {value!r}: choose one of {', '.join(allowed)}", path)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class TeacherConfig:
     allow_pickle: bool = False  # load legacy pytorch_model.bin (unsafe pickle) only when opted in
 
     def __post_init__(self) -> None:
-        _check(bool(self.source.strip()), "teacher.source is empty: give packaged:<name>, hub:<id> or a folder")
+        check(bool(self.source.strip()), "teacher.source is empty: give packaged:<name>, hub:<id> or a folder",
+              "source")
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,9 @@ class LanguageConfig:
 
     def __post_init__(self) -> None:
         parts = self.code.split("_")
-        _check(
+        check(
             len(parts) == 2 and len(parts[0]) == 3 and len(parts[1]) == 4 and parts[0].islower(),
-            f"language.code = {self.code!r}: use a FLORES-200 code such as mlt_Latn or swh_Latn",
+            f"language.code = {self.code!r}: use a FLORES-200 code such as mlt_Latn or swh_Latn", "code",
         )
 
 
@@ -72,12 +74,14 @@ class CorpusConfig:
     max_length: int = 128
 
     def __post_init__(self) -> None:
-        _check(len(self.train) > 0, "corpus.train is empty: list at least one file, folder or glob")
+        check(len(self.train) > 0, "corpus.train is empty: list at least one file, folder or glob", "train")
         if isinstance(self.validation, float):
-            _check(0 < self.validation <= 0.5, "corpus.validation must be a fraction in (0, 0.5] or files")
+            check(0 < self.validation <= 0.5, "corpus.validation must be a fraction in (0, 0.5] or files",
+                  "validation")
         else:
-            _check(len(self.validation) > 0, "corpus.validation is an empty list: give files or a fraction")
-        _check(8 <= self.max_length <= 512, "corpus.max_length must be between 8 and 512 tokens")
+            check(len(self.validation) > 0, "corpus.validation is an empty list: give files or a fraction",
+                  "validation")
+        check(8 <= self.max_length <= 512, "corpus.max_length must be between 8 and 512 tokens", "max_length")
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,9 @@ class RunConfig:
     verify: bool = True  # reload every stage's model in a fresh process and compare outputs
 
     def __post_init__(self) -> None:
-        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-               f"run.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
-        _one_of("run.precision", self.precision, PRECISIONS)
+        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               f"run.device = {self.device!r}: use auto, cpu, cuda or cuda:N", "device")
+        one_of("run.precision", self.precision, PRECISIONS, "precision")
 
 
 @dataclass(frozen=True)
@@ -112,14 +116,14 @@ class Training:
     checkpoint_every: int = 50
 
     def check_training(self, where: str, min_steps: int = 1) -> None:
-        _check(self.max_steps >= min_steps, f"{where}.max_steps must be at least {min_steps}")
-        _check(self.batch_size >= 1, f"{where}.batch_size must be at least 1")
-        _check(0 < self.learning_rate < 1, f"{where}.learning_rate must be in (0, 1)")
-        _check(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio must be in [0, 1)")
-        _check(self.grad_accumulation >= 1, f"{where}.grad_accumulation must be at least 1")
-        _check(0 < self.mlm_probability < 1, f"{where}.mlm_probability must be in (0, 1)")
-        _check(self.eval_every >= 1 and self.checkpoint_every >= 1,
-               f"{where}.eval_every and checkpoint_every must be at least 1")
+        check(self.max_steps >= min_steps, f"{where}.max_steps must be at least {min_steps}", "max_steps")
+        check(self.batch_size >= 1, f"{where}.batch_size must be at least 1", "batch_size")
+        check(0 < self.learning_rate < 1, f"{where}.learning_rate must be in (0, 1)", "learning_rate")
+        check(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio must be in [0, 1)", "warmup_ratio")
+        check(self.grad_accumulation >= 1, f"{where}.grad_accumulation must be at least 1", "grad_accumulation")
+        check(0 < self.mlm_probability < 1, f"{where}.mlm_probability must be in (0, 1)", "mlm_probability")
+        check(self.eval_every >= 1, f"{where}.eval_every must be at least 1", "eval_every")
+        check(self.checkpoint_every >= 1, f"{where}.checkpoint_every must be at least 1", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -135,95 +139,17 @@ class Distillation:
     cache_teacher: bool = True  # compute the teacher's outputs on the validation batches once, not at every check
 
     def check_distillation(self, where: str) -> None:
-        _one_of(f"{where}.loss", self.loss, DISTILL_LOSSES)
-        _check(0 <= self.alpha <= 1, f"{where}.alpha must be in [0, 1]")
-        _check(self.temperature > 0, f"{where}.temperature must be positive")
-        _check(self.sentence >= 0, f"{where}.sentence must be 0 or more")
+        one_of(f"{where}.loss", self.loss, DISTILL_LOSSES, "loss")
+        check(0 <= self.alpha <= 1, f"{where}.alpha must be in [0, 1]", "alpha")
+        check(self.temperature > 0, f"{where}.temperature must be positive", "temperature")
+        check(self.sentence >= 0, f"{where}.sentence must be 0 or more", "sentence")
 
 
 @dataclass(frozen=True)
 class Stage:
+    """Base of every stage's config; each stage module defines one (see `engine.stages.registry`)."""
+
     kind: ClassVar[str] = ""
-
-
-@dataclass(frozen=True)
-class AdaptStage(Stage, Training):
-    """Continued MLM training of the teacher on the language's text (a language-adapted teacher).
-
-    A teacher without an MLM head first gets one fitted for `head_steps` with the encoder frozen
-    (decoder tied to the input embeddings).
-    """
-
-    kind: ClassVar[str] = "adapt"
-    head_steps: int = 100
-
-    def __post_init__(self) -> None:
-        self.check_training("adapt")
-        _check(self.head_steps >= 0, "adapt.head_steps must be 0 or more")
-
-
-@dataclass(frozen=True)
-class DistillStage(Stage, Training, Distillation):
-    """Layer-reduction distillation (paper stage 1). With init = teacher, `max_steps = 0` keeps the
-    selected teacher layers as they are (for first_k: exactly the teacher's lower layers)."""
-
-    kind: ClassVar[str] = "distill"
-    layers: int = 6
-    layer_selection: str = "last_k"
-    init: str = "teacher"  # teacher | random
-    last_to_last: bool = False  # loss = "hidden": the last layer reproduces the teacher's last, not its own origin
-
-    def __post_init__(self) -> None:
-        self.check_training("distill", min_steps=0 if self.init == "teacher" else 1)
-        self.check_distillation("distill")
-        _check(self.layers >= 1, "distill.layers must be at least 1")
-        _one_of("distill.layer_selection", self.layer_selection, LAYER_SELECTIONS)
-        _one_of("distill.init", self.init, ("teacher", "random"))
-
-
-@dataclass(frozen=True)
-class PruneStage(Stage):
-    """Structured pruning by first-order importance (paper stage 2)."""
-
-    kind: ClassVar[str] = "prune"
-    ffn: int | None = None
-    heads: int | None = None
-    importance_batches: int = 8
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        _check(self.ffn is not None or self.heads is not None, "prune needs ffn, heads or both")
-        _check(self.ffn is None or self.ffn >= 1, "prune.ffn must be at least 1")
-        _check(self.heads is None or self.heads >= 1, "prune.heads must be at least 1")
-        _check(self.importance_batches >= 1, "prune.importance_batches must be at least 1")
-
-
-@dataclass(frozen=True)
-class ShrinkStage(Stage, Training, Distillation):
-    """Hidden-size reduction then a second distillation from the previous student (paper stage 3)."""
-
-    kind: ClassVar[str] = "shrink"
-    hidden: int = 312
-    init: str = "truncation"
-    basis_batches: int = 8
-
-    def __post_init__(self) -> None:
-        self.check_training("shrink")
-        self.check_distillation("shrink")
-        _check(self.hidden >= 8, "shrink.hidden must be at least 8")
-        _one_of("shrink.init", self.init, SHRINK_INITS)
-
-
-@dataclass(frozen=True)
-class TrimVocabStage(Stage):
-    """Vocabulary trimming to the tokens the language uses (paper stage 4)."""
-
-    kind: ClassVar[str] = "trim_vocab"
-    size: int = 40000
-    fill: bool = True  # when the corpus uses fewer tokens than `size`, add the pieces inside its words
-
-    def __post_init__(self) -> None:
-        _check(self.size >= 1, "trim_vocab.size must be positive")
 
 
 EVAL_TASKS = ("pos", "ner", "sentiment", "topic")
@@ -246,23 +172,19 @@ class EvaluationConfig:
     label_column: str = ""  # and the label column's
 
     def __post_init__(self) -> None:
-        _check(len(self.tasks) > 0, "evaluation.tasks is empty: list tasks such as [\"pos\", \"topic\"]")
-        _check(len(self.tasks) == len(self.data),
-               f"evaluation.tasks has {len(self.tasks)} entries but evaluation.data has {len(self.data)}: "
-               "give one data folder, file or hub id per task")
+        check(len(self.tasks) > 0, "evaluation.tasks is empty: list tasks such as [\"pos\", \"topic\"]", "tasks")
+        check(len(self.tasks) == len(self.data),
+              f"evaluation.tasks has {len(self.tasks)} entries but evaluation.data has {len(self.data)}: "
+              "give one data folder, file or hub id per task", "data")
         for task in self.tasks:
-            _one_of("evaluation.tasks", task, EVAL_TASKS)
-        _check(self.seeds >= 1, "evaluation.seeds must be at least 1")
-        _check(self.epochs >= 0, "evaluation.epochs must be 0 (task default) or more")
-        _check(self.mode != "head_only", "evaluation.mode = 'head_only' was replaced by 'probe': a linear "
-               "classifier fitted to convergence on the frozen encoder's features")
-        _one_of("evaluation.mode", self.mode, EVAL_MODES)
-        _check(0 <= self.learning_rate < 1, "evaluation.learning_rate must be 0 (task default) or in (0, 1)")
-
-
-STAGE_TYPES: dict[str, type[Stage]] = {
-    cls.kind: cls for cls in (AdaptStage, DistillStage, PruneStage, ShrinkStage, TrimVocabStage)
-}
+            one_of("evaluation.tasks", task, EVAL_TASKS, "tasks")
+        check(self.seeds >= 1, "evaluation.seeds must be at least 1", "seeds")
+        check(self.epochs >= 0, "evaluation.epochs must be 0 (task default) or more", "epochs")
+        check(self.mode != "head_only", "evaluation.mode = 'head_only' was replaced by 'probe': a linear "
+              "classifier fitted to convergence on the frozen encoder's features", "mode")
+        one_of("evaluation.mode", self.mode, EVAL_MODES, "mode")
+        check(0 <= self.learning_rate < 1, "evaluation.learning_rate must be 0 (task default) or in (0, 1)",
+              "learning_rate")
 
 
 @dataclass(frozen=True)
@@ -276,11 +198,16 @@ class Recipe:
     base_dir: str = field(default=".", compare=False)  # where relative corpus paths resolve
 
     def __post_init__(self) -> None:
-        _check(len(self.stages) > 0, "the recipe has no [[stages]]: add at least one")
-        kinds = [s.kind for s in self.stages]
-        if "adapt" in kinds:
-            _check(set(kinds[: kinds.index("adapt")]) <= {"trim_vocab"} and kinds.count("adapt") == 1,
-                   "an adapt stage must come first (after trim_vocab at most): it adapts the teacher")
+        from engine.stages.registry import spec_for, specs
+
+        check(len(self.stages) > 0, "the recipe has no [[stages]]: add at least one", "stages")
+        chosen = [spec_for(s.kind, f"stages[{i}].kind") for i, s in enumerate(self.stages, start=1)]
+        for i, spec in enumerate(chosen, start=1):
+            if spec.teacher_first:
+                allowed = [other.kind for other in specs() if other.keeps_teacher and other is not spec]
+                check(all(other.keeps_teacher and other is not spec for other in chosen[: i - 1]),
+                      f"the {spec.kind} stage works on the teacher itself: it must come first (after "
+                      f"{' or '.join(allowed) or 'nothing'} at most), once", f"stages[{i}]")
 
     # ---- dict / TOML / JSON ----
     def to_dict(self) -> dict[str, Any]:
@@ -331,27 +258,30 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str | Path = ".") -> Recipe:
-        _check(isinstance(data, dict), "a recipe must be a table of tables (teacher, corpus, stages...)")
+        from engine.stages.registry import spec_for
+
+        check(isinstance(data, dict), "a recipe must be a table of tables (teacher, corpus, stages...)")
         data = dict(data)
         sections = {"teacher": TeacherConfig, "language": LanguageConfig, "corpus": CorpusConfig,
                     "run": RunConfig}
         unknown = set(data) - set(sections) - {"stages", "evaluation"}
         if unknown:
-            raise RecipeError(f"unknown table or key {sorted(unknown)[0]!r} at the top of the recipe; "
-                              f"known: {', '.join([*sections, 'stages', 'evaluation'])}")
-        built: dict[str, Any] = {name: _build(kind, data.get(name, {}), name)
+            name = sorted(unknown)[0]
+            raise RecipeError(f"unknown table or key {name!r} at the top of the recipe; "
+                              f"known: {', '.join([*sections, 'stages', 'evaluation'])}", name)
+        built: dict[str, Any] = {name: _build(kind, data.get(name, {}), name, name)
                                  for name, kind in sections.items()}
         if "evaluation" in data:
-            built["evaluation"] = _build(EvaluationConfig, data["evaluation"], "evaluation")
+            built["evaluation"] = _build(EvaluationConfig, data["evaluation"], "evaluation", "evaluation")
         stages = []
-        _check(isinstance(data.get("stages", []), list), "stages must be a list of [[stages]] tables")
+        check(isinstance(data.get("stages", []), list), "stages must be a list of [[stages]] tables", "stages")
         for i, raw in enumerate(data.get("stages", []), start=1):
-            _check(isinstance(raw, dict), f"stages[{i}] must be a table")
+            path = f"stages[{i}]"
+            check(isinstance(raw, dict), f"{path} must be a table", path)
             raw = dict(raw)
             kind = raw.pop("kind", None)
-            _check(isinstance(kind, str) and kind in STAGE_TYPES,
-                   f"stages[{i}].kind = {kind!r}: choose one of {', '.join(STAGE_TYPES)}")
-            stages.append(_build(STAGE_TYPES[kind], raw, f"stages[{i}] ({kind})"))
+            config = spec_for(kind, f"{path}.kind").config
+            stages.append(_build(config, raw, f"{path} ({kind})", path))
         return cls(**built, stages=tuple(stages), base_dir=str(base_dir))
 
     @classmethod
@@ -407,38 +337,42 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Instantiate `cls` from a table, naming any unknown key and coercing simple types."""
-    _check(isinstance(raw, dict), f"[{where}] must be a table")
+def _build(cls: type, raw: Any, where: str, path: str) -> Any:
+    """Instantiate `cls` from a table, naming any unknown key and coercing simple types; errors carry
+    their setting's path below `path`."""
+    check(isinstance(raw, dict), f"[{where}] must be a table", path)
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.init}
     for key in raw:
-        _check(key in known, f"unknown key {key!r} in [{where}]; known keys: {', '.join(sorted(known))}")
-    values = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
+        check(key in known, f"unknown key {key!r} in [{where}]; known keys: {', '.join(sorted(known))}",
+              f"{path}.{key}")
+    values = {key: _coerce(value, hints[key], f"{where}.{key}", f"{path}.{key}") for key, value in raw.items()}
     try:
         return cls(**values)
+    except RecipeError as exc:
+        raise exc.under(path) from None
     except TypeError as exc:
-        raise RecipeError(f"[{where}]: {exc}") from None
+        raise RecipeError(f"[{where}]: {exc}", path) from None
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _coerce(value: Any, hint: Any, where: str, path: str) -> Any:
     text = hint.__name__ if isinstance(hint, type) else str(hint)
     if isinstance(value, list):
-        _check("tuple" in text, f"{where} must not be a list")
-        _check(all(isinstance(v, str) for v in value), f"{where} must be a list of strings")
+        check("tuple" in text, f"{where} must not be a list", path)
+        check(all(isinstance(v, str) for v in value), f"{where} must be a list of strings", path)
         return tuple(value)
     if isinstance(value, bool):
-        _check(text == "bool", f"{where} must not be true/false")
+        check(text == "bool", f"{where} must not be true/false", path)
         return value
     if isinstance(value, int) and "float" in text and "int" not in text:
         return float(value)
     if isinstance(value, int):
-        _check("int" in text, f"{where} must not be a number here, got {value!r}")
+        check("int" in text, f"{where} must not be a number here, got {value!r}", path)
         return value
     if isinstance(value, float):
-        _check("float" in text, f"{where} must be a whole number, got {value!r}")
+        check("float" in text, f"{where} must be a whole number, got {value!r}", path)
         return value
     if isinstance(value, str):
-        _check(text == "str" or "tuple" in text, f"{where} must be a number or list, got {value!r}")
+        check(text == "str" or "tuple" in text, f"{where} must be a number or list, got {value!r}", path)
         return (value,) if "tuple" in text else value
-    raise RecipeError(f"{where} has an unsupported value {value!r}")
+    raise RecipeError(f"{where} has an unsupported value {value!r}", path)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import RecipeError
-from engine.recipe import AdaptStage, DistillStage, PruneStage, Recipe, ShrinkStage, Stage, TrimVocabStage
+from engine.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -61,49 +61,17 @@ class Shape:
                 f"vocabulary {self.vocab:,}")
 
 
-def stage_shape(stage: Stage, shape: Shape, where: str) -> Shape:
-    """The shape after `stage`, or a RecipeError saying why the stage cannot apply to `shape`."""
-
-    def check(condition: bool, message: str) -> None:
-        if not condition:
-            raise RecipeError(f"{where}: {message}")
-
-    if isinstance(stage, AdaptStage):
-        return dataclasses.replace(shape, mlm_head=True)
-    if isinstance(stage, DistillStage):
-        check(stage.layers <= shape.layers,
-              f"layers = {stage.layers} but the teacher has only {shape.layers}")
-        return dataclasses.replace(shape, layers=stage.layers)
-    if isinstance(stage, PruneStage):
-        if stage.ffn is not None:
-            check(stage.ffn <= shape.ffn, f"ffn = {stage.ffn} is wider than the model's FFN ({shape.ffn})")
-        if stage.heads is not None:
-            check(stage.heads == shape.heads,
-                  f"heads = {stage.heads}: a stock BERT/XLM-R config derives the head size as hidden / heads, "
-                  f"so removing heads while keeping hidden {shape.hidden} cannot be saved in a form "
-                  f"transformers reloads; keep heads = {shape.heads} (head importance is still reported)")
-        return dataclasses.replace(shape, ffn=stage.ffn or shape.ffn)
-    if isinstance(stage, ShrinkStage):
-        check(stage.hidden <= shape.hidden, f"hidden = {stage.hidden} is wider than the model ({shape.hidden})")
-        lower = stage.hidden // shape.heads * shape.heads
-        neighbours = [n for n in (lower, lower + shape.heads) if 0 < n <= shape.hidden]
-        check(stage.hidden % shape.heads == 0,
-              f"hidden = {stage.hidden} is not divisible by the {shape.heads} attention heads; "
-              f"try {' or '.join(map(str, neighbours))}")
-        return dataclasses.replace(shape, hidden=stage.hidden)
-    if isinstance(stage, TrimVocabStage):
-        check(stage.size > shape.special_tokens,
-              f"size = {stage.size} must exceed the {shape.special_tokens} special tokens")
-        check(stage.size < shape.vocab, f"size = {stage.size} is not smaller than the vocabulary ({shape.vocab:,})")
-        return dataclasses.replace(shape, vocab=stage.size)
-    raise RecipeError(f"{where}: unknown stage {stage.kind!r}")
-
-
 def stage_shapes(recipe: Recipe, teacher: Shape) -> list[Shape]:
-    """The teacher's shape followed by each stage's; checks every stage against its input."""
+    """The teacher's shape followed by each stage's; checks every stage against its input (a RecipeError
+    names the stage and carries the path of the setting at fault, e.g. `stages[3].hidden`)."""
+    from engine.stages.registry import spec_for
+
     shapes = [teacher]
     for i, stage in enumerate(recipe.stages, start=1):
-        shapes.append(stage_shape(stage, shapes[-1], f"stages[{i}] ({stage.kind})"))
+        try:
+            shapes.append(spec_for(stage.kind).shape(stage, shapes[-1]))
+        except RecipeError as exc:
+            raise RecipeError(f"stages[{i}] ({stage.kind}): {exc}", exc.under(f"stages[{i}]").path) from None
     return shapes
 
 

@@ -29,6 +29,20 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture()
+def swap_runner(monkeypatch):
+    """`swap_runner(kind, run)`: the registered stage `kind` runs `run` instead, until the test ends or
+    `monkeypatch.undo()`."""
+    import dataclasses
+
+    from engine.stages import registry
+
+    def swap(kind: str, run) -> None:
+        monkeypatch.setitem(registry._specs(), kind, dataclasses.replace(registry.spec_for(kind), run=run))
+
+    return swap
+
+
+@pytest.fixture()
 def corpus(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus.txt", 240, seed=1)
 

@@ -189,7 +189,7 @@ def test_cancel_marks_the_run_cancelled_and_leaves_no_half_model(tmp_path, tiny_
     assert sink.inner.of(RunFinished)[-1].status == "cancelled"
 
 
-def test_failure_is_recorded_with_traceback(tmp_path, tiny_models, corpus):
+def test_failure_is_recorded_with_traceback(tmp_path, tiny_models, corpus, swap_runner):
     text = recipe_toml(tiny_models["bert"], corpus, four_stages()).replace("learning_rate", "x")
     text = text.replace("max_steps = 4", "max_steps = 4\nlearning_rate = 0.9\nwarmup_ratio = 0.0", 1)
     sink = Collect()
@@ -197,13 +197,9 @@ def test_failure_is_recorded_with_traceback(tmp_path, tiny_models, corpus):
     def explode(ctx):
         raise RuntimeError("boom in the stage")
 
-    original = pipeline.RUNNERS["prune"]
-    pipeline.RUNNERS["prune"] = explode
-    try:
-        with pytest.raises(RuntimeError):
-            pipeline.run(Recipe.from_toml(text, tmp_path), sink)
-    finally:
-        pipeline.RUNNERS["prune"] = original
+    swap_runner("prune", explode)
+    with pytest.raises(RuntimeError):
+        pipeline.run(Recipe.from_toml(text, tmp_path), sink)
     failure = sink.of(Failure)[0]
     assert "boom in the stage" in failure.message and "Traceback" in failure.traceback
     assert failure.stage == "prune"

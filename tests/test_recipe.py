@@ -8,15 +8,12 @@ from pathlib import Path
 import pytest
 
 from engine.errors import RecipeError
-from engine.recipe import (
-    AdaptStage,
-    CorpusConfig,
-    DistillStage,
-    PruneStage,
-    Recipe,
-    ShrinkStage,
-    TrimVocabStage,
-)
+from engine.recipe import CorpusConfig, Recipe
+from engine.stages.adapt import AdaptStage
+from engine.stages.distill import DistillStage
+from engine.stages.prune import PruneStage
+from engine.stages.shrink import ShrinkStage
+from engine.stages.trim_vocab import TrimVocabStage
 
 RECIPES = Path(__file__).resolve().parents[1] / "resources" / "recipes"
 
@@ -180,8 +177,8 @@ def test_unknown_keys_are_named_with_their_table(text, needles):
     ('kind = "distill"\ninit = "zeros"', ["distill.init", "teacher, random"]),
     ('kind = "shrink"\ninit = "pca"', ["shrink.init", "truncation, activation, svd"]),
     ('kind = "shrink"\nloss = "cosine"', ["shrink.loss", "mse, kl, kl_unsoft, hidden"]),
-    ('kind = "quantize"', ["'quantize'", "adapt, distill, prune, shrink, trim_vocab"]),
-    ('layers = 6', ["None", "adapt, distill, prune, shrink, trim_vocab"]),
+    ('kind = "quantize"', ["'quantize'", "trim_vocab, adapt, distill, prune, shrink"]),
+    ('layers = 6', ["None", "trim_vocab, adapt, distill, prune, shrink"]),
 ])
 def test_bad_enum_values_list_the_allowed_ones(stage, needles):
     message = error(MINIMAL + "[[stages]]\n" + stage + "\n")
@@ -247,7 +244,8 @@ def test_validation_is_a_fraction_or_files():
 
 
 def test_stage_order_and_count():
-    assert "adapt stage must come first" in error(MINIMAL + DISTILL + '[[stages]]\nkind = "adapt"\n')
+    assert "adapt stage works on the teacher itself: it must come first" in error(
+        MINIMAL + DISTILL + '[[stages]]\nkind = "adapt"\n')
     trim = '[[stages]]\nkind = "trim_vocab"\nsize = 100\n'
     trimmed_then_adapted = MINIMAL + trim + '[[stages]]\nkind = "adapt"\n' + DISTILL
     assert [s.kind for s in Recipe.from_toml(trimmed_then_adapted).stages] == ["trim_vocab", "adapt", "distill"]

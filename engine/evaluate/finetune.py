@@ -37,7 +37,6 @@ task head is created, and batch orders come from (seed, epoch).
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -55,13 +54,14 @@ from engine.data.corpus import derive_seed
 from engine.data.tasks import TaskData
 from engine.errors import ModelError, TaskDataError
 from engine.evaluate.metrics import classification_metrics, ner_metrics, pos_metrics
+from engine.evaluate.report import headline
 from engine.events import CancelToken
-from engine.models.loading import inspect_folder
+from engine.models.loading import fast_tokenizer, inspect_folder
+from engine.seeding import seed_everything
+from engine.training.optim import adamw
 
-MAIN_METRIC = {"sentiment": "macro_f1", "topic": "macro_f1", "pos": "accuracy", "ner": "f1"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
                    "vocab.json")
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
 WEIGHT_DECAY = 0.01
 WARMUP_RATIO = 0.1
 MAX_GRAD_NORM = 1.0
@@ -147,7 +147,7 @@ def finetune(
     if epochs < 1 or batch_size < 1 or patience < 1:
         raise ValueError("epochs, batch_size and patience must be >= 1")
 
-    _seed_everything(seed)
+    seed_everything(seed)
     tokenizer, model = load_for_task(Path(model_dir), data)
     if learning_rate is None:
         learning_rate = default_learning_rate(data.task, model.config.hidden_size)
@@ -160,15 +160,12 @@ def finetune(
     fallback = most_frequent_tag(data) if data.is_token_task else ""
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": WEIGHT_DECAY},
-        {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
-    ], lr=learning_rate, fused=True)  # one pass per tensor: ~6x faster than the default on CPU
+    optimizer = adamw(named, learning_rate, WEIGHT_DECAY, fused=True)
     steps_per_epoch = len(length_grouped_batches(train.input_ids, batch_size, seed))
     total_steps = epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total_steps), total_steps)
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-    metric = MAIN_METRIC[data.task]
+    metric = headline(data.task)
 
     def evaluate(enc: Encoded, examples: Sequence[Any]) -> dict[str, float]:
         return score(data.task, examples, predict(model, enc, data, fallback, batch_size, pad_id, device, token))
@@ -240,18 +237,11 @@ def default_learning_rate(task: str, hidden: int) -> float:
 
 def load_tokenizer(model_dir: Path) -> Any:
     """The folder's fast tokenizer, checked against the model's embedding rows."""
-    from transformers import AutoTokenizer
-
     info = inspect_folder(model_dir)  # clear errors for a missing config, no weights or pickled weights
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
         raise ModelError(f"{model_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
                          "save the model's tokenizer into the folder")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelError(f"{model_dir}: cannot load the tokenizer ({exc})") from None
-    if not tokenizer.is_fast:
-        raise ModelError(f"{model_dir}: only a slow tokenizer is available; a fast tokenizer.json is needed")
+    tokenizer = fast_tokenizer(model_dir)
     if len(tokenizer) > info.config.vocab_size:
         raise ModelError(f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model only "
                          f"{info.config.vocab_size} embedding rows; they do not belong together")
@@ -357,9 +347,3 @@ def max_positions(config: Any) -> int:
     """Longest input the position embeddings allow (RoBERTa-style models offset positions by pad id + 1)."""
     offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
     return config.max_position_embeddings - offset
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -28,7 +28,6 @@ from torch import Tensor
 from engine.data.batches import IGNORE_INDEX, length_grouped_batches, pad_batch
 from engine.data.tasks import TaskData
 from engine.evaluate.finetune import (
-    MAIN_METRIC,
     SeedResult,
     encode,
     load_tokenizer,
@@ -37,6 +36,7 @@ from engine.evaluate.finetune import (
     score,
     words_from_tokens,
 )
+from engine.evaluate.report import headline
 from engine.events import CancelToken
 
 MAX_LAYERS = 6
@@ -89,7 +89,7 @@ def probe(
     features = {split: extract(model, enc, layers, pad_id, device, token) for split, enc in encoded.items()}
     del model
     fallback = most_frequent_tag(data) if data.is_token_task else ""
-    metric = MAIN_METRIC[data.task]
+    metric = headline(data.task)
     n_classes = len(data.labels)
     mean, std = _standardiser(features["train"])
 
@@ -98,7 +98,7 @@ def probe(
             token.raise_if_cancelled()
         weights = fit_logistic(_scaled(features["train"], layer, mean, std), features["train"].targets,
                                n_classes, l2, start=start)
-        dev = _evaluate(data, data.dev, encoded["dev"], features["dev"], layer, weights, mean, std, fallback)
+        dev = score_split(data, data.dev, encoded["dev"], features["dev"], layer, weights, mean, std, fallback)
         dev["log_loss"] = _log_loss(_scaled(features["dev"], layer, mean, std), features["dev"].targets, weights)
         if progress is not None:
             progress({"kind": "fit", "layer": layer, "l2": l2, "dev_score": dev[metric], "metric": metric})
@@ -111,7 +111,7 @@ def probe(
         trials[best, l2] = fitted(best, l2, trials[best, LAYER_L2][0])
     layer, l2 = min((key for key in trials if key[0] == best), key=lambda key: trials[key][1]["log_loss"])
     weights, dev = trials[layer, l2]
-    test = _evaluate(data, data.test, encoded["test"], features["test"], layer, weights, mean, std, fallback)
+    test = score_split(data, data.test, encoded["test"], features["test"], layer, weights, mean, std, fallback)
     return SeedResult(
         metrics=test, dev_metrics=dev, best_epoch=0, epochs_run=0, seconds=time.perf_counter() - started,
         train_size=len(train), dev_size=len(data.dev), test_size=len(data.test), labels=tuple(data.labels),
@@ -210,8 +210,9 @@ def _scaled(split: SplitFeatures, layer: int, mean: dict[int, Tensor], std: dict
     return (split.layers[layer] - mean[layer]) / std[layer]
 
 
-def _evaluate(data: TaskData, examples: Sequence[Any], enc: Any, split: SplitFeatures, layer: int, weights: Tensor,
-              mean: dict[int, Tensor], std: dict[int, Tensor], fallback: str) -> dict[str, float]:
+def score_split(data: TaskData, examples: Sequence[Any], enc: Any, split: SplitFeatures, layer: int, weights: Tensor,
+                mean: dict[int, Tensor], std: dict[int, Tensor], fallback: str) -> dict[str, float]:
+    """The task's metrics of the probe `weights` on one split's features at `layer`."""
     x = _scaled(split, layer, mean, std)
     predicted = (x @ weights[:-1] + weights[-1]).argmax(-1).tolist()
     if enc.word_positions is None:

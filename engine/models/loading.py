@@ -7,16 +7,17 @@ Remote code is never trusted.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ModelError
+from engine.hub import offline_reason
 from engine.models.adapters import FamilyAdapter, adapter_for
 
-HUB_HOST = "huggingface.co"
+if TYPE_CHECKING:
+    from engine.shapes import Shape
+
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
 
 
@@ -55,6 +56,12 @@ class FolderInfo:
     def pooler(self) -> bool:
         return any(".pooler." in f".{n}" for n in self.weight_names)
 
+    def shape(self) -> Shape:
+        """The folder's architecture shape (no weights loaded)."""
+        from engine.shapes import Shape
+
+        return Shape.from_config(self.config, self.mlm_head, self.pooler)
+
 
 def resolve_source(source: str) -> Path:
     """A local folder for `packaged:<name>`, `hub:<id>[@revision]` or a folder path."""
@@ -85,24 +92,17 @@ def _hub_snapshot(spec: str) -> Path:
         return Path(snapshot_download(local_files_only=True, **kwargs))
     except Exception:
         pass  # not cached: download below
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
+    reason = offline_reason()
+    if reason:
         raise ModelError(
-            f"cannot download hub:{spec}: the Hugging Face hub is not reachable from this machine "
-            "(offline). Use packaged:multilingual-e5-small, packaged:all-minilm-l6-v2 or a local folder, "
-            "or run where the hub is reachable once to cache the model."
+            f"cannot download hub:{spec}: the Hugging Face hub is not reachable from here (offline: {reason}). Use "
+            "packaged:multilingual-e5-small, packaged:all-minilm-l6-v2 or a local folder, or run where the hub "
+            "is reachable once to cache the model."
         )
     try:
         return Path(snapshot_download(**kwargs))
     except Exception as exc:
         raise ModelError(f"cannot download hub:{spec}: {exc}") from None
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def inspect_folder(path: Path, allow_pickle: bool = False) -> FolderInfo:
@@ -145,16 +145,11 @@ def inspect_folder(path: Path, allow_pickle: bool = False) -> FolderInfo:
 
 def load_model(path: Path, allow_pickle: bool = False, source: str = "") -> LoadedModel:
     """Load a folder as an MLM model when it has an MLM head, else as a bare encoder."""
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForMaskedLM
 
     info = inspect_folder(path, allow_pickle)
     adapter = adapter_for(info.config.model_type)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelError(f"{path}: no usable tokenizer ({exc}); the folder needs tokenizer files") from None
-    if not tokenizer.is_fast:
-        raise ModelError(f"{path}: only a slow tokenizer is available; MiniGlot needs a fast tokenizer.json")
+    tokenizer = fast_tokenizer(path)
     kwargs: dict[str, Any] = {"use_safetensors": info.safetensors, "trust_remote_code": False}
     if info.mlm_head:
         model = AutoModelForMaskedLM.from_pretrained(path, **kwargs)
@@ -164,12 +159,22 @@ def load_model(path: Path, allow_pickle: bool = False, source: str = "") -> Load
     return LoadedModel(model, tokenizer, adapter, source or str(path))
 
 
-def source_shape(source: str, allow_pickle: bool = False):
-    """The `Shape` of a teacher source, read from its config and weight names (no weights loaded)."""
-    from engine.shapes import Shape
+def fast_tokenizer(path: Path) -> Any:
+    """The folder's fast tokenizer (MiniGlot needs its offsets and `tokenizer.json`), or a ModelError."""
+    from transformers import AutoTokenizer
 
-    info = inspect_folder(resolve_source(source), allow_pickle)
-    return Shape.from_config(info.config, info.mlm_head, info.pooler)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: no usable tokenizer ({exc}); the folder needs tokenizer files") from None
+    if not tokenizer.is_fast:
+        raise ModelError(f"{path}: only a slow tokenizer is available; MiniGlot needs a fast tokenizer.json")
+    return tokenizer
+
+
+def source_shape(source: str, allow_pickle: bool = False) -> Shape:
+    """The `Shape` of a teacher source, read from its config and weight names (no weights loaded)."""
+    return inspect_folder(resolve_source(source), allow_pickle).shape()
 
 
 def load_teacher(source: str, allow_pickle: bool = False) -> LoadedModel:

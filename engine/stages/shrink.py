@@ -1,21 +1,60 @@
-"""Stage 3: hidden-size cut (truncation, the most active dimensions, or a shared SVD basis), then
-distillation from the last distilled student (layer for layer) or the input."""
+"""Hidden-size reduction (paper stage 3): cut the width by truncation, the most active dimensions or a
+shared SVD basis, then distil from the last distilled student (layer for layer) or the input."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-from engine.data.batches import BatchStream
-from engine.models.loading import LoadedModel
-from engine.recipe import ShrinkStage
-from engine.stages.base import StageContext, StageOutput
-from engine.stages.distill import choose_loss, prepare_teacher
-from engine.surgery.hidden import activation_basis, residual_moment, shrink_hidden, svd_basis, truncation_basis
-from engine.training.loop import train
-from engine.training.losses import DistillLoss
+from engine.recipe import SHRINK_INITS, Distillation, Stage, Training, check, one_of
+from engine.stages.distill import distillation_cost
+from engine.stages.fields import FieldSpec, distillation_fields, every_layer, integer, training_fields
+from engine.stages.registry import StageSpec
+
+if TYPE_CHECKING:
+    from engine.models.loading import LoadedModel
+    from engine.shapes import Shape
+    from engine.stages.base import StageContext, StageOutput
+
+
+@dataclass(frozen=True)
+class ShrinkStage(Stage, Training, Distillation):
+    """Hidden-size reduction then a second distillation from the previous student (paper stage 3)."""
+
+    kind: ClassVar[str] = "shrink"
+    hidden: int = 312
+    init: str = "truncation"
+    basis_batches: int = 8
+
+    def __post_init__(self) -> None:
+        self.check_training("shrink")
+        self.check_distillation("shrink")
+        check(self.hidden >= 8, "shrink.hidden must be at least 8", "hidden")
+        one_of("shrink.init", self.init, SHRINK_INITS, "init")
+
+
+def shape(cfg: ShrinkStage, before: Shape) -> Shape:
+    check(cfg.hidden <= before.hidden, f"hidden = {cfg.hidden} is wider than the model ({before.hidden})", "hidden")
+    lower = cfg.hidden // before.heads * before.heads
+    neighbours = [n for n in (lower, lower + before.heads) if 0 < n <= before.hidden]
+    check(cfg.hidden % before.heads == 0,
+          f"hidden = {cfg.hidden} is not divisible by the {before.heads} attention heads; "
+          f"try {' or '.join(map(str, neighbours))}", "hidden")
+    return dataclasses.replace(before, hidden=cfg.hidden)
 
 
 def run(ctx: StageContext) -> StageOutput:
+    import copy
+
+    from engine.data.batches import BatchStream
+    from engine.models.loading import LoadedModel
+    from engine.stages.base import StageOutput
+    from engine.stages.distill import choose_loss, prepare_teacher
+    from engine.surgery.hidden import activation_basis, residual_moment, shrink_hidden, svd_basis, truncation_basis
+    from engine.training.loop import train
+    from engine.training.losses import DistillLoss
+
     cfg: ShrinkStage = ctx.config
     teacher = prepare_teacher(ctx)
     d = teacher.config.hidden_size
@@ -48,3 +87,23 @@ def run(ctx: StageContext) -> StageOutput:
 def _same_depth(a: LoadedModel, b: LoadedModel) -> bool:
     return (a.config.num_hidden_layers == b.config.num_hidden_layers
             and a.config.hidden_size == b.config.hidden_size and a.tokenizer.get_vocab() == b.tokenizer.get_vocab())
+
+
+SPEC = StageSpec(
+    kind="shrink", config=ShrinkStage, shape=shape, cost=distillation_cost, run=run, template=ShrinkStage(),
+    title="Hidden-size reduction + second distillation (paper stage 3)",
+    tip="Paper stage 3: cut the hidden width, then distil again from the previous student.\n"
+        "Paper: the hidden-size cut costs the most accuracy of all stages.",
+    fields=(
+        integer("hidden", "Hidden size",
+                "Hidden width after the cut; it must divide by the number of attention heads.\n"
+                "Paper: 312 / 456 / 564 — the hidden-size cut costs the most accuracy of all stages.", 8, 16_384),
+        FieldSpec("init", "Initialisation", "choice",
+                  "truncation: keep the first k dimensions (the paper); activation: keep the k most active "
+                  "dimensions;\nsvd: project every weight into one shared basis of the top principal "
+                  "directions.", choices=SHRINK_INITS),
+        *distillation_fields(), *training_fields(),
+        every_layer("every layer of the narrower model reproduces the same layer of the last distilled student "
+                    "(projected),\nnot only the last."),
+    ),
+)

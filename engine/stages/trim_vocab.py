@@ -1,17 +1,53 @@
-"""Stage 4: keep the tokens the language uses; cut embeddings and decoder, rebuild the tokenizer."""
+"""Vocabulary trimming (paper stage 4): keep the tokens the language uses, cut the embedding and decoder
+rows, rebuild the tokenizer. Lossless for the language's text, so it may come first."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-from engine.models.loading import LoadedModel
-from engine.recipe import TrimVocabStage
-from engine.stages.base import StageContext, StageOutput
-from engine.surgery.vocab import trim_vocabulary
+from engine.cost import TRIM_SECONDS, CostInputs, StageCost, weights_bytes
+from engine.recipe import Stage, check
+from engine.stages.fields import FieldSpec, integer
+from engine.stages.registry import StageSpec
+
+if TYPE_CHECKING:
+    from engine.shapes import Shape
+    from engine.stages.base import StageContext, StageOutput
+
+
+@dataclass(frozen=True)
+class TrimVocabStage(Stage):
+    """Vocabulary trimming to the tokens the language uses (paper stage 4)."""
+
+    kind: ClassVar[str] = "trim_vocab"
+    size: int = 40000
+    fill: bool = True  # when the corpus uses fewer tokens than `size`, add the pieces inside its words
+
+    def __post_init__(self) -> None:
+        check(self.size >= 1, "trim_vocab.size must be positive", "size")
+
+
+def shape(cfg: TrimVocabStage, before: Shape) -> Shape:
+    check(cfg.size > before.special_tokens,
+          f"size = {cfg.size} must exceed the {before.special_tokens} special tokens", "size")
+    check(cfg.size < before.vocab, f"size = {cfg.size} is not smaller than the vocabulary ({before.vocab:,})", "size")
+    return dataclasses.replace(before, vocab=cfg.size)
+
+
+def cost(cfg: TrimVocabStage, inputs: CostInputs) -> StageCost:
+    """A copy of the input model; the time is tokenising the corpus (bench/trim_vocab.py)."""
+    return StageCost(weights_bytes(inputs.source), TRIM_SECONDS)
 
 
 def run(ctx: StageContext) -> StageOutput:
+    import copy
+
+    from engine.models.loading import LoadedModel
+    from engine.stages.base import StageOutput
+    from engine.surgery.vocab import trim_vocabulary
+
     cfg: TrimVocabStage = ctx.config
     source = ctx.model
     net, tokenizer, report = trim_vocabulary(copy.deepcopy(source.model), source.tokenizer, source.adapter,
@@ -25,3 +61,21 @@ def run(ctx: StageContext) -> StageOutput:
     for name in ("resegmentation_rate", "unknown_rate_before", "unknown_rate_after"):
         ctx.metric(name, metrics[name], split="validation")
     return StageOutput(LoadedModel(net, tokenizer, source.adapter, source.source), metrics)
+
+
+SPEC = StageSpec(
+    kind="trim_vocab", config=TrimVocabStage, shape=shape, cost=cost, run=run, template=TrimVocabStage(),
+    keeps_teacher=True, reference=True,
+    title="Vocabulary trimming (paper stage 4; first here: lossless, cheaper steps)",
+    tip="Paper stage 4, run first here: keep only the tokens your language uses (the budget filled\n"
+        "with pieces that spell its alphabet) and rebuild the tokenizer. Measured on e5: 250k → 16k\n"
+        "keeps 99–101% of the probe scores. Paper: 40k tokens; with the hidden cut −87% to −92%.",
+    fields=(
+        integer("size", "Vocabulary size",
+                "Tokens kept: the most frequent in your corpus, plus special tokens.\nPaper: 40k. Word embeddings "
+                "are most of a multilingual model (E5: 96M of 117.5M parameters).", 6, 10_000_000),
+        FieldSpec("fill", "Fill the budget", "bool",
+                  "When your corpus uses fewer tokens than the size, keep the pieces found inside its words "
+                  "(then pieces\nwritten in its alphabet), so unseen text of the language re-segments less."),
+    ),
+)

@@ -21,9 +21,8 @@ from engine.events import Progress
 from engine.recipe import Training
 from engine.stages.base import StageContext
 from engine.training.losses import Objective
+from engine.training.optim import adamw
 from engine.training.precision import Precision
-
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
 
 
 def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cfg: Training,
@@ -46,10 +45,7 @@ def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cf
     named = [(n, p) for n, p in (parameters if parameters is not None else net.named_parameters())
              if p.requires_grad]
     trainable = [p for _, p in named]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
-    ], lr=cfg.learning_rate)
+    optimizer = adamw(named, cfg.learning_rate, cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
 
     start, best_loss, best_step, best_state = 0, math.inf, 0, None

@@ -219,3 +219,40 @@ def test_a_late_answer_for_a_previous_teacher_is_ignored(tab, recorder):
     assert tab.teacher_shape() == KNOWN_SHAPES["hub:FacebookAI/xlm-roberta-base"]
     assert "Inspecting" in tab.teacher_info.text()
     assert "standard shape" in tab.budget.message.text()
+
+
+def test_a_registered_stage_gets_a_box_and_joins_the_recipe(qtbot, recorder):
+    from test_registry import TOY, ToyStage
+
+    from engine.stages import registry
+
+    registry.register(TOY)
+    try:
+        tab = SetupTab(run_in_background=recorder)
+        qtbot.addWidget(tab)
+        tab.set_recipe(Recipe.load(RECIPES / "offline-default.toml"))
+        box = tab.stage_boxes["toy"]
+        assert box.title() == "Toy scaling" and not box.isChecked()
+        assert tab.field("toy", "scale").value() == 1.0
+
+        tab.field("toy", "scale").setValue(2.5)
+        with qtbot.waitSignal(tab.recipe_changed, timeout=2000) as blocker:
+            box.setChecked(True)
+        assert blocker.args[0].stages[-1] == ToyStage(scale=2.5)
+        assert tab.budget.rows()[-1]["name"] == "05-toy"
+    finally:
+        registry.unregister("toy")
+
+
+def test_a_shape_error_flags_the_field_its_path_names(tab, qtbot):
+    size = tab.field("trim_vocab", "size")
+    with qtbot.waitSignal(tab.valid_changed, timeout=2000) as blocker:
+        size.setValue(300_000)  # more than the teacher's 250,037 pieces
+
+    assert blocker.args == [False]
+    assert size.property("invalid") is True
+    assert not tab.field("trim_vocab", "fill").property("invalid")
+    assert "not smaller than the vocabulary" in tab.stage_boxes["trim_vocab"].error.text()
+    with pytest.raises(RecipeError) as error:
+        tab.recipe()
+    assert error.value.path == "stages[1].size"
