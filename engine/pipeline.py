@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import platform
-import random
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,27 +35,17 @@ from engine.events import (
     StageFinished,
     StageStarted,
 )
+from engine.modelcard import write_card
 from engine.models.loading import LoadedModel, load_model, load_teacher, source_shape
 from engine.recipe import Recipe
 from engine.runfolder import Manifest, RunFolder, atomic_dir, folder_bytes
+from engine.seeding import seed_everything
 from engine.shapes import Shape, stage_shapes
-from engine.stages import adapt, distill, prune, shrink, trim_vocab
-from engine.stages.base import StageContext, StageRun
+from engine.stages.base import StageContext
+from engine.stages.registry import spec_for
 from engine.training.checkpoints import Checkpoints
 from engine.training.precision import Precision
 from engine.verify import verify_folder
-
-#: Stages that change neither depth nor width: while only these have run, their output is still the
-#: run's teacher (adapted, or with a trimmed vocabulary) and later stages distil from it.
-TEACHER_STAGES = ("adapt", "trim_vocab")
-#: Stages whose output reproduces its input's knowledge as faithfully as the run can: the reference
-#: that a later distillation (shrink) repairs pruning and width cuts against.
-REFERENCE_STAGES = ("adapt", "trim_vocab", "distill")
-
-RUNNERS: dict[str, StageRun] = {
-    "adapt": adapt.run, "distill": distill.run, "prune": prune.run, "shrink": shrink.run,
-    "trim_vocab": trim_vocab.run,
-}
 
 
 def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None,
@@ -140,7 +129,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                     raise ModelError(f"stage {index} ({stage.kind}) has a damaged model: {exc}. Delete "
                                      f"{stage_folder / 'model'} and resume to train that stage again") from None
                 teacher = current if _still_teacher(recipe, index) else teacher
-                reference = current if stage.kind in REFERENCE_STAGES else reference
+                reference = current if spec_for(stage.kind).reference else reference
                 sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
                 continue
             sink.emit(StageStarted(index=index, stage=stage.kind, total_steps=getattr(stage, "max_steps", 0)))
@@ -148,7 +137,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             manifest.save()
             ctx = StageContext(index, stage, recipe, current, teacher, train, validation, device, sink, token,
                                Checkpoints(stage_folder / "checkpoint"), dist, reference)
-            output = RUNNERS[stage.kind](ctx)
+            output = spec_for(stage.kind).run(ctx)
             token.raise_if_cancelled()
             model_dir = stage_folder / "model"
             check = {}
@@ -156,6 +145,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                 with atomic_dir(model_dir) as tmp:
                     output.model.model.save_pretrained(tmp, safe_serialization=True)
                     output.model.tokenizer.save_pretrained(tmp)
+                    write_card(tmp, recipe, manifest, index, count_params(output.model.model))
                     check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
             dist.barrier()
             params, size = count_params(output.model.model), folder_bytes(model_dir)
@@ -167,10 +157,11 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             manifest.save()
             if dist.is_main:
                 ctx.checkpoints.clear()
+                write_card(model_dir, recipe, manifest, index)  # again, with the stage's fidelity
             current = LoadedModel(output.model.model, output.model.tokenizer, output.model.adapter,
                                   str(model_dir))
             teacher = current if _still_teacher(recipe, index) else teacher
-            reference = current if stage.kind in REFERENCE_STAGES else reference
+            reference = current if spec_for(stage.kind).reference else reference
             sink.emit(StageFinished(index=index, stage=stage.kind, status="completed"))
         current_index = 0
         if recipe.evaluation is not None and dist.is_main:
@@ -214,7 +205,7 @@ def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel) -> d
 
 def _still_teacher(recipe: Recipe, index: int) -> bool:
     """Whether the output of stage `index` is the (adapted or vocabulary-trimmed) teacher itself."""
-    return all(stage.kind in TEACHER_STAGES for stage in recipe.stages[:index])
+    return all(spec_for(stage.kind).keeps_teacher for stage in recipe.stages[:index])
 
 
 def _evaluate(recipe: Recipe, run_dir: Path, sink: EventSink, token: CancelToken) -> dict[str, Any]:
@@ -254,12 +245,6 @@ def shape_of(model: LoadedModel) -> Shape:
 def count_params(model: torch.nn.Module) -> int:
     """Unique parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def pick_device(name: str, dist: Distributed = SINGLE) -> torch.device:

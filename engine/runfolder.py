@@ -27,6 +27,7 @@ EVENTS = "events.jsonl"
 LOCK = ".lock"  # held (flock) by the one process writing the run; the OS releases it if that process dies
 LOCK_OWNER = ".lock.json"  # who holds it: pid, host, since
 LEFTOVER_PATTERNS = (".*.tmp", ".*.old")  # a killed writer's temporary files and folders
+MODEL_CARD = "README.md"  # a model folder's card (engine.modelcard): not part of the model's identity
 
 
 def _process_umask() -> int:
@@ -90,16 +91,27 @@ def folder_bytes(path: Path) -> int:
 
 
 def folder_fingerprint(path: Path) -> str:
-    """A hash of every file's relative name and bytes under `path` (a model folder's identity)."""
+    """A hash of every file's relative name and bytes under `path` (a model folder's identity).
+
+    The model card (`README.md`, and its temporary file while it is rewritten) is left out: a card updated
+    with new scores leaves the model, and the results cached for it, as they are.
+    """
     digest = hashlib.sha256()
     path = Path(path)
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not _is_card(p, path)):
         digest.update(str(file.relative_to(path)).encode() + b"\x00")
         with file.open("rb") as f:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def _is_card(file: Path, folder: Path) -> bool:
+    """Whether `file` is the model card of `folder` or the temporary file `atomic_write_text` renames onto it."""
+    name = file.name
+    temporary = name.startswith(f".{MODEL_CARD}.") and name.endswith(".tmp")
+    return file.parent == folder and (name == MODEL_CARD or temporary)
 
 
 def stage_dir(run_dir: Path, index: int, kind: str) -> Path:

@@ -20,6 +20,7 @@ from engine.data.tasks import Columns
 from engine.errors import MiniGlotError
 from engine.evaluate.report import write_summary
 from engine.events import CancelToken, EvalResult, EventSink, Log, Metric, Progress
+from engine.modelcard import refresh_cards
 from engine.models.loading import load_model, resolve_source
 from engine.runfolder import RunFolder, atomic_write_text, folder_bytes, folder_fingerprint
 
@@ -126,8 +127,13 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
         sink.emit(Progress(index=0, stage=STAGE, step=done, total=len(jobs),
                            eta_seconds=elapsed / done * (len(jobs) - done)))
     models = _model_facts(plan, datasets, sink, token)
-    summary = {"teacher": plan.models[0].name, "results": aggregate(scored), "models": models}
+    summary = {"teacher": plan.models[0].name, "mode": plan.mode,
+               "tasks": [{"label": label, "task": task, "data": data}
+                         for label, (task, data) in zip(labels, plan.tasks, strict=True)],
+               "results": aggregate(scored), "models": models}
     write_summary(summary, out_dir)
+    for problem in refresh_cards(summary):  # the run students' model cards now list these scores
+        sink.emit(Log(message=problem, level="warning"))
     return summary
 
 

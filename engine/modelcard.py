@@ -1,0 +1,305 @@
+"""Model cards: the `README.md` of every stage model, in the Hugging Face model-card format.
+
+YAML front matter (language, the teacher's license, base_model, tags, pipeline tag, and metrics with
+a `model-index` once evaluated) built and parsed back by `huggingface_hub.ModelCardData`; a body with
+the lineage (teacher, recipe, stages with parameters, label-free fidelity, seeds, library versions)
+and the measured scores. The card is not part of a model's identity: `folder_fingerprint` skips it,
+so rewriting it after an evaluation keeps cached results valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.errors import MiniGlotError
+from engine.recipe import Recipe, Stage
+from engine.runfolder import MODEL_CARD, Manifest, RunFolder, atomic_write_text
+
+#: Packaged teachers: the hub model each one is, and its license.
+PACKAGED = {
+    "multilingual-e5-small": ("intfloat/multilingual-e5-small", "mit"),
+    "all-minilm-l6-v2": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
+}
+
+#: ISO 639-1 codes of the FLORES-200 languages that have one (individual languages of a macrolanguage
+#: take its code: swh -> sw, zsm -> ms); the others keep their ISO 639-3 code, which the card spec allows.
+ISO_639_1 = dict(pair.split(":") for pair in """
+    afr:af aka:ak als:sq amh:am arb:ar asm:as ayr:ay azj:az bak:ba bam:bm bel:be ben:bn bod:bo bos:bs
+    bul:bg cat:ca ces:cs cym:cy dan:da deu:de dzo:dz ell:el eng:en epo:eo est:et eus:eu ewe:ee fao:fo
+    fij:fj fin:fi fra:fr fuv:ff gaz:om gla:gd gle:ga glg:gl grn:gn guj:gu hat:ht hau:ha heb:he hin:hi
+    hrv:hr hun:hu hye:hy ibo:ig ind:id isl:is ita:it jav:jv jpn:ja kan:kn kas:ks kat:ka kaz:kk khk:mn
+    khm:km kik:ki kin:rw kir:ky kmr:ku knc:kr kon:kg kor:ko lao:lo lim:li lin:ln lit:lt ltz:lb lug:lg
+    lvs:lv mal:ml mar:mr mkd:mk mlt:mt mri:mi mya:my nld:nl nno:nn nob:nb npi:ne nya:ny oci:oc ory:or
+    pan:pa pbt:ps pes:fa plt:mg pol:pl por:pt quy:qu ron:ro run:rn rus:ru sag:sg san:sa sin:si slk:sk
+    slv:sl smo:sm sna:sn snd:sd som:so sot:st spa:es srd:sc srp:sr ssw:ss sun:su swe:sv swh:sw tam:ta
+    tat:tt tel:te tgk:tg tgl:tl tha:th tir:ti tsn:tn tso:ts tuk:tk tur:tr twi:tw uig:ug ukr:uk urd:ur
+    uzn:uz vie:vi wol:wo xho:xh ydd:yi yor:yo zho:zh zsm:ms zul:zu
+""".split())
+
+#: A stage's settings in a few words, by kind (prune: FFN width and heads, whichever it sets).
+SETTINGS = {
+    "adapt": "MLM, {max_steps} steps at lr {learning_rate}",
+    "distill": "{layers} layers ({layer_selection}, init {init}), {loss} loss, {max_steps} steps at lr {learning_rate}",
+    "shrink": "hidden {hidden} (init {init}), {loss} loss, {max_steps} steps at lr {learning_rate}",
+    "trim_vocab": "vocabulary {size:,}",
+}
+STAGE_TAGS = {"adapt": "language-adaptation", "distill": "knowledge-distillation", "prune": "pruning",
+              "shrink": "knowledge-distillation", "trim_vocab": "vocabulary-trimming"}
+TASK_TYPES = {"pos": "token-classification", "ner": "token-classification", "sentiment": "text-classification",
+              "topic": "text-classification"}
+METRIC_TYPES = {"macro_f1": "f1"}  # others are their own type (accuracy, f1, precision, recall)
+
+
+def iso639(flores_code: str) -> str:
+    """The card's language code for a FLORES-200 code: `mlt_Latn` -> `mt`, `ace_Latn` -> `ace`."""
+    three = flores_code.split("_")[0]
+    return ISO_639_1.get(three, three)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """What a card says about the teacher: a name, its hub id if any, and its license fields."""
+
+    name: str  # packaged:<name>, hub:<id>[@revision], or a local folder's name (no local directories)
+    base_model: str | None
+    license: dict[str, str]  # license, and license_name / license_link for "other"
+
+    def shown(self) -> str:
+        return f"`{self.base_model}` ({self.name})" if self.base_model else f"`{self.name}`"
+
+
+def teacher_of(source: str) -> Teacher:
+    """Name, hub id and license of a teacher source; the license is `unknown` when nothing states it."""
+    if source.startswith("packaged:"):
+        hub_id, license_id = PACKAGED.get(source.removeprefix("packaged:"), (None, "unknown"))
+        return Teacher(source, hub_id, {"license": license_id})
+    if source.startswith("hub:"):
+        repo_id, _, revision = source.removeprefix("hub:").partition("@")
+        return Teacher(source, repo_id, _license(_hub_readme(repo_id, revision)))
+    return Teacher(Path(source).name, None, _license(Path(source) / MODEL_CARD))
+
+
+@functools.cache
+def _hub_readme(repo_id: str, revision: str) -> Path | None:
+    """The hub model's README.md (the cached copy first; downloaded when the hub is reachable), or None."""
+    from huggingface_hub import hf_hub_download
+
+    for local_only in (True, False):
+        try:
+            return Path(hf_hub_download(repo_id, MODEL_CARD, revision=revision or None, etag_timeout=5,
+                                        local_files_only=local_only))
+        except Exception:  # offline, not cached, or no README: the license stays unknown
+            continue
+    return None
+
+
+def _license(readme: Path | None) -> dict[str, str]:
+    """The license fields of a model card's YAML front matter; `unknown` when absent or unreadable."""
+    import yaml
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        meta = metadata_load(readme) if readme is not None and readme.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        meta = None
+    fields = {key: value for key, value in (meta or {}).items()
+              if key in ("license", "license_name", "license_link") and isinstance(value, str)}
+    return fields if "license" in fields else {"license": "unknown"}
+
+
+def render_card(recipe: Recipe, manifest: dict[str, Any], run_name: str, index: int, *, fill_mask: bool,
+                params: int | None = None, summary: dict[str, Any] | None = None, evaluated_as: str = "") -> str:
+    """The model card of stage `index` of the run `run_name`: YAML front matter and a Markdown body.
+
+    `params` overrides the manifest's count (the pipeline writes the card before it records the stage);
+    `summary` is an evaluation summary (`eval/summary.json`) in which this model is named `evaluated_as`.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    teacher = teacher_of(recipe.teacher.source)
+    stage = recipe.stages[index - 1]
+    entry = _entry(manifest, index)
+    params = params if params is not None else entry.get("params")
+    scores = _scores(summary, evaluated_as) if summary else []
+    title = f"{run_name}-{index:02d}-{stage.kind}"
+    lineage = {"version": manifest.get("miniglot", __version__), "run": run_name, "stage": index,
+               "kind": stage.kind, "params": params, "teacher": teacher.name,
+               "teacher_params": (manifest.get("teacher") or {}).get("params"),
+               "flores_code": recipe.language.code, "seed": manifest.get("seed", recipe.run.seed),
+               "fidelity": (entry.get("quality") or {}).get("fidelity")}
+    corpora = [s.removeprefix("hub:").split(":")[0] for s in recipe.corpus.train if s.startswith("hub:")]
+    stages = recipe.stages[:index]
+    data = ModelCardData(
+        language=[iso639(recipe.language.code)], base_model=teacher.base_model, library_name="transformers",
+        pipeline_tag="fill-mask" if fill_mask else "feature-extraction",
+        tags=["miniglot", "model-compression", *dict.fromkeys(STAGE_TAGS.get(s.kind, s.kind) for s in stages)],
+        datasets=corpora or None, model_name=title if scores else None,
+        metrics=list(dict.fromkeys(METRIC_TYPES.get(r["metric"], r["metric"]) for r in scores)) or None,
+        eval_results=[_eval_result(r) for r in scores] or None,
+        miniglot={k: v for k, v in lineage.items() if v is not None}, **teacher.license)
+    body = [*_intro(recipe, manifest, teacher, title, run_name, index, params),
+            *_lineage(recipe, manifest, teacher, index, params),
+            *(_evaluation(summary, scores) if summary and scores else [])]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"))  # parsing validates it
+
+
+def _entry(manifest: dict[str, Any], index: int) -> dict[str, Any]:
+    stages = manifest.get("stages") or []
+    return stages[index - 1] if index <= len(stages) else {}
+
+
+def _intro(recipe: Recipe, manifest: dict[str, Any], teacher: Teacher, title: str, run_name: str, index: int,
+           params: int | None) -> list[str]:
+    size = f"{_millions(params)}-parameter " if params else ""
+    lines = [f"# {title}", "",
+             f"A {size}student for the language `{recipe.language.code}` (ISO 639 `{iso639(recipe.language.code)}`), "
+             f"compressed from the teacher {teacher.shown()} by MiniGlot {manifest.get('miniglot', __version__)}: "
+             f"stage {index} of {len(recipe.stages)} of the run `{run_name}`.", ""]
+    if teacher.license["license"] == "unknown":
+        lines += [f"**License unknown**: MiniGlot found no license for the teacher {teacher.shown()}, from which "
+                  "this model is derived. Check the teacher's license before you use or share this model.", ""]
+    else:
+        lines += [f"License: `{teacher.license['license']}`, inherited from the teacher.", ""]
+    return [*lines, "```python", "from transformers import AutoModel, AutoTokenizer",
+            'model = AutoModel.from_pretrained("path/to/this/folder")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
+
+
+def _lineage(recipe: Recipe, manifest: dict[str, Any], teacher: Teacher, index: int, params: int | None) -> list[str]:
+    import tomli_w
+
+    teacher_params = (manifest.get("teacher") or {}).get("params")
+    lines = ["## Lineage", "",
+             "| stage | settings | parameters | % of teacher | fidelity | masked-token accuracy |",
+             "|---|---|---|---|---|---|",
+             f"| teacher | {teacher.shown()} | {_millions(teacher_params)} | 100% | | |"]
+    for number, stage in enumerate(recipe.stages[:index], start=1):
+        entry = _entry(manifest, number)
+        count = params if number == index else entry.get("params")
+        quality = entry.get("quality") or {}
+        lines.append(f"| {number:02d}-{stage.kind} | {describe(stage)} | {_millions(count)} | "
+                     f"{_percent(count, teacher_params)} | {_number(quality.get('fidelity'))} | "
+                     f"{_number(quality.get('masked_accuracy'))} |")
+    corpus = manifest.get("corpus") or {}
+    versions = {"miniglot": manifest.get("miniglot", __version__), **(manifest.get("versions") or {})}
+    return [*lines, "",
+            "Fidelity is label-free, measured by the run on held-out corpus text: for each teacher layer, the best "
+            "linear CKA any layer of the model reaches with it, averaged over the teacher's layers (1.0: the "
+            "teacher's own representations). Masked-token accuracy where the model has an MLM head.", "",
+            f"Corpus: {', '.join(_name(s) for s in recipe.corpus.train)} ({corpus.get('train_lines', 0):,} training "
+            f"and {corpus.get('validation_lines', 0):,} validation lines). Seed: "
+            f"{manifest.get('seed', recipe.run.seed)}. Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}.",
+            "", "<details><summary>Recipe stages</summary>", "", "```toml",
+            tomli_w.dumps({"stages": recipe.to_dict()["stages"][:index]}).strip(), "```", "", "</details>"]
+
+
+def _evaluation(summary: dict[str, Any], scores: list[dict[str, Any]]) -> list[str]:
+    reference, mode = summary.get("teacher", "teacher"), summary.get("mode", "")
+    lines = ["", "## Evaluation", "",
+             f"Test-set scores in percent after model selection on dev: mean ± std over seeds, and % of the score "
+             f"of the reference `{reference}`.", "",
+             f"| task | data | mode | metric | score | seeds | {reference} | % of {reference} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in scores:
+        ref = row["reference"]
+        lines.append(f"| {row['task']} | {row['data']} | {mode} | {row['metric']} | "
+                     f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} | {row['seeds']} | "
+                     f"{'' if ref is None else f'{100 * ref:.1f}'} | {_percent(row['mean'], ref)} |")
+    return lines
+
+
+def describe(stage: Stage) -> str:
+    """A stage's settings in a few words (the card's recipe block holds them all; other kinds show none)."""
+    values = {f.name: getattr(stage, f.name) for f in dataclasses.fields(stage)}
+    if stage.kind == "prune":
+        kept = {"FFN {}": values.get("ffn"), "{} heads": values.get("heads")}
+        return ", ".join(text.format(value) for text, value in kept.items() if value)
+    return SETTINGS.get(stage.kind, "").format(**values)
+
+
+def _scores(summary: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """This model's score rows with the reference's mean and the data each task was scored on."""
+    reference = summary.get("teacher")
+    means = {(r["task"], r["metric"]): r["mean"] for r in summary.get("results") or [] if r["model"] == reference}
+    data = {t["label"]: t["data"] for t in summary.get("tasks") or []}
+    return [{**row, "data": _name(data.get(row["task"], "")), "hub": data.get(row["task"], "").startswith("hub:"),
+             "reference": None if name == reference else means.get((row["task"], row["metric"]))}
+            for row in summary.get("results") or [] if row["model"] == name]
+
+
+def _eval_result(row: dict[str, Any]) -> Any:
+    from huggingface_hub import EvalResult
+
+    task = row["task"].split("@")[0]
+    dataset, _, config = row["data"].partition(":") if row["hub"] else (row["data"], "", "")  # hub:<id>[:<config>]
+    return EvalResult(task_type=TASK_TYPES.get(task, "other"), task_name=row["task"], dataset_type=dataset or task,
+                      dataset_name=row["data"] or task, dataset_config=config or None, dataset_split="test",
+                      metric_type=METRIC_TYPES.get(row["metric"], row["metric"]), metric_name=row["metric"],
+                      metric_value=round(float(row["mean"]), 4))
+
+
+def _name(source: str) -> str:
+    """A data or model source without local directories: `hub:`/`packaged:` ids, else the last path part."""
+    if source.startswith(("hub:", "packaged:")):
+        return source.removeprefix("hub:")
+    return Path(source.rstrip("/")).name
+
+
+def _millions(count: int | None) -> str:
+    return "" if not count else f"{count / 1e6:.2f}M" if count >= 1e5 else f"{count:,}"
+
+
+def _percent(value: float | None, reference: float | None) -> str:
+    return "" if value is None or not reference else f"{100 * value / reference:.1f}%"
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _fill_mask(model_dir: Path) -> bool:
+    """Whether the saved model has an MLM head (its config names a *ForMaskedLM architecture)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any("ForMaskedLM" in name for name in config.get("architectures") or [])
+
+
+def write_card(model_dir: Path, recipe: Recipe, manifest: Manifest, index: int, params: int | None = None,
+               summary: dict[str, Any] | None = None, evaluated_as: str = "") -> None:
+    """Write (atomically) the card of stage `index` of the run that `manifest` belongs to into `model_dir`."""
+    text = render_card(recipe, manifest.data, manifest.path.parent.name, index, fill_mask=_fill_mask(model_dir),
+                       params=params, summary=summary, evaluated_as=evaluated_as)
+    atomic_write_text(Path(model_dir) / MODEL_CARD, text)
+
+
+def refresh_cards(summary: dict[str, Any]) -> list[str]:
+    """Rewrite the cards of the run stage models in an evaluation summary with their scores.
+
+    Models that are not a run's stage folder are left alone. Returns one line per card that could not
+    be written (a run on a read-only disk, a damaged manifest): an evaluation does not fail on a card.
+    """
+    problems = []
+    for model in summary.get("models") or []:
+        path = Path(model["path"]).resolve()
+        if path.name != "model" or path.parent.parent.name != "stages":
+            continue
+        folder = RunFolder(path.parent.parent.parent)
+        if not (folder.manifest_file.is_file() and folder.recipe_file.is_file()):
+            continue
+        try:
+            manifest = folder.manifest()
+            stage = next((s for s in folder.stage_models(manifest.data) if s.path == path), None)
+            if stage is not None:
+                write_card(path, Recipe.load(folder.recipe_file), manifest, stage.index, summary=summary,
+                           evaluated_as=model["name"])
+        except (OSError, MiniGlotError) as exc:
+            problems.append(f"could not update the model card of {path}: {exc}")
+    return problems
