@@ -1,4 +1,4 @@
-"""`miniglot-cli run|estimate|inspect`: the engine from a terminal or a GPU server.
+"""`miniglot-cli run|estimate|eval|inspect|export|stages`: the engine from a terminal or a GPU server.
 
 Exit codes: 0 done, 1 failed (one-line reason on stderr), 2 invalid recipe or arguments (then
 nothing was started), 130 / 143 cancelled by Ctrl-C / SIGTERM (cooperatively, after the current step; the
@@ -27,14 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="compress a teacher as a recipe says")
-    run.add_argument("recipe", nargs="?", type=Path, help="recipe .toml/.json (not needed with --resume)")
+    run.add_argument("recipe", nargs="?", help="recipe .toml/.json, or preset:<name> (runs then go to ./runs); "
+                                               "not needed with --resume")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed or cancelled run")
     run.add_argument("--runs-dir", type=Path, metavar="DIR", help="where the run folder goes (default: the recipe's)")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     estimate = commands.add_parser("estimate", help="parameters, bytes, peak memory and time per stage, "
                                                     "without training")
-    estimate.add_argument("recipe", type=Path)
+    estimate.add_argument("recipe", help="recipe .toml/.json, or preset:<name> (e.g. preset:offline-default)")
     estimate.add_argument("--device", help="device to estimate for (default: the recipe's run.device)")
     estimate.add_argument("--tokens-per-sentence", type=int,
                           help="typical sentence length in tokens, for the time estimate (default 40)")
@@ -66,9 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--json", action="store_true", help="print the results as one JSON object")
     evaluate.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
+    export = commands.add_parser("export", help="write a model folder as ONNX (optionally int8 too), checked "
+                                                "against PyTorch")
+    export.add_argument("model", help="model folder (e.g. a stage's model/), packaged:<name> or hub:<id>")
+    export.add_argument("--onnx", action="store_true", help="export to ONNX (the one format so far)")
+    export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 quantization)")
+    export.add_argument("--out", type=Path, metavar="DIR",
+                        help="output folder (default: MODEL-onnx beside the model folder); an earlier export "
+                             "there is replaced")
+
+    stages = commands.add_parser("stages", help="the stage kinds a recipe can use, with their settings")
+    stages.add_argument("--json", action="store_true")
+
     args = parser.parse_args(argv)
     try:
-        return {"run": _run, "estimate": _estimate, "inspect": _inspect, "eval": _eval}[args.command](args)
+        handlers = {"run": _run, "estimate": _estimate, "inspect": _inspect, "eval": _eval, "export": _export,
+                    "stages": _stages}
+        return handlers[args.command](args)
     except MiniGlotError as exc:
         print(f"miniglot-cli: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -78,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from engine.recipe import Recipe
+    from engine.resources import load_recipe
 
     if args.recipe is None and args.resume is None:
         raise RecipeError("give a recipe file, or --resume RUN_DIR to continue a run")
     if args.resume is not None and args.runs_dir is not None:
         raise RecipeError("--runs-dir is for new runs; a resumed run stays in its own folder")
-    recipe = Recipe.load(args.recipe) if args.recipe else None  # the pipeline checks it before writing
+    recipe = load_recipe(args.recipe) if args.recipe else None  # the pipeline checks it before writing
     if recipe is not None and args.runs_dir is not None:
         recipe = recipe.replace(run=dataclasses.replace(recipe.run, runs_dir=str(args.runs_dir.resolve())))
 
@@ -151,10 +166,10 @@ def _eval(args) -> int:
 def _estimate(args) -> int:
     from engine.cost import SENTENCE_TOKENS, Device, stage_costs
     from engine.models.loading import source_shape
-    from engine.recipe import Recipe
+    from engine.resources import load_recipe
     from engine.shapes import estimate
 
-    recipe = Recipe.load(args.recipe).resolved()
+    recipe = load_recipe(args.recipe).resolved()
     teacher = source_shape(recipe.teacher.source, recipe.teacher.allow_pickle)
     rows = estimate(recipe, teacher)
     device = Device.probe(args.device or recipe.run.device, recipe.run.precision)
@@ -192,11 +207,10 @@ def _duration(seconds: float) -> str:
 
 def _inspect(args) -> int:
     from engine.models.loading import inspect_folder, resolve_source
-    from engine.shapes import Shape
 
     path = resolve_source(args.model)
     info = inspect_folder(path, allow_pickle=False)
-    shape = Shape.from_config(info.config, info.mlm_head, info.pooler)
+    shape = info.shape()
     data = {"path": str(path), "model_type": info.config.model_type, "mlm_head": info.mlm_head,
             "pooler": info.pooler, "shape": shape.__dict__, "params": shape.params(),
             "total_params": shape.total_params}
@@ -216,6 +230,39 @@ def _inspect(args) -> int:
               f"pooler: {'yes' if info.pooler else 'no'}"
               + (f"\n  tokenizer: {data['tokenizer']['type']}, {data['tokenizer']['size']:,} entries"
                  if "tokenizer" in data else ""))
+    return 0
+
+
+def _stages(args) -> int:
+    """Every registered stage: what it does and each setting's default, range and what the paper found."""
+    from engine.stages.registry import specs
+
+    listing = [{"kind": spec.kind, "title": spec.title, "tip": spec.tip,
+                "settings": {f.name: dataclasses.asdict(f) | {"default": getattr(spec.template, f.name)}
+                             for f in spec.fields}} for spec in specs()]
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for stage in listing:
+        print(f"[[stages]] kind = \"{stage['kind']}\" — {stage['title']}\n  " + stage["tip"].replace("\n", "\n  "))
+        for name, field in stage["settings"].items():
+            number = ",.0f" if field["kind"] in ("int", "optional_int") else "g"
+            span = f" ({field['low']:{number}}–{field['high']:{number}})" if field["high"] else ""
+            span = f" ({' | '.join(field['choices'])})" if field["choices"] else span
+            print(f"    {name} = {field['default']!r}{span}: {field['tip'].splitlines()[0]}")
+        print()
+    return 0
+
+
+def _export(args) -> int:
+    from engine.export import export_onnx, summary_lines
+
+    if not args.onnx:
+        raise RecipeError("choose what to export: --onnx (optionally with --int8)")
+    report = export_onnx(args.model, args.out, int8=args.int8)
+    print(report["out"])
+    for line in summary_lines(report):
+        print(f"  {line}")
     return 0
 
 

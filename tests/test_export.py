@@ -1,0 +1,153 @@
+"""ONNX export: tiny BERT and XLM-R encoders export to a self-contained folder, run in ONNX Runtime like
+PyTorch on new text at other batch sizes and lengths, the int8 copy keeps the MLM head's predictions, and
+`miniglot-cli export` answers with exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import sentences
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from engine import export
+from engine.cli import main
+from engine.errors import VerificationError
+from engine.export import INT8_FILE, ONNX_FILE, REPORT_FILE, export_onnx, onnx_session
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = sentences(12, seed=7)  # not the texts the export checked itself with
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", params=["bert", "xlm-roberta"])
+def exported(request, tiny_models, tmp_path_factory) -> tuple[str, Path, dict]:
+    """(family, output folder, report) of each tiny MLM model exported once with int8."""
+    out = tmp_path_factory.mktemp("export") / request.param
+    return request.param, out, export_onnx(tiny_models[request.param], out, int8=True, threads=1)
+
+
+def reference(model_dir: Path, texts: list[str]):
+    """PyTorch's hidden states and MLM logits, and the attention mask, for `texts` padded together."""
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    enc = AutoTokenizer.from_pretrained(model_dir)(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**enc, output_hidden_states=True)
+    return model, out.hidden_states[-1].numpy(), out.logits.numpy(), enc["attention_mask"].numpy().astype(bool)
+
+
+def onnx_hidden(folder: Path, file: str, texts: list[str]) -> np.ndarray:
+    """last_hidden_state from `folder/file`, tokenized with the folder's own tokenizer."""
+    session = onnx_session(folder / file, threads=1)
+    names = [i.name for i in session.get_inputs()]
+    enc = AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="np")
+    return session.run(["last_hidden_state"], {name: enc[name].astype(np.int64) for name in names})[0]
+
+
+def test_export_writes_a_self_contained_checked_folder(exported, tiny_models):
+    family, out, report = exported
+    assert {ONNX_FILE, INT8_FILE, REPORT_FILE, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert not list(out.parent.glob(".*.tmp")), "the temporary folder was left behind"
+    assert json.loads((out / REPORT_FILE).read_text()) == report
+    assert report["inputs"] == (["input_ids", "attention_mask", "token_type_ids"] if family == "bert"
+                                else ["input_ids", "attention_mask"])
+    assert [i.name for i in onnx_session(out / ONNX_FILE).get_inputs()] == report["inputs"]
+    assert report["model_dir"] == str(tiny_models[family]) and report["opset"] >= 18
+    assert report["fp32"]["max_abs_diff"] <= 1e-4 and report["fp32"]["cosine_min"] > 0.9999
+    assert report["bytes"]["onnx"] == (out / ONNX_FILE).stat().st_size
+    assert report["bytes"]["int8"] < 0.5 * report["bytes"]["onnx"]
+    assert set(report["versions"]) == {"torch", "transformers", "onnx", "onnxscript", "onnxruntime"}
+
+
+def test_onnx_matches_pytorch_at_other_batch_sizes_and_lengths(exported, tiny_models):
+    family, out, _ = exported
+    for texts in (TEXTS[:5], TEXTS[5:6], TEXTS[6:]):
+        _, hidden, _, mask = reference(tiny_models[family], texts)
+        got = onnx_hidden(out, ONNX_FILE, texts)
+        assert got.shape == hidden.shape
+        assert np.abs(got - hidden)[mask].max() <= 1e-4
+
+
+def test_int8_keeps_the_mlm_heads_predictions(exported, tiny_models):
+    family, out, report = exported
+    model, _, logits, mask = reference(tiny_models[family], TEXTS)
+    head = model.cls if family == "bert" else model.lm_head
+    with torch.inference_mode():
+        int8_logits = head(torch.from_numpy(onnx_hidden(out, INT8_FILE, TEXTS))).numpy()
+    agreement = (int8_logits.argmax(-1) == logits.argmax(-1))[mask].mean()
+    assert agreement >= 0.9, f"int8 changes {1 - agreement:.0%} of the MLM head's top predictions"
+    assert 0 < report["int8"]["max_abs_diff"] and report["int8"]["cosine_mean"] > 0.99
+
+
+def test_failed_check_leaves_nothing(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "FP32_TOLERANCE", -1.0)  # any difference, even none, fails the check
+    with pytest.raises(VerificationError, match="differs from PyTorch") as error:
+        export_onnx(tiny_models["xlm-roberta-nohead"], tmp_path / "out", threads=1)
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_replaces_an_earlier_export(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / REPORT_FILE).write_text("{}")
+    (out / "stale.onnx").write_text("from an earlier export")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "export", str(tiny_models["bert-nohead"]), "--onnx",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(out.resolve()) and "max abs diff vs PyTorch" in lines[1] and len(lines) == 2
+    assert not (out / "stale.onnx").exists() and not (out / INT8_FILE).exists()
+    assert json.loads((out / REPORT_FILE).read_text())["fp32"]["max_abs_diff"] <= 1e-4
+
+
+def not_a_model(tmp: Path, models) -> tuple[list[str], int, str]:
+    (tmp / "empty").mkdir()
+    return [str(tmp / "empty"), "--onnx"], 1, "has no config.json"
+
+
+def unsupported(tmp: Path, models) -> tuple[list[str], int, str]:
+    (tmp / "gpt").mkdir()
+    (tmp / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    return [str(tmp / "gpt"), "--onnx", "--out", str(tmp / "o")], 1, "unsupported architecture 'gpt2'"
+
+
+def no_format(tmp: Path, models) -> tuple[list[str], int, str]:
+    return [str(models["bert"])], 2, "choose what to export: --onnx"
+
+
+def occupied_out(tmp: Path, models) -> tuple[list[str], int, str]:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("keep me")
+    return [str(models["bert"]), "--onnx", "--out", str(tmp / "mine")], 1, "is not an earlier export"
+
+
+@pytest.mark.parametrize("case", [not_a_model, unsupported, no_format, occupied_out])
+def test_cli_errors_are_one_line(case, tiny_models, tmp_path, capsys):
+    argv, code, needle = case(tmp_path, tiny_models)
+    assert main(["export", *argv]) == code
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and needle in captured.err, captured.err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cli_names_the_missing_libraries(tiny_models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    assert main(["export", str(tiny_models["bert"]), "--onnx", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs onnxruntime" in err and "install miniglot[export]" in err, err
+    assert not (tmp_path / "o").exists()
