@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gui import style
     from gui.main_window import APPLICATION, ORGANISATION, MainWindow
-    from gui.runs_tab import newest_run
+    from gui.runs_model import newest_run
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setOrganizationName(ORGANISATION)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,21 +17,24 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
 from engine.errors import RecipeError
 from engine.recipe import Recipe
+from engine.resources import DEFAULT_RECIPE
 from engine.runfolder import RunFolder
+from gui.evaluation_tab import EvaluationTab
+from gui.runs_model import RunsModel
 from gui.runs_tab import RunsTab
-from gui.style import RESOURCES, icon, show_error
+from gui.setup_tab import SetupTab
+from gui.style import icon, show_error
+from gui.tradeoffs_tab import TradeoffsTab
 from gui.training_tab import TrainingTab
 from gui.worker import run_in_background, wait_for_all
 
 ORGANISATION = "MiniGlot"
 APPLICATION = "MiniGlot"
-DEFAULT_RECIPE = RESOURCES / "recipes" / "offline-default.toml"
 
 METHOD_SUMMARY = """
 <h3>How MiniGlot compresses a model</h3>
@@ -70,47 +71,6 @@ def confirm(parent: QWidget, title: str, text: str) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-class _RecipeView(QWidget):
-    """Stand-in for the Setup tab while gui.setup_tab is unavailable: shows the recipe as TOML."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from PySide6.QtWidgets import QPlainTextEdit
-
-        self._recipe: Recipe | None = None
-        self.text = QPlainTextEdit(readOnly=True)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.text)
-
-    def set_recipe(self, recipe: Recipe) -> None:
-        self._recipe = recipe
-        self.text.setPlainText(recipe.to_toml())
-
-    def recipe(self) -> Recipe:
-        if self._recipe is None:
-            raise RecipeError("no recipe loaded")
-        return self._recipe
-
-    def is_valid(self) -> bool:
-        return self._recipe is not None
-
-
-def _placeholder(text: str) -> QWidget:
-    widget = QWidget()
-    label = QLabel(text)
-    label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-    label.setStyleSheet("color: #6b7280; font-size: 12pt;")
-    QVBoxLayout(widget).addWidget(label)
-    return widget
-
-
-def _optional_tab(module: str, cls: str, missing: str) -> QWidget:
-    """The tab class from gui.<module> when that module exists, else a placeholder."""
-    if importlib.util.find_spec(f"gui.{module}") is None:
-        return _placeholder(missing)
-    return getattr(importlib.import_module(f"gui.{module}"), cls)()
-
-
 class MainWindow(QMainWindow):
     def __init__(self, runs_dir: Path | None = None) -> None:
         super().__init__()
@@ -120,18 +80,12 @@ class MainWindow(QMainWindow):
         self.setMinimumSize(720, 480)
         runs_dir = runs_dir or Path(str(self.settings.value("runs_dir", "runs")))
 
-        try:
-            from gui.setup_tab import SetupTab
-        except ImportError:
-            self.setup_tab: Any = _RecipeView()
-        else:
-            self.setup_tab = SetupTab()
+        self.runs = RunsModel(runs_dir, self)  # every tab's list of runs, read once per change
+        self.setup_tab = SetupTab()
         self.training_tab = TrainingTab(self._recipe_for_run)
-        self.tradeoffs_tab = _optional_tab("tradeoffs_tab", "TradeoffsTab",
-                                           "Size versus accuracy trade-offs appear here once students are evaluated.")
-        self.evaluation_tab = _optional_tab("evaluation_tab", "EvaluationTab",
-                                            "Benchmarking of teacher and students will appear here.")
-        self.runs_tab = RunsTab(runs_dir)
+        self.tradeoffs_tab = TradeoffsTab(self.runs)
+        self.evaluation_tab = EvaluationTab(self.runs)
+        self.runs_tab = RunsTab(self.runs)
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(False)
@@ -148,14 +102,9 @@ class MainWindow(QMainWindow):
         self.training_tab.run_finished.connect(self._run_finished)
         self.training_tab.running_changed.connect(self._running_changed)
         self.runs_tab.open_requested.connect(self.open_run)
-        self.runs_tab.runs_dir_changed.connect(lambda d: self.settings.setValue("runs_dir", str(Path(d).resolve())))
-        if hasattr(self.setup_tab, "valid_changed"):
-            self.setup_tab.valid_changed.connect(self.training_tab.set_can_start)
-        for tab in self._result_tabs("set_runs_dir"):
-            tab.set_runs_dir(runs_dir)
-            self.runs_tab.runs_dir_changed.connect(tab.set_runs_dir)
-        if hasattr(self.evaluation_tab, "evaluation_finished") and hasattr(self.tradeoffs_tab, "refresh"):
-            self.evaluation_tab.evaluation_finished.connect(lambda _: self.tradeoffs_tab.refresh())
+        self.runs.runs_dir_changed.connect(lambda d: self.settings.setValue("runs_dir", str(Path(d).resolve())))
+        self.setup_tab.valid_changed.connect(self.training_tab.set_can_start)
+        self.evaluation_tab.evaluation_finished.connect(lambda _: self.tradeoffs_tab.refresh())
         self._build_menus()
         self._running_changed(False)
 
@@ -188,6 +137,10 @@ class MainWindow(QMainWindow):
                      "Open a run folder; a run still being written is followed live")
         self.export_action = self._action(file, "&Export student…", self._export_student_dialog, "Ctrl+E",
                                           "Copy one stage's model folder somewhere else")
+        self.export_dialog: Any = None  # the ONNX export dialog, once opened
+        self.export_onnx_action = self._action(file, "Export to &ONNX…", self._export_onnx_dialog, "Ctrl+Shift+E",
+                                               "Write a model as ONNX (optionally int8) for ONNX Runtime, checked "
+                                               "against PyTorch")
         file.addSeparator()
         self._action(file, "&Quit", self.close, QKeySequence.StandardKey.Quit)
 
@@ -256,7 +209,7 @@ class MainWindow(QMainWindow):
     def _recipe_for_run(self) -> Recipe:
         """The Setup tab's recipe, writing its run folder into the Runs tab's folder."""
         recipe = self.setup_tab.recipe()
-        runs_dir = str(self.runs_tab.runs_dir.resolve())
+        runs_dir = str(self.runs.runs_dir.resolve())
         return recipe.replace(run=dataclasses.replace(recipe.run, runs_dir=runs_dir))
 
     # ---- runs ----
@@ -267,7 +220,7 @@ class MainWindow(QMainWindow):
             return False
         if not self.training_tab.open_run(run_dir):
             return False
-        for tab in self._result_tabs("show_run"):
+        for tab in (self.tradeoffs_tab, self.evaluation_tab):
             tab.show_run(run_dir)
         self.tabs.setCurrentWidget(self.training_tab)
         return True
@@ -281,16 +234,10 @@ class MainWindow(QMainWindow):
         return task
 
     def _run_finished(self, run_dir: Path | None, status: str) -> None:
-        self.runs_tab.refresh()
-        for tab in self._result_tabs("refresh"):
-            if run_dir is not None and hasattr(tab, "show_run"):
+        self.runs.refresh()
+        if run_dir is not None:
+            for tab in (self.tradeoffs_tab, self.evaluation_tab):
                 tab.show_run(run_dir)
-            else:
-                tab.refresh()
-
-    def _result_tabs(self, method: str) -> list[Any]:
-        """The Trade-offs and Evaluation tabs that have `method` (not their placeholders)."""
-        return [tab for tab in (self.tradeoffs_tab, self.evaluation_tab) if hasattr(tab, method)]
 
     def _running_changed(self, running: bool) -> None:
         self.start_action.setEnabled(not running)
@@ -311,7 +258,7 @@ class MainWindow(QMainWindow):
             self.save_recipe(Path(path))
 
     def _open_run_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open run folder", str(self.runs_tab.runs_dir))
+        folder = QFileDialog.getExistingDirectory(self, "Open run folder", str(self.runs.runs_dir))
         if folder:
             self.open_run(Path(folder))
 
@@ -334,6 +281,22 @@ class MainWindow(QMainWindow):
                 show_error(self, "Export", f"{destination} already exists.")
                 return
             self.export_student(stages[name], destination)
+
+    def _export_onnx_dialog(self) -> None:
+        """The export dialog, preset to the shown run's last finished stage model."""
+        from gui.export_dialog import ExportDialog
+
+        current = self.export_dialog
+        if current is not None and current.is_running():
+            current.show()
+            return
+        run_dir = self.training_tab.run_dir
+        models = [m.path for m in RunFolder(run_dir).stage_models() if m.path.is_dir()] if run_dir else []
+        if current is not None:
+            current.deleteLater()
+        self.export_dialog = ExportDialog(models[-1] if models else None, self)
+        self.export_dialog.exported.connect(lambda report: self.show_message(f"Exported to {report['out']}"))
+        self.export_dialog.open()
 
     def show_method_summary(self) -> None:
         box = QMessageBox(QMessageBox.Icon.NoIcon, "Method summary", METHOD_SUMMARY, QMessageBox.StandardButton.Ok,
@@ -367,8 +330,7 @@ class MainWindow(QMainWindow):
             finally:
                 QApplication.restoreOverrideCursor()
         self.training_tab.curves.timer.stop()
-        for tab in self._result_tabs("cancel_and_wait"):
-            tab.cancel_and_wait()  # an evaluation keeps every finished fine-tuning; a new one continues
+        self.evaluation_tab.cancel_and_wait()  # an evaluation keeps every finished fine-tuning; a new one continues
         wait_for_all(600_000)  # short background jobs always end; a QThread must not outlive its owner
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.sync()

@@ -7,14 +7,11 @@ in this window (`RunWorker`) or from a run folder written by another process (`R
 from __future__ import annotations
 
 import csv
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QFontDatabase
 from PySide6.QtWidgets import (
@@ -27,8 +24,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
-    QSplitter,
     QVBoxLayout,
     QWidget,
 )
@@ -47,224 +42,12 @@ from engine.events import (
     StageStarted,
 )
 from engine.runfolder import RunFolder
-from gui.style import SERIES_COLOURS, STATUS_LABELS, show_error, status_css
+from gui.durations import format_duration
+from gui.layouts import splitter
+from gui.loss_plots import CurvePanel
+from gui.stage_timeline import StageTimeline
+from gui.style import show_error
 from gui.worker import RunFollower, RunWorker
-
-TRAINING_STAGES = ("adapt", "distill", "shrink")
-REDRAW_MS = 50  # 20 Hz, one plot per tick: each repaint pass stays short
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-class Series:
-    """One curve: preallocated, growing numpy buffers and a plot item redrawn only when dirty."""
-
-    def __init__(self, item: pg.PlotDataItem, plot: int, capacity: int = 512) -> None:
-        self.item = item
-        self.plot = plot  # stage index of its loss plot, 0 for the learning-rate plot
-        self.x = np.empty(capacity)
-        self.y = np.empty(capacity)
-        self.n = 0
-        self.dirty = False
-
-    def append(self, x: float, y: float) -> None:
-        if self.n == len(self.x):
-            self.x = np.concatenate([self.x, np.empty(len(self.x))])
-            self.y = np.concatenate([self.y, np.empty(len(self.y))])
-        self.x[self.n], self.y[self.n] = x, y
-        self.n += 1
-        self.dirty = True
-
-    def redraw(self) -> None:
-        if self.dirty:
-            self.item.setData(self.x[: self.n], self.y[: self.n], skipFiniteCheck=True)
-            self.dirty = False
-
-
-def _plot(title: str, left: str) -> pg.PlotWidget:
-    widget = pg.PlotWidget(background="w")
-    widget.setMinimumSize(260, 200)
-    item = widget.getPlotItem()
-    item.setTitle(title, color="#111827", size="10pt")
-    item.setLabel("bottom", "step", color="#374151")
-    item.setLabel("left", left, color="#374151")
-    item.showGrid(x=True, y=True, alpha=0.25)
-    item.setClipToView(True)
-    item.setDownsampling(auto=True, mode="peak")
-    item.addLegend(offset=(-10, 10), labelTextSize="9pt", labelTextColor="#1f2937",
-                   brush=pg.mkBrush(255, 255, 255, 210))
-    for axis in ("bottom", "left"):
-        item.getAxis(axis).setTextPen("#374151")
-        item.getAxis(axis).setPen("#9ca3af")
-        item.getAxis(axis).enableAutoSIPrefix(False)
-    return widget
-
-
-class CurvePanel(QWidget):
-    """Loss curves, one plot per training stage, and one learning-rate plot for the whole run."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.grid = QGridLayout(self)
-        self.grid.setContentsMargins(0, 0, 0, 0)
-        self.grid.setSpacing(8)
-        self.loss_plots: dict[int, pg.PlotWidget] = {}
-        self.spare = [_plot("", "loss") for _ in range(2)]  # built ahead: a run's start stays quick
-        for plot in self.spare:
-            plot.setParent(self)
-            plot.hide()
-        self.next_plot = 0
-        self.series: dict[tuple[int, str, str, str], Series] = {}  # (stage index, phase, name, split)
-        self.stage_kinds: dict[int, str] = {}
-        self.colours: dict[str, str] = {}
-        self.lr_plot = _plot("Learning rate", "learning rate")
-        self.empty = QLabel("Curves appear here when a run trains (distill, shrink and adapt stages).")
-        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.empty.setStyleSheet("color: #6b7280;")
-        self._relayout()
-        self.timer = QTimer(self)
-        self.timer.setInterval(REDRAW_MS)
-        self.timer.timeout.connect(lambda: self.redraw())
-        self.timer.start()
-
-    def reset(self, stages: tuple[str, ...] = ()) -> None:
-        for plot in self.loss_plots.values():
-            plot.getPlotItem().clear()
-            plot.hide()
-            self.spare.append(plot)
-        self.loss_plots.clear()
-        self.series.clear()
-        self.lr_plot.getPlotItem().clear()
-        self.stage_kinds = dict(enumerate(stages, start=1))
-        for index, kind in self.stage_kinds.items():
-            if kind in TRAINING_STAGES:
-                self._loss_plot(index)
-        self._relayout()
-
-    def set_log_scale(self, on: bool) -> None:
-        for plot in self.loss_plots.values():
-            plot.getPlotItem().setLogMode(y=on)
-
-    def add(self, event: Metric) -> bool:
-        """Add a training metric point; False when the metric is not a curve (e.g. a final statistic)."""
-        if "/" not in event.name or event.value is None or not math.isfinite(event.value):
-            return False
-        phase, name = event.name.rsplit("/", 1)
-        key = (event.index, phase, name, event.split)
-        series = self.series.get(key) or self._new_series(key, event.stage)
-        series.append(event.step, event.value)
-        return True
-
-    def redraw(self, everything: bool = False) -> None:
-        """Push new points to the plot items: every plot, or (on the timer) the next plot with news."""
-        dirty = sorted({s.plot for s in self.series.values() if s.dirty})
-        if not dirty:
-            return
-        if not everything:
-            dirty = [next((p for p in dirty if p >= self.next_plot), dirty[0])]
-            self.next_plot = dirty[0] + 1
-        for series in self.series.values():
-            if series.plot in dirty:
-                series.redraw()
-
-    def rows(self) -> list[tuple[int, str, str, str, str, float, float]]:
-        """(stage index, stage, phase, name, split, step, value) for every point."""
-        out = []
-        for (index, phase, name, split), s in self.series.items():
-            kind = self.stage_kinds.get(index, phase)
-            points = zip(s.x[: s.n].tolist(), s.y[: s.n].tolist(), strict=True)
-            out += [(index, kind, phase, name, split, x, y) for x, y in points]
-        return out
-
-    def _loss_plot(self, index: int) -> pg.PlotWidget:
-        if index not in self.loss_plots:
-            kind = self.stage_kinds.get(index, "stage")
-            plot = self.spare.pop() if self.spare else _plot("", "loss")
-            plot.getPlotItem().setTitle(f"Stage {index} · {kind} — loss", color="#111827", size="10pt")
-            plot.show()
-            self.loss_plots[index] = plot
-            self._relayout()
-        return self.loss_plots[index]
-
-    def _new_series(self, key: tuple[int, str, str, str], stage: str) -> Series:
-        index, phase, name, split = key
-        self.stage_kinds.setdefault(index, stage)
-        colour = self.colours.setdefault(name, SERIES_COLOURS[len(self.colours) % len(SERIES_COLOURS)])
-        if name == "learning_rate":
-            colour = SERIES_COLOURS[(index - 1) % len(SERIES_COLOURS)]
-            item = self.lr_plot.getPlotItem().plot(pen=pg.mkPen(colour, width=2), name=f"{index} · {phase}")
-        else:
-            label = name if phase == stage else f"{phase} {name}"
-            plot = self._loss_plot(index).getPlotItem()
-            if split == "train":  # the total solid, its components dashed (they may coincide with it)
-                style = Qt.PenStyle.SolidLine if name == "total" else Qt.PenStyle.DashLine
-                item = plot.plot(pen=pg.mkPen(colour, width=2, style=style), name=label)
-            else:
-                item = plot.plot(pen=None, symbol="o", symbolSize=8, symbolBrush=colour,
-                                 symbolPen=pg.mkPen("w", width=1), name=f"{label} ({split})")
-        self.series[key] = Series(item, 0 if name == "learning_rate" else index)
-        return self.series[key]
-
-    def _relayout(self) -> None:
-        while self.grid.count():
-            self.grid.takeAt(0)
-        widgets = [self.loss_plots[i] for i in sorted(self.loss_plots)] or [self.empty]
-        self.empty.setVisible(not self.loss_plots)
-        for column, widget in enumerate([*widgets, self.lr_plot]):
-            self.grid.addWidget(widget, 0, column)
-            self.grid.setColumnStretch(column, 1)
-
-
-class StageTimeline(QWidget):
-    """One coloured chip per stage: pending / running / done / failed / cancelled."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.row = QHBoxLayout(self)
-        self.row.setContentsMargins(0, 0, 0, 0)
-        self.row.setSpacing(6)
-        self.chips: list[QLabel] = []
-        self.kinds: list[str] = []
-        self.statuses: list[str] = []
-        self.placeholder = QLabel("No run yet: press Start (F5) to compress the recipe in the Setup tab.")
-        self.placeholder.setStyleSheet("color: #6b7280;")
-        self.row.addWidget(self.placeholder)
-        self.row.addStretch(1)
-
-    def set_stages(self, kinds: tuple[str, ...] | list[str]) -> None:
-        for chip in self.chips:
-            chip.setParent(None)
-            chip.deleteLater()
-        self.kinds, self.statuses, self.chips = list(kinds), ["pending"] * len(kinds), []
-        self.placeholder.setVisible(not kinds)
-        for i, _kind in enumerate(self.kinds):
-            chip = QLabel()
-            chip.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            chip.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-            self.row.insertWidget(i, chip)
-            self.chips.append(chip)
-            self._paint(i)
-
-    def set_status(self, index: int, status: str) -> None:
-        if 1 <= index <= len(self.chips):
-            if status == "skipped" and self.statuses[index - 1] == "completed":
-                return
-            self.statuses[index - 1] = status
-            self._paint(index - 1)
-
-    def status(self, index: int) -> str:
-        return self.statuses[index - 1]
-
-    def _paint(self, i: int) -> None:
-        status = self.statuses[i]
-        self.chips[i].setText(f"{i + 1} · {self.kinds[i]}  —  {STATUS_LABELS.get(status, status)}")
-        self.chips[i].setStyleSheet(status_css(status))
 
 
 class TrainingTab(QWidget):
@@ -283,7 +66,6 @@ class TrainingTab(QWidget):
         self.run_status = ""
         self.can_start = True
         self.started_at: float | None = None
-        self.finished_stages = 0
         self._build()
         self._update_buttons()
 
@@ -293,7 +75,7 @@ class TrainingTab(QWidget):
         self.start_button.setObjectName("primary")
         self.start_button.setToolTip("Compress the recipe in the Setup tab (F5)")
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop at the next step; finished stages stay on disk (Ctrl+.)")
+        self.cancel_button.setToolTip("Stop at the next step; finished stages stay on disk (Shift+F5)")
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip("Continue this failed or cancelled run from its last checkpoint")
         self.export_button = QPushButton("Export curves (CSV)…")
@@ -340,20 +122,16 @@ class TrainingTab(QWidget):
         mono.setStyleHint(QFont.StyleHint.Monospace)
         self.log.setFont(mono)
         self.log.setPlaceholderText("Run log")
-        splitter = QSplitter(Qt.Orientation.Vertical)
-        splitter.addWidget(self.curves)
-        splitter.addWidget(self.log)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 1)
-        splitter.setChildrenCollapsible(False)
-        splitter.setSizes([560, 180])
+        split = splitter(Qt.Orientation.Vertical, self.curves, self.log, stretch=(3, 1))
+        split.setChildrenCollapsible(False)
+        split.setSizes([560, 180])
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 12, 12, 12)
         layout.setSpacing(10)
         layout.addLayout(buttons)
         layout.addWidget(progress)
-        layout.addWidget(splitter, 1)
+        layout.addWidget(split, 1)
 
     # ---- actions ----
     def is_running(self) -> bool:
@@ -446,7 +224,6 @@ class TrainingTab(QWidget):
             if not (event.resumed and self.timeline.kinds == list(event.stages)):
                 self.timeline.set_stages(event.stages)
                 self.curves.reset(event.stages)
-                self.finished_stages = 0
             self.started_at = event.time
             self._show_run_label()
             self._update_buttons()
@@ -539,7 +316,7 @@ class TrainingTab(QWidget):
             self.follower = None
 
     def _clear(self) -> None:
-        self.run_dir, self.run_status, self.started_at, self.finished_stages = None, "", None, 0
+        self.run_dir, self.run_status, self.started_at = None, "", None
         self.timeline.set_stages(())
         self.curves.reset()
         self.log.clear()

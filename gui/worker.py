@@ -127,7 +127,7 @@ def favour_gui_thread() -> None:
 
     The GUI thread gives up the GIL in every Qt call it makes; a work thread running Python code
     then keeps it for a whole interval, so a repaint of a few hundred Qt calls could take a
-    second. With 1 ms the event loop stays responsive (measured by tests/gui/test_training_tab.py).
+    second. With 1 ms the event loop stays responsive (measured by bench/gui_responsiveness.py).
     """
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
 

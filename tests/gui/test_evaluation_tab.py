@@ -14,7 +14,9 @@ import engine.models.loading as loading
 from engine.errors import MiniGlotError
 from engine.events import EvalResult, Log, Progress
 from gui import evaluation_tab
-from gui.evaluation_tab import OTHER, EvaluationTab, ModelChoice, plan_models
+from gui.eval_models import OTHER, ModelChoice, plan_models
+from gui.evaluation_tab import EvaluationTab
+from gui.runs_model import RunsModel
 from gui.worker import TaskWorker, live_workers
 
 NAMES = ["teacher", "01-distill", "02-shrink"]
@@ -48,6 +50,12 @@ def cells(table) -> list[list[str]]:
     return [[table.item(r, c).text() for c in range(table.columnCount())] for r in range(table.rowCount())]
 
 
+def make_tab(qtbot, runs_dir: Path) -> EvaluationTab:
+    tab = EvaluationTab(RunsModel(runs_dir))
+    qtbot.addWidget(tab)
+    return tab
+
+
 @pytest.fixture()
 def fake_sources(monkeypatch):
     monkeypatch.setattr(loading, "resolve_source", lambda source: Path(source))
@@ -64,32 +72,30 @@ def test_plan_models_names_and_reference_order():
 
 def test_opening_a_run_with_results_fills_table_and_charts(qtbot, tmp_path):
     run = write_run(tmp_path)
-    tab = EvaluationTab(tmp_path)
-    qtbot.addWidget(tab)
+    tab = make_tab(qtbot, tmp_path)
     tab.show_run(run)
     assert [c.name for c in tab.chosen()] == NAMES
-    assert tab.output_dir() == run.resolve() / "eval"
-    header = [tab.table.horizontalHeaderItem(c).text() for c in range(tab.table.columnCount())]
+    assert tab.options.output_dir() == run.resolve() / "eval"
+    header = [tab.results.table.horizontalHeaderItem(c).text() for c in range(tab.results.table.columnCount())]
     assert header[:4] == ["model", "pos accuracy", "pos drop (pts)", "pos drop (%)"]
-    rows = cells(tab.table)
+    rows = cells(tab.results.table)
     assert [r[0] for r in rows] == NAMES
     assert rows[2][1:3] == ["80.0 ± 1.0", "+10.0"]
-    assert tab.plots.bars["pos"] == pytest.approx({"teacher": 90, "01-distill": 88, "02-shrink": 80})
-    assert tab.plots.bars["topic"]["02-shrink"] == pytest.approx(60)
-    assert tab.plots.bars["speed"] == pytest.approx({"teacher": 1, "01-distill": 2, "02-shrink": 3})
-    assert set(tab.plots.shown) == {"pos", "topic", "speed"}
+    assert tab.results.plots.bars["pos"] == pytest.approx({"teacher": 90, "01-distill": 88, "02-shrink": 80})
+    assert tab.results.plots.bars["topic"]["02-shrink"] == pytest.approx(60)
+    assert tab.results.plots.bars["speed"] == pytest.approx({"teacher": 1, "01-distill": 2, "02-shrink": 3})
+    assert set(tab.results.plots.shown) == {"pos", "topic", "speed"}
 
 
 def test_exports_write_csv_markdown_and_pngs(qtbot, tmp_path):
-    tab = EvaluationTab(tmp_path / "none")
-    qtbot.addWidget(tab)
-    tab.show_summary(summary())
-    tab.export_table(tmp_path / "out.csv")
-    tab.export_table(tmp_path / "out.md")
+    tab = make_tab(qtbot, tmp_path / "none")
+    tab.results.show_summary(summary())
+    tab.results.export_table(tmp_path / "out.csv")
+    tab.results.export_table(tmp_path / "out.md")
     csv_lines = (tmp_path / "out.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,pos accuracy,pos drop (pts)") and len(csv_lines) == 4
     assert (tmp_path / "out.md").read_text().startswith("| model | pos accuracy |")
-    written = tab.export_plots(tmp_path / "png")
+    written = tab.results.export_plots(tmp_path / "png")
     assert sorted(p.name for p in written) == ["eval-pos.png", "eval-speed.png", "eval-topic.png"]
     assert all(p.stat().st_size > 1000 for p in written)
 
@@ -123,14 +129,13 @@ def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, 
 
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     run = write_run(tmp_path, with_summary=False)
-    tab = EvaluationTab(tmp_path)
-    qtbot.addWidget(tab)
+    tab = make_tab(qtbot, tmp_path)
     tab.show_run(run)
-    assert tab.table.rowCount() == 0
+    assert tab.results.table.rowCount() == 0
     tab.tasks.cellWidget(0, 1).setText(str(tmp_path / "pos-data"))
-    tab.seeds.setValue(2)
-    tab.speed.setChecked(False)
-    tab.learning_rate.setText("2e-4")
+    tab.options.seeds.setValue(2)
+    tab.options.speed.setChecked(False)
+    tab.options.learning_rate.setText("2e-4")
     with qtbot.waitSignal(tab.evaluation_finished, timeout=60_000) as finished:
         worker = tab.start()
         assert worker is not None and not tab.run_button.isEnabled() and tab.cancel_button.isEnabled()
@@ -141,8 +146,8 @@ def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, 
     assert plan.tasks == (("pos", str(tmp_path / "pos-data")),) and plan.seeds == 2 and not plan.speed
     assert plan.learning_rate == 2e-4
     assert (tab.progress.value(), tab.progress.maximum()) == (6, 6)
-    assert tab.live.rowCount() == 6 and tab.live.item(5, 3).text() == "accuracy 80.0"
-    assert [r[0] for r in cells(tab.table)] == NAMES
+    assert tab.results.live.rowCount() == 6 and tab.results.live.item(5, 3).text() == "accuracy 80.0"
+    assert [r[0] for r in cells(tab.results.table)] == NAMES
     assert tab.run_button.isEnabled() and not tab.cancel_button.isEnabled()
 
 
@@ -154,16 +159,15 @@ def test_cancel_ends_the_worker(qtbot, tmp_path, monkeypatch, fake_sources):
             time.sleep(0.01)
 
     monkeypatch.setattr(runner, "evaluate", slow_evaluate)
-    tab = EvaluationTab(tmp_path)
-    qtbot.addWidget(tab)
+    tab = make_tab(qtbot, tmp_path)
     tab.show_run(write_run(tmp_path, with_summary=False))
     tab.tasks.cellWidget(0, 1).setText("hub:some/dataset")
     worker = tab.start()
     qtbot.waitUntil(lambda: tab.progress.maximum() == 10, timeout=60_000)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         tab.cancel()
-    assert not tab.is_running() and tab.summary is None
-    assert "cancelled" in tab.status.text() and tab.run_button.isEnabled()
+    assert not tab.is_running() and tab.results.summary is None
+    assert "cancelled" in tab.results.status.text() and tab.run_button.isEnabled()
 
 
 def test_failure_is_reported_and_missing_inputs_refuse_to_start(qtbot, tmp_path, monkeypatch, fake_sources):
@@ -174,16 +178,15 @@ def test_failure_is_reported_and_missing_inputs_refuse_to_start(qtbot, tmp_path,
     monkeypatch.setattr(runner, "evaluate", broken)
     monkeypatch.setattr(evaluation_tab, "show_error", lambda parent, title, message, details="":
                         errors.append(message))
-    tab = EvaluationTab(tmp_path)
-    qtbot.addWidget(tab)
+    tab = make_tab(qtbot, tmp_path)
     tab.show_run(write_run(tmp_path, with_summary=False))
-    assert tab.start() is None and "task" in tab.status.text()  # no task data yet
+    assert tab.start() is None and "task" in tab.results.status.text()  # no task data yet
     tab.tasks.cellWidget(0, 1).setText("hub:missing")
-    tab.learning_rate.setText("fast")
-    assert tab.start() is None and "learning rate" in tab.status.text()
-    tab.learning_rate.setText("")
+    tab.options.learning_rate.setText("fast")
+    assert tab.start() is None and "learning rate" in tab.results.status.text()
+    tab.options.learning_rate.setText("")
     worker = tab.start()
     assert worker is not None
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass  # signals reach the GUI thread only once the event loop runs, i.e. inside the wait
-    assert errors == ["no such dataset"] and "failed" in tab.status.text()
+    assert errors == ["no such dataset"] and "failed" in tab.results.status.text()

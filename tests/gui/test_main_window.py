@@ -12,6 +12,7 @@ from PySide6.QtCore import QPoint, QRect, QSize
 from engine import pipeline
 from engine.events import Collect, Progress
 from engine.recipe import Recipe
+from engine.runfolder import RunFolder
 from gui import app, main_window
 from gui.main_window import DEFAULT_RECIPE, MainWindow
 
@@ -75,7 +76,7 @@ def test_menus_have_shortcuts_for_common_actions(window):
 
 
 def test_runs_tab_lists_runs_and_double_click_opens_one(qtbot, window, finished_run):
-    window.runs_tab.set_runs_dir(finished_run.parent)
+    window.runs.set_runs_dir(finished_run.parent)
     table = window.runs_tab.table
     assert table.rowCount() == 1
     assert table.item(0, 0).text() == finished_run.name and table.item(0, 1).text() == "completed"
@@ -83,6 +84,18 @@ def test_runs_tab_lists_runs_and_double_click_opens_one(qtbot, window, finished_
     window.runs_tab.open_row(0)
     assert window.tabs.currentWidget() is window.training_tab
     assert window.training_tab.timeline.statuses == ["completed"] * 4
+
+
+def test_the_tabs_share_one_reading_of_each_manifest(qtbot, finished_run, monkeypatch):
+    reads: list[Path] = []
+    original = RunFolder.read_manifest
+    monkeypatch.setattr(RunFolder, "read_manifest", lambda self: reads.append(self.path) or original(self))
+    win = MainWindow(runs_dir=finished_run.parent)
+    qtbot.addWidget(win)
+    assert reads == [finished_run.resolve()]
+    assert win.runs_tab.table.rowCount() == 1 and win.tradeoffs_tab.run_list.count() == 1
+    assert win.evaluation_tab.tree.topLevelItem(0).text(0) == finished_run.name
+    win.close()
 
 
 def test_export_student_copies_a_stage_model(qtbot, window, finished_run, tmp_path):
@@ -109,7 +122,7 @@ def test_start_from_setup_then_close_cancels_and_waits(qtbot, window, make_recip
     assert not worker.is_running()
     qtbot.waitUntil(lambda: not window.training_tab.is_running(), timeout=10_000)
     run_dir = window.training_tab.run_dir
-    assert run_dir.parent == (window.runs_tab.runs_dir).resolve()
+    assert run_dir.parent == window.runs.runs_dir.resolve()
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "cancelled"
 
 

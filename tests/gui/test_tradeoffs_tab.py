@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from gui.tradeoffs_tab import NONE, TradeoffsTab, load_points, pareto_front
+from gui.runs_model import RunsModel, summarise
+from gui.tradeoff_points import NONE, load_points, pareto_front
+from gui.tradeoffs_tab import TradeoffsTab
 
 STAGES = [("distill", 60_000_000, 240_000_000), ("prune", 50_000_000, 200_000_000),
           ("shrink", 20_000_000, 80_000_000), ("trim_vocab", 5_000_000, 20_000_000)]
@@ -48,7 +50,7 @@ def test_pareto_front_keeps_only_non_dominated_points():
 
 
 def test_load_points_reads_manifest_and_summary(tmp_path):
-    points = load_points(write_run(tmp_path, "run-a"))
+    points = load_points(summarise(write_run(tmp_path, "run-a")))
     assert [p.name for p in points] == ["teacher", "01-distill", "02-prune", "03-shrink", "04-trim_vocab"]
     teacher = points[0]
     assert (teacher.params, teacher.bytes, teacher.bytes_estimated) == (100_000_000, 410_000_000, False)
@@ -56,24 +58,24 @@ def test_load_points_reads_manifest_and_summary(tmp_path):
     assert "ner:precision" not in points[3].scores  # only each task's headline metric
     assert points[1].scores["fidelity:similarity_correlation"] == (pytest.approx(0.9), 0.0)
     assert "fidelity:sentence_cosine" not in points[1].scores
-    bare = load_points(write_run(tmp_path, "run-b", ner=None))
+    bare = load_points(summarise(write_run(tmp_path, "run-b", ner=None)))
     assert bare[0].bytes_estimated and bare[0].bytes == 400_000_000 and not bare[2].scores
 
 
 def test_tab_plots_scores_labels_front_and_table(qtbot, tmp_path):
     run = write_run(tmp_path, "20260101-000000-a")
-    tab = TradeoffsTab(tmp_path)
+    tab = TradeoffsTab(RunsModel(tmp_path))
     qtbot.addWidget(tab)
     assert tab.score == "ner:f1"
-    assert [p.name for p in tab.shown] == list(NER)
-    assert [label.toPlainText() for label in tab.labels] == list(NER)
-    (scatter,) = tab.scatters
+    assert [p.name for p in tab.chart.shown] == list(NER)
+    assert [label.toPlainText() for label in tab.chart.labels] == list(NER)
+    (scatter,) = tab.chart.scatters
     xs, ys = scatter.getData()
     assert list(xs) == pytest.approx([math.log10(p) for p in (100, 60, 50, 20, 5)])
     assert list(ys) == pytest.approx([80, 78, 79, 70, 72])
     # 01-distill (60M, 78) is beaten by 02-prune (50M, 79); 03-shrink by 04-trim_vocab
-    assert sorted(tab.shown[i].name for i in tab.front) == ["02-prune", "04-trim_vocab", "teacher"]
-    front_x, _ = tab.front_curve.getData()
+    assert sorted(tab.chart.shown[i].name for i in tab.chart.front) == ["02-prune", "04-trim_vocab", "teacher"]
+    front_x, _ = tab.chart.front_curve.getData()
     assert list(front_x) == sorted(front_x)
     assert "60,000,000 parameters" in scatter.opts["tip"](x=0, y=0, data=1)
 
@@ -83,38 +85,39 @@ def test_tab_plots_scores_labels_front_and_table(qtbot, tmp_path):
     assert [row[7] for row in table] == ["✓", "", "✓", "", "✓"]
 
     tab.size_combo.setCurrentIndex(tab.size_combo.findData("mb"))
-    xs, _ = tab.scatters[0].getData()
+    xs, _ = tab.chart.scatters[0].getData()
     assert list(xs) == pytest.approx([math.log10(m) for m in (410, 240, 200, 80, 20)])
-    assert "MB" in tab.plot.getPlotItem().getAxis("bottom").labelText
+    assert "MB" in tab.chart.plot.getPlotItem().getAxis("bottom").labelText
 
     tab.score_combo.setCurrentIndex(tab.score_combo.findData("fidelity:similarity_correlation"))
-    assert tab.shown[0].name == "teacher" and tab.table.item(0, 4).text() == "100.00 ± 0.00"
+    assert tab.chart.shown[0].name == "teacher" and tab.table.item(0, 4).text() == "100.00 ± 0.00"
 
 
 def test_unevaluated_run_shows_size_per_stage_and_runs_compare(qtbot, tmp_path):
     write_run(tmp_path, "20260101-000000-a")
     bare = write_run(tmp_path, "20260102-000000-b", stages=STAGES[:2], ner=None)
-    tab = TradeoffsTab(tmp_path)
+    tab = TradeoffsTab(RunsModel(tmp_path))
     qtbot.addWidget(tab)
     assert tab.run_list.count() == 2
     tab.checked = set()
     tab.show_run(bare)
     assert [tab.score_combo.itemData(i) for i in range(tab.score_combo.count())] == [NONE]
-    _, ys = tab.scatters[0].getData()
-    assert list(ys) == [0, 1, 2] and tab.front == []
+    _, ys = tab.chart.scatters[0].getData()
+    assert list(ys) == [0, 1, 2] and tab.chart.front == []
     assert "sizes only" in tab.note.text()
 
     for i in range(tab.run_list.count()):
         tab.run_list.item(i).setCheckState(Qt.CheckState.Checked)
-    assert tab.score == "ner:f1" and len(tab.scatters) == 1  # the bare run has no NER score
+    assert tab.score == "ner:f1" and len(tab.chart.scatters) == 1  # the bare run has no NER score
     assert "20260102-000000-b" in tab.note.text()
     tab.score_combo.setCurrentIndex(tab.score_combo.findData(NONE))
-    assert len(tab.scatters) == 2 and len(tab.shown) == 8
+    assert len(tab.chart.scatters) == 2 and len(tab.chart.shown) == 8
 
 
 def test_every_stage_recorded_fidelity_gives_an_unevaluated_run_a_score_axis(qtbot, tmp_path):
     run = write_run(tmp_path, "20260103-000000-c", ner=None, fidelity=True)
-    assert [p.scores["stage:fidelity"][0] for p in load_points(run)] == pytest.approx([1.0, 0.95, 0.9, 0.85, 0.8])
-    tab = TradeoffsTab(tmp_path)
+    fidelity = [p.scores["stage:fidelity"][0] for p in load_points(summarise(run))]
+    assert fidelity == pytest.approx([1.0, 0.95, 0.9, 0.85, 0.8])
+    tab = TradeoffsTab(RunsModel(tmp_path))
     qtbot.addWidget(tab)
-    assert tab.score == "stage:fidelity" and len(tab.shown) == 5 and tab.front
+    assert tab.score == "stage:fidelity" and len(tab.chart.shown) == 5 and tab.chart.front

@@ -1,0 +1,39 @@
+"""Layout helpers the tabs share: splitters and titled boxes with a row of buttons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QPushButton, QSplitter, QVBoxLayout, QWidget
+
+
+def splitter(orientation: Qt.Orientation, *widgets: QWidget, stretch: tuple[int, ...] = (),
+             sizes: list[int] | None = None) -> QSplitter:
+    """A splitter holding `widgets`; `stretch[i]`, when not 0, is the stretch factor of widget i."""
+    split = QSplitter(orientation)
+    for widget in widgets:
+        split.addWidget(widget)
+    for index, factor in enumerate(stretch):
+        if factor:
+            split.setStretchFactor(index, factor)
+    if sizes:
+        split.setSizes(sizes)
+    return split
+
+
+def action_group(title: str, content: QWidget, actions: list[tuple[str, Callable[[], None]]],
+                 stretch: bool = False) -> QGroupBox:
+    """A titled box: `content` above a row of buttons, one per (text, slot)."""
+    group = QGroupBox(title)
+    box = QVBoxLayout(group)
+    box.addWidget(content)
+    row = QHBoxLayout()
+    for text, slot in actions:
+        button = QPushButton(text)
+        button.clicked.connect(slot)
+        row.addWidget(button)
+    if stretch:
+        row.addStretch(1)
+    box.addLayout(row)
+    return group
