@@ -178,7 +178,7 @@ def finetune(
                 token.raise_if_cancelled()
             batch = {k: v.to(device) for k, v in pad_batch(train.input_ids, indices, pad_id).items()}
             logits = model(**batch).logits
-            targets = _targets(train, indices, batch["input_ids"].shape[1]).to(device)
+            targets = batch_targets(train, indices, batch["input_ids"].shape[1]).to(device)
             loss = loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
             if (targets != IGNORE_INDEX).any():  # else the loss is NaN (no labelled position)
                 loss.backward()
@@ -334,7 +334,8 @@ def score(task: str, examples: Sequence[Any], predictions: list[Any]) -> dict[st
     return classification_metrics([ex.label for ex in examples], predictions)
 
 
-def _targets(enc: Encoded, indices: Sequence[int], width: int) -> torch.Tensor:
+def batch_targets(enc: Encoded, indices: Sequence[int], width: int) -> torch.Tensor:
+    """The targets of a batch of `indices`: one per text, or per token padded to `width` with -100."""
     if enc.word_positions is None:
         return torch.tensor([enc.targets[i] for i in indices], dtype=torch.long)
     out = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
