@@ -14,7 +14,8 @@ SCREENSHOT_MAX_WAIT_S = 60.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="miniglot", description="MiniGlot: compress multilingual encoders "
                                      "into small monolingual students, and watch it happen.")
-    parser.add_argument("--recipe", type=Path, help="open this recipe (default: the last one, or the offline default)")
+    parser.add_argument("--recipe", help="open this recipe file, or preset:<name> "
+                        "(default: the last one, or the offline default)")
     parser.add_argument("--run", type=Path, help="open this run folder (followed live while it is being written)")
     parser.add_argument("--runs-dir", type=Path, help="folder listed in the Runs tab (default: ./runs)")
     parser.add_argument("--screenshots", type=Path, metavar="DIR",

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 
 from engine.errors import RecipeError
 from engine.recipe import Recipe
-from engine.resources import DEFAULT_RECIPE
+from engine.resources import DEFAULT_RECIPE, PRESET, load_recipe
 from engine.runfolder import RunFolder
 from gui.evaluation_tab import EvaluationTab
 from gui.runs_model import RunsModel
@@ -170,14 +170,16 @@ class MainWindow(QMainWindow):
         if self.recipe_path is not None and self.recipe_path.resolve() != DEFAULT_RECIPE.resolve():
             self.settings.setValue("last_recipe", str(self.recipe_path.resolve()))
 
-    def load_recipe(self, path: Path) -> bool:
+    def load_recipe(self, argument: str | Path) -> bool:
+        """Open a recipe file, or a `preset:<name>` (shown as a new recipe, so Save never overwrites a preset)."""
         try:
-            recipe = Recipe.load(path)
+            recipe = load_recipe(argument)
         except RecipeError as exc:
             show_error(self, "Cannot open the recipe", str(exc))
             return False
-        self.set_recipe(recipe, path)
-        self.show_message(f"Loaded recipe {path}")
+        preset = str(argument).startswith(PRESET)
+        self.set_recipe(recipe, None if preset else Path(argument))
+        self.show_message(f"Loaded {'preset' if preset else 'recipe'} {argument}")
         return True
 
     def new_recipe(self) -> None:

@@ -47,6 +47,18 @@ def test_opens_with_the_embedded_default_recipe(window):
         ["Setup", "Training", "Trade-offs", "Evaluation", "Runs"]
 
 
+def test_recipe_argument_takes_a_preset_name_and_never_saves_over_it(window, monkeypatch):
+    errors = []
+    monkeypatch.setattr(main_window, "show_error", lambda parent, title, message, details="": errors.append(message))
+    args = app.parse_args(["--recipe", "preset:xlmr-maximum"])
+    assert window.load_recipe(args.recipe)
+    preset = Recipe.load(DEFAULT_RECIPE.parent / "xlmr-maximum.toml")
+    recipe = window.setup_tab.recipe()
+    assert recipe.teacher.source == preset.teacher.source and recipe.stages == preset.stages
+    assert window.recipe_path is None  # Save asks where, the installed preset stays as shipped
+    assert not window.load_recipe("preset:no-such-preset") and "preset:xlmr-maximum" in errors[0]
+
+
 def test_last_recipe_and_geometry_are_remembered(qtbot, tmp_path, make_recipe):
     path = tmp_path / "mine.toml"
     make_recipe().save(path)
