@@ -207,7 +207,7 @@ class TradeoffsTab(QWidget):
                 mean, std = p.scores[key]
                 score = f"{percent(mean)} ± {percent(std)}"
                 if teacher is not None and teacher is not p and key in teacher.scores:
-                    drop = f"{100 * (teacher.scores[key][0] - mean):+.2f}"
+                    drop = f"{round(100 * (teacher.scores[key][0] - mean), 2) + 0.0:+.2f}"  # + 0.0: never "-0.00"
             ratio = f"{p.params / teacher.params:.1%}" if teacher is not None and teacher.params else ""
             size = f"{p.bytes / 1e6:,.1f}" + (" (est.)" if p.bytes_estimated else "")
             values = (p.run, p.name, f"{p.params / 1e6:,.2f}", size, score, drop, ratio, "✓" if row in front else "")

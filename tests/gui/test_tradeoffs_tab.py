@@ -121,3 +121,10 @@ def test_every_stage_recorded_fidelity_gives_an_unevaluated_run_a_score_axis(qtb
     tab = TradeoffsTab(RunsModel(tmp_path))
     qtbot.addWidget(tab)
     assert tab.score == "stage:fidelity" and len(tab.chart.shown) == 5 and tab.chart.front
+
+
+def test_a_stage_level_with_the_teacher_shows_no_negative_zero_drop(qtbot, tmp_path):
+    write_run(tmp_path, "20260104-000000-d", ner={**NER, "01-distill": 0.800001, "02-prune": 0.81})
+    tab = TradeoffsTab(RunsModel(tmp_path))
+    qtbot.addWidget(tab)
+    assert [tab.table.item(r, 5).text() for r in (1, 2)] == ["+0.00", "-1.00"]
