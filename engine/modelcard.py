@@ -9,7 +9,6 @@ so rewriting it after an evaluation keeps cached results valid.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ from typing import Any
 
 from engine import __version__
 from engine.errors import MiniGlotError
-from engine.recipe import Recipe, Stage
+from engine.recipe import Recipe
 from engine.runfolder import MODEL_CARD, Manifest, RunFolder, atomic_write_text
+from engine.stages.registry import spec_for
 
 #: Packaged teachers: the hub model each one is, and its license.
 PACKAGED = {
@@ -42,15 +42,6 @@ ISO_639_1 = dict(pair.split(":") for pair in """
     uzn:uz vie:vi wol:wo xho:xh ydd:yi yor:yo zho:zh zsm:ms zul:zu
 """.split())
 
-#: A stage's settings in a few words, by kind (prune: FFN width and heads, whichever it sets).
-SETTINGS = {
-    "adapt": "MLM, {max_steps} steps at lr {learning_rate}",
-    "distill": "{layers} layers ({layer_selection}, init {init}), {loss} loss, {max_steps} steps at lr {learning_rate}",
-    "shrink": "hidden {hidden} (init {init}), {loss} loss, {max_steps} steps at lr {learning_rate}",
-    "trim_vocab": "vocabulary {size:,}",
-}
-STAGE_TAGS = {"adapt": "language-adaptation", "distill": "knowledge-distillation", "prune": "pruning",
-              "shrink": "knowledge-distillation", "trim_vocab": "vocabulary-trimming"}
 TASK_TYPES = {"pos": "token-classification", "ner": "token-classification", "sentiment": "text-classification",
               "topic": "text-classification"}
 METRIC_TYPES = {"macro_f1": "f1"}  # others are their own type (accuracy, f1, precision, recall)
@@ -138,7 +129,7 @@ def render_card(recipe: Recipe, manifest: dict[str, Any], run_name: str, index: 
     data = ModelCardData(
         language=[iso639(recipe.language.code)], base_model=teacher.base_model, library_name="transformers",
         pipeline_tag="fill-mask" if fill_mask else "feature-extraction",
-        tags=["miniglot", "model-compression", *dict.fromkeys(STAGE_TAGS.get(s.kind, s.kind) for s in stages)],
+        tags=["miniglot", "model-compression", *dict.fromkeys(spec_for(s.kind).tag or s.kind for s in stages)],
         datasets=corpora or None, model_name=title if scores else None,
         metrics=list(dict.fromkeys(METRIC_TYPES.get(r["metric"], r["metric"]) for r in scores)) or None,
         eval_results=[_eval_result(r) for r in scores] or None,
@@ -183,7 +174,7 @@ def _lineage(recipe: Recipe, manifest: dict[str, Any], teacher: Teacher, index: 
         entry = _entry(manifest, number)
         count = params if number == index else entry.get("params")
         quality = entry.get("quality") or {}
-        lines.append(f"| {number:02d}-{stage.kind} | {describe(stage)} | {_millions(count)} | "
+        lines.append(f"| {number:02d}-{stage.kind} | {spec_for(stage.kind).describe(stage)} | {_millions(count)} | "
                      f"{_percent(count, teacher_params)} | {_number(quality.get('fidelity'))} | "
                      f"{_number(quality.get('masked_accuracy'))} |")
     corpus = manifest.get("corpus") or {}
@@ -212,15 +203,6 @@ def _evaluation(summary: dict[str, Any], scores: list[dict[str, Any]]) -> list[s
                      f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} | {row['seeds']} | "
                      f"{'' if ref is None else f'{100 * ref:.1f}'} | {_percent(row['mean'], ref)} |")
     return lines
-
-
-def describe(stage: Stage) -> str:
-    """A stage's settings in a few words (the card's recipe block holds them all; other kinds show none)."""
-    values = {f.name: getattr(stage, f.name) for f in dataclasses.fields(stage)}
-    if stage.kind == "prune":
-        kept = {"FFN {}": values.get("ffn"), "{} heads": values.get("heads")}
-        return ", ".join(text.format(value) for text, value in kept.items() if value)
-    return SETTINGS.get(stage.kind, "").format(**values)
 
 
 def _scores(summary: dict[str, Any], name: str) -> list[dict[str, Any]]:

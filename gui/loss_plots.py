@@ -10,11 +10,16 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QLabel, QWidget
 
 from engine.events import Metric
+from engine.stages.registry import specs
 from gui.plots import add_legend, new_plot, plot_grid, set_title
 from gui.style import SERIES_COLOURS
 
-TRAINING_STAGES = ("adapt", "distill", "shrink")
 REDRAW_MS = 50  # 20 Hz, one plot per tick: each repaint pass stays short
+
+
+def training_kinds() -> list[str]:
+    """The registered stage kinds that train, each with a loss plot."""
+    return [spec.kind for spec in specs() if spec.trains]
 
 
 class Series:
@@ -68,7 +73,7 @@ class CurvePanel(QWidget):
         self.stage_kinds: dict[int, str] = {}
         self.colours: dict[str, str] = {}
         self.lr_plot = _plot("Learning rate", "learning rate")
-        self.empty = QLabel("Curves appear here when a run trains (distill, shrink and adapt stages).")
+        self.empty = QLabel(f"Curves appear here when a run trains ({', '.join(training_kinds())} stages).")
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty.setStyleSheet("color: #6b7280;")
         self._relayout()
@@ -86,8 +91,9 @@ class CurvePanel(QWidget):
         self.series.clear()
         self.lr_plot.getPlotItem().clear()
         self.stage_kinds = dict(enumerate(stages, start=1))
+        training = training_kinds()
         for index, kind in self.stage_kinds.items():
-            if kind in TRAINING_STAGES:
+            if kind in training:
                 self._loss_plot(index)
         self._relayout()
 

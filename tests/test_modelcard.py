@@ -61,7 +61,10 @@ def test_every_stage_model_has_a_card_with_its_lineage(card_run):
         for earlier in manifest["stages"][:index]:
             assert f"| {_percent(earlier['params'], manifest['teacher']['params'])} |" in card.text
         assert f"transformers {manifest['versions']['transformers']}" in card.text
-    assert "vocabulary-trimming" in ModelCard.load(stage_folders(card_run)[1] / "README.md").data.tags
+    last = ModelCard.load(stage_folders(card_run)[1] / "README.md")
+    assert {"knowledge-distillation", "vocabulary-trimming"} <= set(last.data.tags)
+    assert "| 01-distill | 2 layers (last_k, init teacher), mse loss, 3 steps at lr 5e-05 |" in last.text
+    assert "| 02-trim_vocab | vocabulary 150 |" in last.text
 
 
 def _percent(params: int, teacher: int) -> str:

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import pytest
 from conftest import recipe_toml
+from huggingface_hub import ModelCard
 
 from engine import cli, pipeline
 from engine.cost import StageCost
@@ -148,6 +149,12 @@ def test_the_pipeline_runs_saves_and_verifies_a_registered_stage(toy, tiny_model
     torch.testing.assert_close(scaled.embeddings.word_embeddings.weight,
                                2.0 * distilled.embeddings.word_embeddings.weight)
     assert any("scaled the word embeddings by 2.0" in getattr(e, "message", "") for e in sink.events)
+    card = ModelCard.load(folder.stage_dir(2, "toy") / "model" / "README.md")
+    assert "toy" in card.data.tags and "| 02-toy |  |" in card.text  # its kind as tag, no settings summary
+
+
+def test_the_stages_that_train_are_those_with_training_settings(toy):
+    assert [spec.kind for spec in registry.specs() if spec.trains] == ["adapt", "distill", "shrink"]
 
 
 def test_register_refuses_a_spec_whose_config_names_another_kind():

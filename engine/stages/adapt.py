@@ -47,6 +47,10 @@ def cost(cfg: AdaptStage, inputs: CostInputs) -> StageCost:
                          extra_steps=head_steps)
 
 
+def describe(cfg: AdaptStage) -> str:
+    return f"MLM, {cfg.max_steps} steps at lr {cfg.learning_rate}"
+
+
 def run(ctx: StageContext) -> StageOutput:
     from engine.stages.base import StageOutput
     from engine.training.loop import train
@@ -92,6 +96,7 @@ def with_mlm_head(source: LoadedModel) -> LoadedModel:
 
 SPEC = StageSpec(
     kind="adapt", config=AdaptStage, shape=shape, cost=cost, run=run, template=AdaptStage(),
+    describe=describe, tag="language-adaptation",
     keeps_teacher=True, reference=True, teacher_first=True,
     title="Adapt the teacher (continued MLM on your language)",
     tip="Train the teacher further with MLM on your language before compressing it.\n"

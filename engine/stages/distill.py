@@ -56,6 +56,11 @@ def distillation_cost(cfg: Training | Distillation, inputs: CostInputs) -> Stage
     return training_cost(cfg, inputs, lambda tokens: logit_rows(cfg, inputs, tokens), teacher_forward=True)
 
 
+def describe(cfg: DistillStage) -> str:
+    return (f"{cfg.layers} layers ({cfg.layer_selection}, init {cfg.init}), {cfg.loss} loss, {cfg.max_steps} steps "
+            f"at lr {cfg.learning_rate}")
+
+
 def run(ctx: StageContext) -> StageOutput:
     from engine.models.loading import LoadedModel
     from engine.stages.base import StageOutput
@@ -106,7 +111,7 @@ def choose_loss(ctx: StageContext, requested: str, student: LoadedModel, teacher
 
 SPEC = StageSpec(
     kind="distill", config=DistillStage, shape=shape, cost=distillation_cost, run=run, template=DistillStage(),
-    reference=True,
+    describe=describe, tag="knowledge-distillation", reference=True,
     title="Layer-reduction distillation (paper stage 1)",
     tip="Paper stage 1: a student with fewer layers, initialised from the teacher's layers and trained on\n"
         "alpha·MLM + (1−alpha)·distillation. mBERT 177.9M → 6 layers 135.3M.",

@@ -55,6 +55,12 @@ def cost(cfg: PruneStage, inputs: CostInputs) -> StageCost:
     return StageCost(held, inputs.device.seconds(flops))
 
 
+def describe(cfg: PruneStage) -> str:
+    """The FFN width and head count, whichever the stage sets."""
+    kept = {"FFN {}": cfg.ffn, "{} heads": cfg.heads}
+    return ", ".join(text.format(value) for text, value in kept.items() if value)
+
+
 def run(ctx: StageContext) -> StageOutput:
     import copy
 
@@ -106,6 +112,7 @@ def _importance_objective(ctx: StageContext, model: LoadedModel):
 
 SPEC = StageSpec(
     kind="prune", config=PruneStage, shape=shape, cost=cost, run=run, template=PruneStage(ffn=1024),
+    describe=describe, tag="pruning",
     title="Structured pruning (paper stage 2)",
     tip="Paper stage 2: remove the least important FFN neurons (first-order importance over validation\n"
         "batches). Paper: FFN 3072 → 2048, all 12 heads kept.",

@@ -31,7 +31,8 @@ class StageSpec:
     `run(ctx)` does the work. `keeps_teacher`: the output is still the run's teacher (same depth and
     width), so later stages distil from it. `reference`: the output reproduces the teacher as
     faithfully as the run can, so a later repair (shrink) distils from it. `teacher_first`: the stage
-    works on the teacher itself and so may follow only `keeps_teacher` stages, once.
+    works on the teacher itself and so may follow only `keeps_teacher` stages, once. `describe(config)`
+    says the stage's settings in a few words and `tag` names what it does, for the model card.
     """
 
     kind: str
@@ -43,9 +44,19 @@ class StageSpec:
     cost: Callable[[Any, CostInputs], StageCost]
     run: Callable[[StageContext], StageOutput]
     template: Stage  # the settings a stage starts from when a user switches it on
+    describe: Callable[[Any], str] = lambda config: ""  # the settings in a few words (none by default)
+    tag: str = ""  # the model card's tag for what the stage does (default: its kind)
     keeps_teacher: bool = False
     reference: bool = False
     teacher_first: bool = False
+
+
+    @property
+    def trains(self) -> bool:
+        """Whether the stage trains with an optimiser (its config has `recipe.Training`'s settings)."""
+        from engine.recipe import Training
+
+        return issubclass(self.config, Training)
 
 
 _SPECS: dict[str, StageSpec] = {}

@@ -44,6 +44,10 @@ def shape(cfg: ShrinkStage, before: Shape) -> Shape:
     return dataclasses.replace(before, hidden=cfg.hidden)
 
 
+def describe(cfg: ShrinkStage) -> str:
+    return f"hidden {cfg.hidden} (init {cfg.init}), {cfg.loss} loss, {cfg.max_steps} steps at lr {cfg.learning_rate}"
+
+
 def run(ctx: StageContext) -> StageOutput:
     import copy
 
@@ -91,6 +95,7 @@ def _same_depth(a: LoadedModel, b: LoadedModel) -> bool:
 
 SPEC = StageSpec(
     kind="shrink", config=ShrinkStage, shape=shape, cost=distillation_cost, run=run, template=ShrinkStage(),
+    describe=describe, tag="knowledge-distillation",
     title="Hidden-size reduction + second distillation (paper stage 3)",
     tip="Paper stage 3: cut the hidden width, then distil again from the previous student.\n"
         "Paper: the hidden-size cut costs the most accuracy of all stages.",

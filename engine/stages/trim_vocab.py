@@ -41,6 +41,10 @@ def cost(cfg: TrimVocabStage, inputs: CostInputs) -> StageCost:
     return StageCost(weights_bytes(inputs.source), TRIM_SECONDS)
 
 
+def describe(cfg: TrimVocabStage) -> str:
+    return f"vocabulary {cfg.size:,}"
+
+
 def run(ctx: StageContext) -> StageOutput:
     import copy
 
@@ -65,7 +69,7 @@ def run(ctx: StageContext) -> StageOutput:
 
 SPEC = StageSpec(
     kind="trim_vocab", config=TrimVocabStage, shape=shape, cost=cost, run=run, template=TrimVocabStage(),
-    keeps_teacher=True, reference=True,
+    describe=describe, tag="vocabulary-trimming", keeps_teacher=True, reference=True,
     title="Vocabulary trimming (paper stage 4; first here: lossless, cheaper steps)",
     tip="Paper stage 4, run first here: keep only the tokens your language uses (the budget filled\n"
         "with pieces that spell its alphabet) and rebuild the tokenizer. Measured on e5: 250k → 16k\n"
