@@ -28,15 +28,20 @@ ICON = resource_path("icons", "miniglot.svg")
 SAMPLES = resource_path("samples")
 
 
+def presets() -> dict[str, Path]:
+    """Every preset recipe by name (its file name without `.toml`), sorted by name."""
+    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.toml"))}
+
+
 def load_recipe(argument: str | Path) -> Recipe:
     """The recipe a command-line argument names: a .toml/.json file, or `preset:<name>` for a preset recipe,
     whose relative paths (its runs folder) then resolve in the current folder, not inside the installation."""
     text = str(argument)
     if not text.startswith(PRESET):
         return Recipe.load(argument)
-    presets = {path.stem: path for path in RECIPES_DIR.glob("*.toml")}
+    shipped = presets()
     name = text.removeprefix(PRESET)
-    if name not in presets:
+    if name not in shipped:
         raise RecipeError(f"no preset recipe named {name!r}; the presets are "
-                          + ", ".join(PRESET + preset for preset in sorted(presets)))
-    return Recipe.from_toml(presets[name].read_text(encoding="utf-8"), Path.cwd())
+                          + ", ".join(PRESET + preset for preset in shipped))
+    return Recipe.from_toml(shipped[name].read_text(encoding="utf-8"), Path.cwd())

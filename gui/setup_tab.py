@@ -9,7 +9,6 @@ a RecipeError's path names and refreshes the live `BudgetPanel`. One box per reg
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
@@ -17,7 +16,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QScrollArea, QSpli
 
 from engine.errors import RecipeError
 from engine.recipe import Recipe, Stage
-from engine.resources import DEFAULT_RECIPE
+from engine.resources import DEFAULT_RECIPE, PRESET, load_recipe
 from engine.shapes import Shape, estimate
 from engine.stages.registry import specs
 from gui.budget_panel import BudgetPanel
@@ -122,9 +121,9 @@ class SetupTab(QWidget):
     def _build_presets(self) -> QHBoxLayout:
         self.preset_combo = compact(QComboBox(), 30)
         self.preset_combo.addItem("Load a preset recipe…", None)
-        for path, header in preset_files():
+        for name, header in preset_files():
             first = header.split(". ")[0].split(" (")[0]
-            self.preset_combo.addItem(f"{path.stem} — {first}", str(path))
+            self.preset_combo.addItem(f"{name} — {first}", PRESET + name)
             self.preset_combo.setItemData(self.preset_combo.count() - 1, header, Qt.ItemDataRole.ToolTipRole)
         self.preset_combo.setToolTip("The paper's moderate and maximum settings for mBERT and XLM-R, and the "
                                      "offline default.")
@@ -277,13 +276,13 @@ class SetupTab(QWidget):
     # ---- presets, teacher, corpus ----
     @Slot(int)
     def _preset_chosen(self, index: int) -> None:
-        path = self.preset_combo.itemData(index)
-        if not path:
+        preset = self.preset_combo.itemData(index)
+        if not preset:
             return
         try:
-            self.set_recipe(Recipe.load(path))
+            self.set_recipe(load_recipe(preset))
         except RecipeError as exc:
-            show_message(self.stages_error, f"Cannot load preset {Path(path).name}: {exc}")
+            show_message(self.stages_error, f"Cannot load {preset}: {exc}")
 
     @Slot()
     def _teacher_changed(self) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.resources import LANGUAGES_FILE, RECIPES_DIR
+from engine.resources import LANGUAGES_FILE, presets
 from engine.shapes import Shape
 
 
@@ -21,16 +21,16 @@ def load_languages(path: Path = LANGUAGES_FILE) -> list[tuple[str, str]]:
     return pairs
 
 
-def preset_files() -> list[tuple[Path, str]]:
-    """Every preset recipe with its header comment (the leading `#` lines)."""
+def preset_files() -> list[tuple[str, str]]:
+    """Every preset recipe's name with its header comment (the leading `#` lines)."""
     out = []
-    for path in sorted(RECIPES_DIR.glob("*.toml")):
+    for name, path in presets().items():
         header = []
         for line in path.read_text(encoding="utf-8").splitlines():
             if not line.startswith("#"):
                 break
             header.append(line.lstrip("#").strip())
-        out.append((path, " ".join(header)))
+        out.append((name, " ".join(header)))
     return out
 
 

@@ -170,6 +170,7 @@ def test_presets_combo_lists_every_recipe_and_loads_one(tab, qtbot):
     with qtbot.waitSignal(tab.recipe_changed, timeout=2000) as blocker:
         combo.activated.emit(index)
     assert blocker.args[0] == Recipe.load(RECIPES / "xlmr-maximum.toml")
+    assert Path(blocker.args[0].base_dir) == Path.cwd()  # as `preset:xlmr-maximum` opens it, not the install
     assert tab.teacher_combo.currentData() == "hub:FacebookAI/xlm-roberta-base"
     assert "91.8% smaller" in tab.budget.summary.text()
 
