@@ -64,7 +64,7 @@ class ResultPlots(QWidget):
         return {**self.task_plots, "speed": self.speed_plot}
 
     def show_summary(self, summary: dict[str, Any]) -> None:
-        from engine.evaluate.report import HEADLINE
+        from engine.evaluate.report import headline
 
         for plot in self.plots().values():
             plot.getPlotItem().clear()
@@ -76,7 +76,7 @@ class ResultPlots(QWidget):
             names = list(dict.fromkeys(r["model"] for r in summary.get("results") or []))
         colours = _colours(names, summary.get("teacher", ""))
         for task in dict.fromkeys(r["task"] for r in summary.get("results") or []):
-            metric = HEADLINE.get(task, "")
+            metric = headline(task)
             rows = {r["model"]: r for r in summary["results"] if r["task"] == task and r["metric"] == metric}
             plot = self.task_plots.get(task) or self.task_plots.setdefault(task, _plot("", "score (%)"))
             set_title(plot.getPlotItem(), f"{task} — test {metric.replace('_', ' ')} (mean ± std over seeds)")

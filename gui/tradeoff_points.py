@@ -58,7 +58,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def load_points(run: RunSummary) -> list[ModelPoint]:
     """The teacher and completed students of a run, with scores from `eval/summary.json` if present."""
-    from engine.evaluate.report import HEADLINE
+    from engine.evaluate.report import is_headline
 
     name, manifest = run.path.name, run.manifest
     summary = _read_json(run.folder.eval_dir / "summary.json") or {}
@@ -92,7 +92,7 @@ def load_points(run: RunSummary) -> list[ModelPoint]:
             for metric in FIDELITY:
                 point.scores[score_key("fidelity", metric)] = (1.0, 0.0)
     for result in summary.get("results") or []:
-        if HEADLINE.get(result.get("task")) != result.get("metric"):
+        if not is_headline(result.get("task", ""), result.get("metric")):
             continue
         model_name = result.get("model")
         point = points.get(model_name) or (points.get("teacher") if model_name == reference else None)

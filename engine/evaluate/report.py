@@ -19,6 +19,11 @@ def headline(task: str) -> str:
     return HEADLINE[task.split("@")[0]]
 
 
+def is_headline(task: str, metric: str) -> bool:
+    """Whether `metric` is the headline of the task column `task` (False for a task MiniGlot does not know)."""
+    return HEADLINE.get(str(task).split("@")[0]) == metric
+
+
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table, as display strings."""
     results = {(r["model"], r["task"], r["metric"]): r for r in summary["results"]}

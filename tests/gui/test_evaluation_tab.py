@@ -190,3 +190,16 @@ def test_failure_is_reported_and_missing_inputs_refuse_to_start(qtbot, tmp_path,
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass  # signals reach the GUI thread only once the event loop runs, i.e. inside the wait
     assert errors == ["no such dataset"] and "failed" in tab.results.status.text()
+
+
+def test_a_task_scored_on_two_data_sets_gets_a_chart_per_data_set(qtbot):
+    from gui.eval_charts import ResultPlots
+
+    plots = ResultPlots()
+    qtbot.addWidget(plots)
+    results = [{"model": n, "task": f"topic@{data}", "metric": metric, "mean": mean, "std": 0.0, "seeds": 1}
+               for n in NAMES for data, mean in (("sib_swh", 0.7), ("sib_mlt", 0.6))
+               for metric in ("macro_f1", "accuracy")]
+    plots.show_summary({"teacher": "teacher", "results": results, "models": []})
+    assert set(plots.shown) == {"topic@sib_swh", "topic@sib_mlt"}
+    assert plots.bars["topic@sib_mlt"] == pytest.approx(dict.fromkeys(NAMES, 60))

@@ -128,3 +128,16 @@ def test_a_stage_level_with_the_teacher_shows_no_negative_zero_drop(qtbot, tmp_p
     tab = TradeoffsTab(RunsModel(tmp_path))
     qtbot.addWidget(tab)
     assert [tab.table.item(r, 5).text() for r in (1, 2)] == ["+0.00", "-1.00"]
+
+
+def test_a_task_scored_on_two_data_sets_gives_two_score_axes(tmp_path):
+    run = write_run(tmp_path, "20260105-000000-e", stages=STAGES[:1], ner={"teacher": 0.8, "01-distill": 0.7})
+    summary_file = run / "eval" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["results"] = [{"model": n, "task": f"topic@{data}", "metric": metric, "mean": mean, "std": 0.0}
+                          for n in ("teacher", "01-distill") for data, mean in (("swh", 0.7), ("mlt", 0.6))
+                          for metric in ("macro_f1", "accuracy")]
+    summary_file.write_text(json.dumps(summary))
+    teacher, distilled = load_points(summarise(run))[:2]
+    assert distilled.scores["topic@mlt:macro_f1"] == (0.6, 0.0)
+    assert {key for key in teacher.scores if key.startswith("topic")} == {"topic@swh:macro_f1", "topic@mlt:macro_f1"}
