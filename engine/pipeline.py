@@ -211,13 +211,14 @@ def _still_teacher(recipe: Recipe, index: int) -> bool:
 def _evaluate(recipe: Recipe, run_dir: Path, sink: EventSink, token: CancelToken) -> dict[str, Any]:
     """The recipe's [evaluation] over the teacher and every stage student, into `eval/`."""
     from engine.data.tasks import Columns
+    from engine.evaluate.report import SUMMARY_FILE
     from engine.evaluate.runner import EvalPlan, evaluate, run_models
 
     cfg = recipe.evaluation
     plan = EvalPlan(tuple(run_models(run_dir)), tuple(zip(cfg.tasks, cfg.data, strict=True)), cfg.seeds, cfg.epochs,
                     cfg.mode, cfg.learning_rate, cfg.intrinsic, cfg.speed, Columns(cfg.text_column, cfg.label_column))
     summary = evaluate(plan, run_dir / "eval", sink, token)
-    return {"summary": "eval/summary.json", "results": summary["results"]}
+    return {"summary": f"eval/{SUMMARY_FILE}", "results": summary["results"]}
 
 
 def _explain(exc: BaseException, run_dir: Path) -> str:

@@ -28,7 +28,9 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import MiniGlotError
+from engine.evaluate.report import SUMMARY_FILE
 from engine.events import EvalResult, Event, Log, Progress
+from engine.runfolder import RunFolder
 from gui.durations import format_duration
 from gui.eval_form import EvalOptions, TaskTable
 from gui.eval_models import OTHER, ModelChoice, plan_models, run_choices, run_evaluation
@@ -125,8 +127,8 @@ class EvaluationTab(QWidget):
         self.tree.blockSignals(False)
         if not self.is_running():
             out = self.options.output_dir()
-            if out is not None and (out / "summary.json").is_file():
-                self.results.load_summary(out / "summary.json")
+            if out is not None and (out / SUMMARY_FILE).is_file():
+                self.results.load_summary(out / SUMMARY_FILE)
 
     def _tree_group(self, title: str, tip: str, choices: list[ModelChoice]) -> None:
         group = QTreeWidgetItem(self.tree, [title])
@@ -186,7 +188,7 @@ class EvaluationTab(QWidget):
         from engine.recipe import Recipe
 
         try:
-            evaluation = Recipe.load(run_dir / "recipe.toml").evaluation
+            evaluation = Recipe.load(RunFolder(run_dir).recipe_file).evaluation
         except (OSError, ValueError, MiniGlotError):  # an unreadable recipe only means no prefill
             return
         if evaluation is None:

@@ -293,7 +293,7 @@ class MainWindow(QMainWindow):
             current.show()
             return
         run_dir = self.training_tab.run_dir
-        models = [m.path for m in RunFolder(run_dir).stage_models() if m.path.is_dir()] if run_dir else []
+        models = list(_completed_stages(run_dir).values()) if run_dir else []
         if current is not None:
             current.deleteLater()
         self.export_dialog = ExportDialog(models[-1] if models else None, self)

@@ -58,10 +58,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def load_points(run: RunSummary) -> list[ModelPoint]:
     """The teacher and completed students of a run, with scores from `eval/summary.json` if present."""
-    from engine.evaluate.report import is_headline
+    from engine.evaluate.report import SUMMARY_FILE, is_headline
 
     name, manifest = run.path.name, run.manifest
-    summary = _read_json(run.folder.eval_dir / "summary.json") or {}
+    summary = _read_json(run.folder.eval_dir / SUMMARY_FILE) or {}
     points: dict[str, ModelPoint] = {}
     teacher = manifest.get("teacher") or {}
     if teacher.get("params"):

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.runfolder import atomic_write_text
 
+SUMMARY_FILE = "summary.json"  # an evaluation's results in its output folder (`<run>/eval/` for a run)
 #: The score a table shows per task (the others stay in summary.json).
 HEADLINE = {"pos": "accuracy", "ner": "f1", "sentiment": "macro_f1", "topic": "macro_f1"}
 
@@ -79,6 +80,6 @@ def csv_text(summary: dict[str, Any]) -> str:
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
     atomic_write_text(out_dir / "summary.md", markdown(summary))
     atomic_write_text(out_dir / "summary.csv", csv_text(summary))
