@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QHeaderView,
     QLineEdit,
     QPushButton,
@@ -22,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.recipe import EVAL_TASKS, EvaluationConfig
+from gui.layouts import with_browse
 
 
 class TaskTable(QTableWidget):
@@ -108,11 +108,6 @@ class EvalOptions(QGroupBox):
         self.out_dir = QLineEdit()
         self.out_dir.setPlaceholderText("<run folder>/eval")
         self.out_dir.textEdited.connect(lambda _: setattr(self, "out_dir_user", True))
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._out_dir_dialog)
-        out_row = QHBoxLayout()
-        out_row.addWidget(self.out_dir, 1)
-        out_row.addWidget(browse)
         form = QFormLayout(self)
         form.addRow("Mode:", self.mode)
         form.addRow("Seeds:", self.seeds)
@@ -122,7 +117,7 @@ class EvalOptions(QGroupBox):
         form.addRow("Label column:", self.label_column)
         form.addRow(self.speed)
         form.addRow(self.intrinsic)
-        form.addRow("Output folder:", out_row)
+        form.addRow("Output folder:", with_browse(self.out_dir, self._out_dir_dialog))
         self._mode_changed()
 
     def plan_options(self) -> dict[str, Any]:

@@ -11,17 +11,16 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QMessageBox,
     QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from engine.export import default_out, export_onnx, summary_lines
+from gui.layouts import with_browse
 from gui.style import show_error
 from gui.worker import BackgroundTask, run_in_background
 
@@ -56,8 +55,8 @@ class ExportDialog(QDialog):
         self.status.setStyleSheet("color: #4b5563;")
 
         form = QFormLayout()
-        form.addRow("Model folder", _with_browse(self.model, self._browse_model))
-        form.addRow("Export into", _with_browse(self.out, self._browse_out))
+        form.addRow("Model folder", with_browse(self.model, self._browse_model))
+        form.addRow("Export into", with_browse(self.out, self._browse_out))
         form.addRow("Formats", self.onnx)
         form.addRow("", self.int8)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
@@ -134,14 +133,3 @@ class ExportDialog(QDialog):
         if folder:
             self._out_edited = True
             self.out.setText(folder)
-
-
-def _with_browse(edit: QLineEdit, browse) -> QWidget:
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(edit)
-    button = QPushButton("Browse…")
-    button.clicked.connect(browse)
-    layout.addWidget(button)
-    return row

@@ -1,4 +1,4 @@
-"""Layout helpers the tabs share: splitters and titled boxes with a row of buttons."""
+"""Layout helpers the tabs share: splitters, titled boxes with a row of buttons, fields with a Browse button."""
 
 from __future__ import annotations
 
@@ -37,3 +37,15 @@ def action_group(title: str, content: QWidget, actions: list[tuple[str, Callable
         row.addStretch(1)
     box.addLayout(row)
     return group
+
+
+def with_browse(field: QWidget, browse: Callable[[], None]) -> QWidget:
+    """`field` with a "Browse…" button after it that calls `browse`."""
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(field, 1)
+    button = QPushButton("Browse…")
+    button.clicked.connect(browse)
+    layout.addWidget(button)
+    return row
