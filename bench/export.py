@@ -126,13 +126,10 @@ def torch_runner(base):
 
 
 def onnx_runner(path: Path, threads: int):
-    import onnxruntime as ort
+    from engine.export import OUTPUT, onnx_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda batch: session.run(["last_hidden_state"], batch)[0]
+    session = onnx_session(path, threads, spinning=False)
+    return lambda batch: session.run([OUTPUT], batch)[0]
 
 
 def tokenizer_for(tokenizer, names: list[str], max_length: int):

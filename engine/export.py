@@ -135,13 +135,19 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def onnx_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session for `path` (`threads`: intra-op threads, default ONNX Runtime's)."""
+def onnx_session(path: Path, threads: int | None = None, spinning: bool = True) -> Any:
+    """An ONNX Runtime CPU session for `path` (`threads`: intra-op threads, default ONNX Runtime's).
+
+    `spinning=False` keeps idle threads from busy-waiting between calls, so a benchmark that alternates
+    ONNX Runtime with PyTorch does not lose the cores to them.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
