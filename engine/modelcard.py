@@ -21,12 +21,6 @@ from engine.recipe import Recipe
 from engine.runfolder import MODEL_CARD, Manifest, RunFolder, atomic_write_text
 from engine.stages.registry import spec_for
 
-#: Packaged teachers: the hub model each one is, and its license.
-PACKAGED = {
-    "multilingual-e5-small": ("intfloat/multilingual-e5-small", "mit"),
-    "all-minilm-l6-v2": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
-}
-
 #: ISO 639-1 codes of the FLORES-200 languages that have one (individual languages of a macrolanguage
 #: take its code: swh -> sw, zsm -> ms); the others keep their ISO 639-3 code, which the card spec allows.
 ISO_639_1 = dict(pair.split(":") for pair in """
@@ -68,8 +62,12 @@ class Teacher:
 def teacher_of(source: str) -> Teacher:
     """Name, hub id and license of a teacher source; the license is `unknown` when nothing states it."""
     if source.startswith("packaged:"):
-        hub_id, license_id = PACKAGED.get(source.removeprefix("packaged:"), (None, "unknown"))
-        return Teacher(source, hub_id, {"license": license_id})
+        from engine.models.packaged import PACKAGED_MODELS
+
+        packaged = PACKAGED_MODELS.get(source.removeprefix("packaged:"))
+        if packaged is None:
+            return Teacher(source, None, {"license": "unknown"})
+        return Teacher(source, packaged.hub_id, {"license": packaged.license})
     if source.startswith("hub:"):
         repo_id, _, revision = source.removeprefix("hub:").partition("@")
         return Teacher(source, repo_id, _license(_hub_readme(repo_id, revision)))

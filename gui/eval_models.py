@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.data.tasks import Columns
+from engine.evaluate import runner
 from gui.runs_model import RunSummary
 
 OTHER = "Other models"
@@ -58,19 +60,13 @@ def plan_models(choices: list[ModelChoice]) -> list[tuple[str, str]]:
         name = choice.name
         if len(runs) > 1 and choice.run != OTHER and (not choice.teacher or out):
             name = f"{choice.run}-{choice.name}"
-        taken = [n for n, _ in out]
-        candidate, n = name.replace("/", "_"), 2
-        while candidate in taken:
-            candidate, n = f"{name}-{n}", n + 1
-        out.append((candidate, choice.source))
+        out.append((runner.unique_name(name, [n for n, _ in out]), choice.source))
     return out
 
 
 def run_evaluation(sink: Any, token: Any, models: list[tuple[str, str]], tasks: list[tuple[str, str]],
                    options: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Work-thread body: resolve the model sources, then `runner.evaluate` into `out_dir`."""
-    from engine.data.tasks import Columns
-    from engine.evaluate import runner
     from engine.models.loading import resolve_source
 
     refs = tuple(runner.ModelRef(name, resolve_source(source)) for name, source in models)

@@ -8,7 +8,7 @@ import hashlib
 import json
 import random
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,17 +202,27 @@ def _read_file(path: Path) -> list[str]:
     return lines
 
 
-def _jsonl_texts(path: Path, text: str) -> list[str]:
-    texts = []
+def jsonl_records(text: str, error: Callable[[int, str], Exception]) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) of every non-blank line of JSON Lines `text`; a line that is not JSON
+    raises `error(line number, problem)`."""
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CorpusError(f"{path} line {number}: not valid JSON ({exc.msg}).") from None
+            raise error(number, f"not valid JSON ({exc.msg}).") from None
+        yield number, record
+
+
+def _jsonl_texts(path: Path, text: str) -> list[str]:
+    def error(number: int, problem: str) -> CorpusError:
+        return CorpusError(f"{path} line {number}: {problem}")
+
+    texts = []
+    for number, record in jsonl_records(text, error):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise CorpusError(f'{path} line {number}: expected a JSON object with a string "text" field.')
+            raise error(number, 'expected a JSON object with a string "text" field.')
         texts.append(record["text"])
     return texts
 

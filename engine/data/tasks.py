@@ -27,13 +27,12 @@ import io
 import json
 import random
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.data.corpus import HUB_PREFIX, decode_wide
+from engine.data.corpus import HUB_PREFIX, decode_wide, jsonl_records
 from engine.errors import TaskDataError
 from engine.hub import offline_reason
 
@@ -144,26 +143,6 @@ def load_task(task: str, data: str | Path, seed: int = 0, columns: Columns = Col
     parts = _complete_splits(parts, seed)
     labels = _label_set(task, parts, order, order_origin)
     return TaskData(task, labels, *(tuple(parts[split].examples) for split in SPLITS), source)
-
-
-def label_counts(examples: Iterable[Example]) -> dict[str, int]:
-    """How often each label (text tasks) or tag (token tasks) occurs, most frequent first
-    (ties in order of first appearance)."""
-    return dict(Counter(_example_labels(examples)).most_common())
-
-
-def majority_baseline(task_data: TaskData) -> dict[str, float]:
-    """Test scores of always predicting the most frequent train label (per text, or per word for POS).
-    Macro-F1 averages over the labels in gold ∪ predictions. NER: the majority tag is O, which
-    predicts no entity, so entity-level f1/precision/recall are 0."""
-    if task_data.task == "ner":
-        return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
-    majority = next(iter(label_counts(task_data.train)))
-    gold = list(_example_labels(task_data.test))
-    correct = sum(label == majority for label in gold)
-    # Majority class: TP = correct, FP = len(gold) - correct, FN = 0; every other class scores 0.
-    majority_f1 = 2 * correct / (len(gold) + correct)
-    return {"accuracy": correct / len(gold), "macro_f1": majority_f1 / len({*gold, majority})}
 
 
 def to_iob2(tags: Sequence[str]) -> tuple[str, ...]:
@@ -423,13 +402,7 @@ def _read_jsonl(path: Path, text: str, columns: Columns) -> _Table:
     text_fields = (columns.text,) if columns.text else JSONL_TEXT_FIELDS
     label_fields = (columns.label,) if columns.label else JSONL_LABEL_FIELDS
     rows: list[tuple[str, str, int]] = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TaskDataError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
+    for number, record in jsonl_records(text, lambda line, problem: TaskDataError(f"{path}:{line}: {problem}")):
         record = record if isinstance(record, dict) else {}
         value = next((record[k] for k in text_fields if k in record), None)
         label = next((record[k] for k in label_fields if k in record), None)

@@ -1,14 +1,13 @@
-"""Intrinsic metrics on held-out text: masked-token accuracy, pseudo-perplexity, and how faithfully a
-student reproduces its teacher's representations.
+"""Intrinsic metrics on held-out text: masked-token accuracy, and how faithfully a student reproduces
+its teacher's representations.
 
-The MLM metrics need an MLM head (`LoadedModel.has_mlm_head`); they raise `ModelError` for a bare
-encoder, so callers check `has_mlm_head` first. Every function runs in eval mode under
+Masked-token accuracy needs an MLM head (`LoadedModel.has_mlm_head`); it raises `ModelError` for a
+bare encoder, so callers check `has_mlm_head` first. Every function runs in eval mode under
 `torch.inference_mode` on the model's own device and restores the model's training flag afterwards.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -84,39 +83,6 @@ def masked_token_accuracy(model: LoadedModel, texts: Sequence[str], *, max_lengt
     if total == 0:
         raise CorpusError("masked-token accuracy: the texts have no maskable (non-special) tokens")
     return {"accuracy": correct / total, "loss": nll / total, "masked_tokens": total, "texts": len(texts)}
-
-
-def pseudo_perplexity(model: LoadedModel, texts: Sequence[str], *, max_sentences: int = 64,
-                      max_length: int = 64) -> float:
-    """Pseudo-perplexity (Salazar et al. 2020): exp of the mean, over all scored tokens, of
-    −log p(token | text with only that token masked).
-
-    The first `max_sentences` non-empty texts are tokenised (truncated to `max_length`); every
-    non-special token (special tokens, including the unknown token, are excluded) is masked in turn,
-    with all single-mask copies of a sentence run as one batch. Raises ModelError without an MLM head.
-    """
-    head = _mlm_head(model, "pseudo-perplexity")
-    texts = _texts(texts, "pseudo-perplexity")[:max_sentences]
-    tokenizer, base, device = model.tokenizer, model.adapter.base(model.model), device_of(model.model)
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-    nll, count = 0.0, 0
-    with evaluating(model.model):
-        for ids in tokenize(tokenizer, texts, max_length):
-            ids_t = torch.tensor(ids, dtype=torch.long)
-            positions = (~torch.isin(ids_t, special)).nonzero().squeeze(1)
-            if positions.numel() == 0:
-                continue
-            rows = torch.arange(positions.numel())
-            copies = ids_t.repeat(positions.numel(), 1)
-            copies[rows, positions] = tokenizer.mask_token_id
-            hidden = base(input_ids=copies.to(device),
-                          attention_mask=torch.ones_like(copies, device=device)).last_hidden_state
-            logits = head(hidden[rows.to(device), positions.to(device)]).float()
-            nll += float(F.cross_entropy(logits, ids_t[positions].to(device), reduction="sum"))
-            count += positions.numel()
-    if count == 0:
-        raise CorpusError("pseudo-perplexity: the texts have no scorable (non-special) tokens")
-    return math.exp(nll / count)
 
 
 def _states(model: LoadedModel, ids: list[list[int]], indices: list[int],

@@ -21,7 +21,6 @@ from engine.errors import MiniGlotError
 from engine.evaluate.report import write_summary
 from engine.events import CancelToken, EvalResult, EventSink, Log, Metric, Progress
 from engine.modelcard import refresh_cards
-from engine.models.loading import load_model, resolve_source
 from engine.runfolder import RunFolder, atomic_write_text, folder_bytes, folder_fingerprint
 
 STAGE = "eval"
@@ -50,6 +49,7 @@ class EvalPlan:
 
 def run_models(run_dir: Path) -> list[ModelRef]:
     """The teacher and every completed stage student of a run folder."""
+    from engine.models.loading import resolve_source
     from engine.recipe import Recipe
 
     folder = RunFolder.open(run_dir)
@@ -64,17 +64,20 @@ def run_models(run_dir: Path) -> list[ModelRef]:
 
 def source_models(specs: list[str]) -> list[ModelRef]:
     """Model folders or teacher sources (`packaged:…`, `hub:…`), named by their last path part."""
+    from engine.models.loading import resolve_source
+
     refs = []
     for spec in specs:
         path = resolve_source(spec)
         folder = Path(spec)
         name = (spec.split(":", 1)[1] if spec.startswith(("packaged:", "hub:"))
                 else folder.parent.name if folder.name == "model" else folder.name)  # stages/NN-kind/model
-        refs.append(ModelRef(_unique(name, [r.name for r in refs]), path))
+        refs.append(ModelRef(unique_name(name, [r.name for r in refs]), path))
     return refs
 
 
-def _unique(name: str, taken: list[str]) -> str:
+def unique_name(name: str, taken: list[str]) -> str:
+    """`name` with `/` as `_` (empty: `model`), suffixed `-2`, `-3`, … until it is not in `taken`."""
     name = name.replace("/", "_") or "model"
     candidate, n = name, 2
     while candidate in taken:
@@ -200,7 +203,8 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _model_facts(plan: EvalPlan, datasets: dict, sink: EventSink, token: CancelToken) -> list[dict[str, Any]]:
     """Parameters, bytes, speed (as ratios to the first model) and fidelity to the first model."""
     from engine.evaluate.intrinsic import representation_fidelity
-    from engine.evaluate.speed import measure_speed, parameter_breakdown
+    from engine.evaluate.speed import measure_speed, parameter_breakdown, ratios_to
+    from engine.models.loading import load_model
 
     loaded = {ref.name: load_model(ref.path) for ref in plan.models}
     facts = []
@@ -213,12 +217,9 @@ def _model_facts(plan: EvalPlan, datasets: dict, sink: EventSink, token: CancelT
     if plan.speed:
         sink.emit(Log(message="measuring CPU latency and throughput (models interleaved)"))
         speed = measure_speed(loaded)
-        reference = speed[plan.models[0].name]
+        ratios = ratios_to(speed, plan.models[0].name)
         for fact in facts:
-            own = speed[fact["name"]]
-            fact.update(own)
-            fact["speedup_latency"] = reference["latency_ms_median"] / own["latency_ms_median"]
-            fact["speedup_throughput"] = own["tokens_per_second"] / reference["tokens_per_second"]
+            fact.update(speed[fact["name"]], **ratios[fact["name"]])
     token.raise_if_cancelled()
     if plan.intrinsic:
         texts = _probe_texts(datasets)

