@@ -34,8 +34,8 @@ def main() -> None:
     from PySide6.QtWidgets import QApplication
 
     from gui import style
+    from gui.event_loop import run_event_loop
     from gui.training_tab import TrainingTab
-    from gui.worker import run_event_loop
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     style.apply(app)

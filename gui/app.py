@@ -63,7 +63,7 @@ def screenshots(window, out_dir: Path) -> int:
     """Visit every tab, save one PNG per tab into `out_dir`, close the window."""
     from PySide6.QtCore import QCoreApplication
 
-    from gui.worker import idle_workers, run_event_loop
+    from gui.event_loop import idle_workers, run_event_loop
 
     out_dir.mkdir(parents=True, exist_ok=True)
     window.resize(1440, 900)

@@ -1,7 +1,7 @@
 """Evaluation tab: benchmark the teacher and students on downstream tasks, with size and speed.
 
 Models come from the shared `RunsModel` (teacher and completed stages of each run) or any model
-folder; the evaluation runs in the background through `gui.worker.TaskWorker` calling
+folder; the evaluation runs in the background through a `gui.worker.Worker` calling
 `engine.evaluate.runner.evaluate`, whose events drive the progress bar and the live results. Results
 are read from (and written to) an `eval/` folder and shown by `gui.eval_results.ResultsPanel`.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -32,13 +31,14 @@ from engine.evaluate.report import SUMMARY_FILE
 from engine.events import EvalResult, Event, Log, Progress
 from engine.runfolder import RunFolder
 from gui.durations import format_duration
+from gui.errors import details, message
 from gui.eval_form import EvalOptions, TaskTable
 from gui.eval_models import OTHER, ModelChoice, plan_models, run_choices, run_evaluation
 from gui.eval_results import ResultsPanel
 from gui.layouts import action_group, splitter
 from gui.runs_model import RunsModel
 from gui.style import show_error
-from gui.worker import TaskWorker
+from gui.worker import CANCELLED, COMPLETED, Outcome, Worker
 
 IDLE = "no evaluation running"
 
@@ -55,7 +55,7 @@ class EvaluationTab(QWidget):
         self.extra_runs: list[Path] = []
         self.other_models: list[Path] = []
         self.checked: set[tuple[str, str]] = set()  # (run, name) of ticked models
-        self.worker: TaskWorker | None = None
+        self.worker: Worker | None = None
         self.started = 0.0
 
         self.results = ResultsPanel(lambda: self.options.output_dir() or Path.cwd())
@@ -214,7 +214,7 @@ class EvaluationTab(QWidget):
     def is_running(self) -> bool:
         return self.worker is not None and self.worker.is_running()
 
-    def start(self) -> TaskWorker | None:
+    def start(self) -> Worker | None:
         """Start the evaluation of the ticked models on the task rows; None (with a message) if not ready."""
         if self.is_running():
             return None
@@ -236,11 +236,10 @@ class EvaluationTab(QWidget):
         self.progress.setValue(0)
         self.eta.setText("Loading the task data and models…")
         self.results.status.setText(f"Evaluating {len(models)} models on {', '.join(t for t, _ in tasks)} → {out}")
-        self.worker = TaskWorker(run_evaluation, models, tasks, options, out)
+        self.worker = Worker(run_evaluation, models, tasks, options, out)
         self.worker.event.connect(self.handle)
-        self.worker.done.connect(lambda summary, out=out: self._done(summary, out))
         self.worker.failed.connect(self._failed)
-        self.worker.finished.connect(self._finished)
+        self.worker.finished.connect(lambda outcome, out=out: self._finished(outcome, out))
         self.started = time.monotonic()
         self.worker.start()
         self._set_running(True)
@@ -267,18 +266,17 @@ class EvaluationTab(QWidget):
         elif isinstance(event, Log):
             self.results.log.appendPlainText(event.message)
 
-    def _done(self, summary: dict[str, Any], out: Path) -> None:
-        self.results.show_summary(summary, source=out)
-        self.eta.setText(f"Finished in {format_duration(time.monotonic() - self.started)}")
-        self.evaluation_finished.emit(out)
-
-    def _failed(self, message: str, details: str) -> None:
-        self.results.status.setText(f"<span style='color:#b91c1c'>Evaluation failed: {message}</span>")
+    def _failed(self, error: BaseException) -> None:
+        self.results.status.setText(f"<span style='color:#b91c1c'>Evaluation failed: {message(error)}</span>")
         self.eta.setText("")
-        show_error(self, "Evaluation failed", message, details)
+        show_error(self, "Evaluation failed", message(error), details(error))
 
-    def _finished(self) -> None:
-        if self.results.summary is None and not self.results.status.text().startswith("<span"):
+    def _finished(self, outcome: Outcome, out: Path) -> None:
+        if outcome.status == COMPLETED:
+            self.results.show_summary(outcome.result, source=out)
+            self.eta.setText(f"Finished in {format_duration(time.monotonic() - self.started)}")
+            self.evaluation_finished.emit(out)
+        elif outcome.status == CANCELLED:
             self.results.status.setText("Evaluation cancelled; finished fine-tunings are kept and a new run "
                                         "continues.")
             self.eta.setText("Cancelled")

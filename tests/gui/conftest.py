@@ -31,7 +31,8 @@ def no_threads_left():
     """Fail a test that leaves a worker thread (or any new Python thread) running."""
     from PySide6.QtCore import QCoreApplication
 
-    from gui.worker import collecting_on_gui_thread, live_workers, wait_for_all
+    from gui.gil import collecting_on_gui_thread
+    from gui.worker import live_workers, wait_for_all
 
     before = set(threading.enumerate())
     yield

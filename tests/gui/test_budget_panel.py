@@ -14,7 +14,7 @@ import pytest
 from engine.recipe import Recipe
 from engine.shapes import estimate
 from gui.budget_panel import BudgetPanel
-from gui.setup_tab import KNOWN_SHAPES
+from gui.teachers import known_shape
 
 RECIPES = Path(__file__).resolve().parents[2] / "resources" / "recipes"
 MBERT = "hub:google-bert/bert-base-multilingual-cased"
@@ -28,7 +28,7 @@ def panel(qtbot):
 
 
 def mbert_rows(name: str = "mbert-maximum.toml") -> list[dict]:
-    return estimate(Recipe.load(RECIPES / name), KNOWN_SHAPES[MBERT])
+    return estimate(Recipe.load(RECIPES / name), known_shape(MBERT))
 
 
 def stacked_tops(panel: BudgetPanel) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -12,12 +11,11 @@ import pytest
 import engine.evaluate.runner as runner
 import engine.models.loading as loading
 from engine.errors import MiniGlotError
-from engine.events import EvalResult, Log, Progress
+from engine.events import EvalResult, Progress
 from gui import evaluation_tab
 from gui.eval_models import OTHER, ModelChoice, plan_models
 from gui.evaluation_tab import EvaluationTab
 from gui.runs_model import RunsModel
-from gui.worker import TaskWorker, live_workers
 
 NAMES = ["teacher", "01-distill", "02-shrink"]
 POS = {"teacher": 0.90, "01-distill": 0.88, "02-shrink": 0.80}
@@ -98,22 +96,6 @@ def test_exports_write_csv_markdown_and_pngs(qtbot, tmp_path):
     written = tab.results.export_plots(tmp_path / "png")
     assert sorted(p.name for p in written) == ["eval-pos.png", "eval-speed.png", "eval-topic.png"]
     assert all(p.stat().st_size > 1000 for p in written)
-
-
-def test_task_worker_delivers_events_on_the_gui_thread(qtbot):
-    seen = []
-
-    def job(sink, token, n):
-        for i in range(n):
-            sink.emit(Log(message=str(i)))
-        return n * 2
-
-    worker = TaskWorker(job, 3)
-    worker.event.connect(lambda e: seen.append((e.message, threading.current_thread() is threading.main_thread())))
-    with qtbot.waitSignal(worker.finished, timeout=60_000), qtbot.waitSignal(worker.done) as done:
-        worker.start()
-    assert done.args == [6] and seen == [("0", True), ("1", True), ("2", True)]
-    assert not live_workers()
 
 
 def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, monkeypatch, fake_sources):

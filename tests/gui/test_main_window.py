@@ -115,8 +115,9 @@ def test_export_student_copies_a_stage_model(qtbot, window, finished_run, tmp_pa
     stages = main_window._completed_stages(finished_run)
     assert len(stages) == 4
     task = window.export_student(list(stages.values())[-1], tmp_path / "student")
-    with qtbot.waitSignal(task.done, timeout=30_000):
+    with qtbot.waitSignal(task.finished, timeout=30_000) as finished:
         pass
+    assert finished.args[0].status == "completed"
     assert (tmp_path / "student" / "config.json").is_file()
 
 

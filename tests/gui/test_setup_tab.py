@@ -14,7 +14,8 @@ from PySide6.QtCore import Qt
 from engine.errors import RecipeError
 from engine.recipe import Recipe
 from engine.shapes import Shape
-from gui.setup_tab import KNOWN_SHAPES, SetupTab
+from gui.setup_tab import SetupTab
+from gui.teachers import known_shape
 
 RECIPES = Path(__file__).resolve().parents[2] / "resources" / "recipes"
 
@@ -205,7 +206,7 @@ def test_offline_hub_teacher_error_is_inline_and_budget_uses_known_shape(qtbot, 
     assert "Cannot inspect the teacher" in tab.teacher_info.text()
     assert "standard shape" in tab.teacher_info.text()
     assert tab.is_valid()
-    assert tab.budget.rows()[0]["total_params"] == KNOWN_SHAPES["hub:FacebookAI/xlm-roberta-base"].total_params
+    assert tab.budget.rows()[0]["total_params"] == known_shape("hub:FacebookAI/xlm-roberta-base").total_params
 
 
 def test_a_late_answer_for_a_previous_teacher_is_ignored(tab, recorder):
@@ -217,7 +218,7 @@ def test_a_late_answer_for_a_previous_teacher_is_ignored(tab, recorder):
 
     on_done((key, ("bert", Shape(2, 64, 128, 4, 1000)), ""))
 
-    assert tab.teacher_shape() == KNOWN_SHAPES["hub:FacebookAI/xlm-roberta-base"]
+    assert tab.teacher_shape() == known_shape("hub:FacebookAI/xlm-roberta-base")
     assert "Inspecting" in tab.teacher_info.text()
     assert "standard shape" in tab.budget.message.text()
 
@@ -257,3 +258,20 @@ def test_a_shape_error_flags_the_field_its_path_names(tab, qtbot):
     with pytest.raises(RecipeError) as error:
         tab.recipe()
     assert error.value.path == "stages[1].size"
+
+
+def test_the_teacher_choices_come_from_the_engine_catalogue(tab):
+    from engine.models.packaged import PACKAGED_MODELS
+
+    combo = tab.teacher_combo
+    sources = [combo.itemData(i) for i in range(combo.count())]
+    assert sources[: len(PACKAGED_MODELS)] == [f"packaged:{name}" for name in PACKAGED_MODELS]
+    tips = [combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(len(PACKAGED_MODELS))]
+    assert tips == [model.description for model in PACKAGED_MODELS.values()]
+
+
+def test_a_packaged_teachers_standard_shape_is_the_shape_inspection_reads():
+    from gui.setup_tasks import inspect_teacher
+
+    source = "packaged:all-minilm-l6-v2"  # a plain folder inside its wheel: inspected without converting
+    assert inspect_teacher(source, False)[1] == known_shape(source)

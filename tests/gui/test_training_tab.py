@@ -145,6 +145,17 @@ def test_resume_of_a_run_another_writer_holds_is_refused_and_leaves_it_alone(qtb
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "completed"
 
 
+def test_a_run_that_fails_before_its_folder_exists_says_so(qtbot, make_recipe, tmp_path, dialogs):
+    recipe = make_recipe()
+    recipe = recipe.replace(teacher=recipe.teacher.__class__(source=str(tmp_path / "no-such-teacher")))
+    tab = _tab(qtbot, recipe)
+    run_dir, _status = _run(qtbot, tab)
+    assert run_dir is None and not tab.is_running()
+    [(_title, message, details)] = dialogs
+    assert "no-such-teacher" in message and "Traceback" in details
+    assert tab.run_label.text() == "The run did not start" and not tab.resume_button.isEnabled()
+
+
 def test_invalid_recipe_is_reported_not_started(qtbot, dialogs):
     from engine.errors import RecipeError
 
