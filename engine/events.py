@@ -105,6 +105,40 @@ class EvalResult(Event):
 
 
 @dataclass(frozen=True)
+class EvalProgress(Event):
+    """`done` of `total` evaluation jobs (model × task × seed) finished; the job now running, if any."""
+
+    kind: ClassVar[str] = "eval_progress"
+    done: int
+    total: int
+    task: str = ""  # empty once every job is done
+    model: str = ""
+    seed: int = 0
+    eta_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class EvalDevScore(Event):
+    """A dev-set score within one job: after a fine-tuning epoch, or after a probe's fit of one layer and L2."""
+
+    kind: ClassVar[str] = "eval_dev_score"
+    task: str
+    model: str
+    seed: int
+    metric: str
+    value: float
+    epoch: int = 0  # fine-tuning: the epoch, from 1; probes: 0
+    layer: int = 0  # probes: the layer fitted, from 1; fine-tuning: 0
+    l2: float = 0.0
+
+    @property
+    def text(self) -> str:
+        """'dev accuracy 0.812 (epoch 3)', or '… (layer 4, L2 0.001)' for a probe's fit."""
+        where = f"epoch {self.epoch}" if self.epoch else f"layer {self.layer}, L2 {self.l2:g}" if self.layer else ""
+        return f"dev {self.metric} {self.value:.3f}" + (f" ({where})" if where else "")
+
+
+@dataclass(frozen=True)
 class Log(Event):
     kind: ClassVar[str] = "log"
     message: str
@@ -123,7 +157,7 @@ class Failure(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (RunStarted, RunFinished, StageStarted, StageFinished, Progress, Metric, Artifact, EvalResult,
-                Log, Failure)
+                EvalProgress, EvalDevScore, Log, Failure)
 }
 
 
@@ -201,9 +235,10 @@ class ConsoleSink:
         line = self._format(event)
         if line is None:
             return
-        if isinstance(event, Progress):
+        if isinstance(event, Progress | EvalProgress):
             now = time.monotonic()
-            if now - self._last < self.interval and event.step != event.total:
+            last = (event.step if isinstance(event, Progress) else event.done) == event.total
+            if now - self._last < self.interval and not last:
                 return
             self._last = now
         print(line, file=self.stream, flush=True)
@@ -225,6 +260,12 @@ class ConsoleSink:
         if isinstance(event, EvalResult):
             scores = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
             return f"[eval] {event.task} {event.model} seed {event.seed}: {scores}"
+        if isinstance(event, EvalProgress):
+            eta = f" eta {event.eta_seconds:.0f}s" if event.eta_seconds is not None else ""
+            now = f": {event.task} {event.model} seed {event.seed}" if event.task else ""
+            return f"[eval] {event.done}/{event.total} done{eta}{now}"
+        if isinstance(event, EvalDevScore):
+            return f"[eval] {event.task} {event.model} seed {event.seed}: {event.text}"
         if isinstance(event, Log):
             return f"{event.level}: {event.message}"
         if isinstance(event, Failure):

@@ -24,6 +24,7 @@ from engine.errors import RunFolderError
 RECIPE = "recipe.toml"
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
+EVAL = "eval"  # the evaluation's results (engine.evaluate.runner): per task, model and seed, and the summary
 LOCK = ".lock"  # held (flock) by the one process writing the run; the OS releases it if that process dies
 LOCK_OWNER = ".lock.json"  # who holds it: pid, host, since
 LEFTOVER_PATTERNS = (".*.tmp", ".*.old")  # a killed writer's temporary files and folders
@@ -227,7 +228,7 @@ class RunFolder:
 
     @property
     def eval_dir(self) -> Path:
-        return self.path / "eval"
+        return self.path / EVAL
 
     def is_run(self) -> bool:
         """Whether the folder has a manifest or an event log (a run, possibly still starting)."""

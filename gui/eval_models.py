@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.data.tasks import Columns
+from engine.configs import EvaluationConfig
 from engine.evaluate import runner
 from gui.runs_model import RunSummary
 
@@ -64,12 +64,10 @@ def plan_models(choices: list[ModelChoice]) -> list[tuple[str, str]]:
     return out
 
 
-def run_evaluation(sink: Any, token: Any, models: list[tuple[str, str]], tasks: list[tuple[str, str]],
-                   options: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def run_evaluation(sink: Any, token: Any, models: list[tuple[str, str]], config: EvaluationConfig,
+                   out_dir: Path) -> dict[str, Any]:
     """Work-thread body: resolve the model sources, then `runner.evaluate` into `out_dir`."""
     from engine.models.loading import resolve_source
 
     refs = tuple(runner.ModelRef(name, resolve_source(source)) for name, source in models)
-    options = {**options, "columns": Columns(*options.get("columns", ("", "")))}
-    plan = runner.EvalPlan(models=refs, tasks=tuple(tasks), **options)
-    return runner.evaluate(plan, out_dir, sink, token)
+    return runner.evaluate(runner.EvalPlan(refs, config), out_dir, sink, token)

@@ -26,9 +26,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.errors import MiniGlotError
+from engine.errors import MiniGlotError, RecipeError
 from engine.evaluate.report import SUMMARY_FILE
-from engine.events import EvalResult, Event, Log, Progress
+from engine.events import EvalDevScore, EvalProgress, EvalResult, Event, Log
 from engine.runfolder import RunFolder
 from gui.durations import format_duration
 from gui.errors import details, message
@@ -57,6 +57,7 @@ class EvaluationTab(QWidget):
         self.checked: set[tuple[str, str]] = set()  # (run, name) of ticked models
         self.worker: Worker | None = None
         self.started = 0.0
+        self.job = ""  # the progress line of the job now running, which its dev scores extend
 
         self.results = ResultsPanel(lambda: self.options.output_dir() or Path.cwd())
         split = splitter(Qt.Orientation.Horizontal, self._build_setup(), self.results, stretch=(0, 1),
@@ -153,7 +154,7 @@ class EvaluationTab(QWidget):
                 self.checked.discard(key)
             runs = {c.run_dir for c in self.chosen() if c.run_dir}
             if not self.options.out_dir_user and len(runs) == 1:
-                self.options.set_output_dir(Path(runs.pop()) / "eval")
+                self.options.set_output_dir(RunFolder(runs.pop()).eval_dir)
 
     def chosen(self) -> list[ModelChoice]:
         """Ticked models in tree order."""
@@ -177,7 +178,7 @@ class EvaluationTab(QWidget):
             return
         self.checked = {(c.run, c.name) for c in run_choices(run)} if run is not None else set()
         self._prefill_tasks(run_dir)
-        self.options.set_output_dir(run_dir / "eval")
+        self.options.set_output_dir(RunFolder(run_dir).eval_dir)
         self.results.clear()
         self.refresh()
 
@@ -221,22 +222,24 @@ class EvaluationTab(QWidget):
         models = plan_models(self.chosen())
         tasks = self.tasks.task_rows()
         out = self.options.output_dir()
-        options = self.options.plan_options()
         problem = ("Tick at least one model." if not models else
                    "Add a task with its data (a folder, file or hub:<dataset id>)." if not tasks else
-                   "Choose an output folder." if out is None else
-                   "The learning rate must be a number between 0 and 1, such as 2e-4, or empty for the "
-                   "task's default." if options["learning_rate"] is None else "")
+                   "Choose an output folder." if out is None else "")
+        if not problem:
+            try:
+                config = self.options.config(tasks)
+            except RecipeError as exc:
+                problem = str(exc)
         if problem:
             self.results.status.setText(f"<span style='color:#b91c1c'>{problem}</span>")
             return None
         self.results.clear()
-        self.progress.setFormat("%v / %m probes" if options["mode"] == "probe" else "%v / %m fine-tunings")
-        self.progress.setRange(0, len(models) * len(tasks) * options["seeds"])
+        self.progress.setFormat("%v / %m probes" if config.mode == "probe" else "%v / %m fine-tunings")
+        self.progress.setRange(0, len(models) * len(tasks) * config.seeds)
         self.progress.setValue(0)
         self.eta.setText("Loading the task data and models…")
         self.results.status.setText(f"Evaluating {len(models)} models on {', '.join(t for t, _ in tasks)} → {out}")
-        self.worker = Worker(run_evaluation, models, tasks, options, out)
+        self.worker = Worker(run_evaluation, models, config, out)
         self.worker.event.connect(self.handle)
         self.worker.failed.connect(self._failed)
         self.worker.finished.connect(lambda outcome, out=out: self._finished(outcome, out))
@@ -257,10 +260,14 @@ class EvaluationTab(QWidget):
 
     def handle(self, event: Event) -> None:
         """An event from the evaluation (GUI thread)."""
-        if isinstance(event, Progress) and event.stage == "eval":
+        if isinstance(event, EvalProgress):
             self.progress.setRange(0, max(event.total, 1))
-            self.progress.setValue(event.step)
-            self.eta.setText(f"{event.step} of {event.total} done · ETA {format_duration(event.eta_seconds)}")
+            self.progress.setValue(event.done)
+            self.job = (f"{event.done} of {event.total} done · ETA {format_duration(event.eta_seconds)}"
+                        + (f" · now {event.task}, {event.model}, seed {event.seed}" if event.task else ""))
+            self.eta.setText(self.job)
+        elif isinstance(event, EvalDevScore):
+            self.eta.setText(f"{self.job}: {event.text}")
         elif isinstance(event, EvalResult):
             self.results.add_result(event)
         elif isinstance(event, Log):

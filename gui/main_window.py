@@ -217,9 +217,11 @@ class MainWindow(QMainWindow):
 
     # ---- runs ----
     def open_run(self, run_dir: Path) -> bool:
-        run_dir = RunFolder(run_dir).path
-        if not RunFolder(run_dir).is_run():
-            show_error(self, "Not a run folder", f"{run_dir} has no manifest.json or events.jsonl.")
+        folder = RunFolder(run_dir)
+        run_dir = folder.path
+        if not folder.is_run():
+            show_error(self, "Not a run folder",
+                       f"{run_dir} has no {folder.manifest_file.name} or {folder.events_file.name}.")
             return False
         if not self.training_tab.open_run(run_dir):
             return False

@@ -10,6 +10,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from engine.events import RunFinished, read_events
+from engine.runfolder import RunFolder
 
 
 class RunFollower(QObject):
@@ -20,7 +21,7 @@ class RunFollower(QObject):
 
     def __init__(self, run_dir: Path, interval_ms: int = 500, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.path = Path(run_dir) / "events.jsonl"
+        self.path = RunFolder(run_dir).events_file
         self.offset = 0
         self.done = False
         self._timer = QTimer(self)

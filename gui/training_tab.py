@@ -31,6 +31,8 @@ from PySide6.QtWidgets import (
 from engine.errors import RecipeError
 from engine.events import (
     Artifact,
+    EvalDevScore,
+    EvalProgress,
     Event,
     Failure,
     Log,
@@ -254,6 +256,14 @@ class TrainingTab(QWidget):
             elif event.split != "train":
                 self._log(event, f"[{event.index:02d} {event.stage}] {event.split} {event.name} = "
                                  f"{_number(event.value)}")
+        elif isinstance(event, EvalProgress):  # the recipe's [evaluation], after the last stage
+            self.stage_bar.setRange(0, max(event.total, 1))
+            self.stage_bar.setValue(event.done)
+            now = f" · {event.task}, {event.model}, seed {event.seed}" if event.task else ""
+            self.stage_bar.setFormat(f"evaluation: {event.done}/{event.total}{now} · "
+                                     f"ETA {format_duration(event.eta_seconds)}")
+        elif isinstance(event, EvalDevScore):
+            self._log(event, f"[eval] {event.task} {event.model} seed {event.seed}: {event.text}")
         elif isinstance(event, StageFinished):
             self.timeline.set_status(event.index, event.status)
             if event.status in ("completed", "skipped"):

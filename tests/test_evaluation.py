@@ -16,9 +16,10 @@ import pytest
 from conftest import recipe_toml
 
 from engine import pipeline
+from engine.configs import EvaluationConfig
 from engine.evaluate.report import markdown
 from engine.evaluate.runner import EvalPlan, aggregate, evaluate, run_models, task_labels
-from engine.events import Collect, EvalResult
+from engine.events import Collect, EvalDevScore, EvalProgress, EvalResult
 from engine.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,13 +74,19 @@ def test_run_models_lists_teacher_and_completed_students(tiny_run):
 
 def test_evaluate_writes_seed_files_and_summary_and_is_deterministic(tmp_path, tiny_run):
     data = sentiment_folder(tmp_path)
-    plan = EvalPlan(tuple(run_models(tiny_run)), (("sentiment", str(data)),), seeds=2, epochs=4,
-                    learning_rate=2e-3, speed=False)
+    config = EvaluationConfig(tasks=("sentiment",), data=(str(data),), seeds=2, epochs=4, learning_rate=2e-3,
+                              speed=False)
+    plan = EvalPlan(tuple(run_models(tiny_run)), config)
     sink = Collect()
     first = evaluate(plan, tmp_path / "a", sink)
     second = evaluate(plan, tmp_path / "b", Collect())
     assert first["results"] == second["results"]
     assert len(sink.of(EvalResult)) == 3 * 2
+    progress = sink.of(EvalProgress)
+    assert [(p.done, p.total) for p in progress] == [(done, 6) for done in range(7)]
+    assert (progress[1].model, progress[1].seed, progress[-1].task) == ("teacher", 1, "")
+    dev = [e for e in sink.of(EvalDevScore) if e.model == "01-distill" and e.seed == 0]
+    assert [e.epoch for e in dev] == [1, 2, 3, 4] and {e.metric for e in dev} == {"macro_f1"}
     for model in ("teacher", "01-distill", "02-trim_vocab"):
         for seed in (0, 1):
             (path,) = (tmp_path / "a" / "sentiment" / model).glob(f"seed-{seed}-*.json")
@@ -124,8 +131,8 @@ def test_results_are_reused_only_for_the_same_weights_data_and_settings(tmp_path
     out = tmp_path / "out"
 
     def scores(folder: Path, plan_models=models) -> dict[str, float]:
-        plan = EvalPlan(plan_models, (("sentiment", str(folder)),), seeds=1, mode="probe", speed=False,
-                        intrinsic=False)
+        plan = EvalPlan(plan_models, EvaluationConfig(tasks=("sentiment",), data=(str(folder),), seeds=1,
+                                                      mode="probe", speed=False, intrinsic=False))
         return {r["model"]: r["mean"] for r in evaluate(plan, out, Collect())["results"] if r["metric"] == "accuracy"}
 
     original = scores(data)

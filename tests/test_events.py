@@ -14,6 +14,8 @@ from engine.events import (
     CancelToken,
     Collect,
     ConsoleSink,
+    EvalDevScore,
+    EvalProgress,
     EvalResult,
     Failure,
     FanOut,
@@ -42,6 +44,10 @@ SAMPLES = [
              bytes=91_000_000),
     Log(message="teacher has no MLM head: distilling hidden states", level="warning"),
     Failure(message="boom", traceback="Traceback ...\nValueError: boom", index=2, stage="prune"),
+    EvalProgress(done=2, total=6, task="topic@sib200_mlt_Latn", model="01-distill", seed=1, eta_seconds=41.6),
+    EvalProgress(done=6, total=6, eta_seconds=0.0),
+    EvalDevScore(task="pos", model="teacher", seed=0, metric="accuracy", value=0.8125, epoch=3),
+    EvalDevScore(task="pos", model="02-shrink", seed=2, metric="accuracy", value=0.75, layer=4, l2=1e-3),
 ]
 
 
@@ -108,7 +114,9 @@ def test_console_sink_formats_every_event_type():
     text = stream.getvalue()
     for needle in ("[01 distill] started", "[02 prune] skipped", "step 5/200", "eta 0s",
                    "validation distill/total = 3.25", "22,771,752 params", "warning: teacher has no MLM head",
-                   "error: boom", "run failed"):
+                   "error: boom", "run failed", "[eval] 2/6 done eta 42s: topic@sib200_mlt_Latn 01-distill seed 1",
+                   "[eval] 6/6 done eta 0s\n", "[eval] pos teacher seed 0: dev accuracy 0.812 (epoch 3)",
+                   "[eval] pos 02-shrink seed 2: dev accuracy 0.750 (layer 4, L2 0.001)"):
         assert needle in text
     assert "loss = inf" not in text  # training metrics are not printed
     assert all(line for line in text.splitlines())
@@ -121,6 +129,12 @@ def test_console_sink_throttles_progress_but_prints_the_last_step():
         sink.emit(Progress(index=1, stage="distill", step=step, total=10))
     lines = stream.getvalue().splitlines()
     assert lines == ["[01 distill] step 1/10", "[01 distill] step 10/10"]  # no rate is known: none shown
+    stream.truncate(0)
+    stream.seek(0)
+    for done in range(4):
+        sink.emit(EvalProgress(done=done, total=3, task="pos", model="teacher", seed=done) if done < 3
+                  else EvalProgress(done=3, total=3))
+    assert stream.getvalue().splitlines() == ["[eval] 3/3 done"]  # throttled since the last line, but the end
 
 
 def test_fan_out_collect_and_cancel_token():

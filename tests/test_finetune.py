@@ -15,6 +15,8 @@ from engine.data.batches import pad_batch
 from engine.data.tasks import TaskData, TextExample, TokenExample
 from engine.errors import Cancelled, ModelError, TaskDataError
 from engine.evaluate.finetune import (
+    DevScore,
+    FitStep,
     align_words,
     compact_vocabulary,
     default_learning_rate,
@@ -174,22 +176,25 @@ def test_cancellation_between_steps(models):
     token = CancelToken()
     seen = []
 
-    def progress(info):
-        seen.append(info)
-        if info["kind"] == "step" and info["step"] == 2:
+    def progress(report):
+        seen.append(report)
+        if isinstance(report, FitStep) and report.step == 2:
             token.cancel()
 
     with pytest.raises(Cancelled):
         finetune(models["bert"], sentiment_data(64), seed=0, epochs=3, progress=progress, token=token)
-    assert [i["step"] for i in seen] == [1, 2]
-    assert seen[0]["steps"] == 3 * 4 and seen[0]["epochs"] == 3
+    assert [r.step for r in seen] == [1, 2]
+    assert seen[0].steps == 3 * 4 and seen[0].epochs == 3
 
 
 def test_progress_reports_steps_and_dev_scores(models):
     seen = []
-    finetune(models["bert"], sentiment_data(32), seed=0, epochs=2, batch_size=16, progress=seen.append)
-    assert [i["kind"] for i in seen] == ["step", "step", "epoch", "step", "step", "epoch"]
-    assert seen[2]["metric"] == "macro_f1" and seen[2]["dev_score"] == seen[2]["dev_metrics"]["macro_f1"]
+    result = finetune(models["bert"], sentiment_data(32), seed=0, epochs=2, batch_size=16, progress=seen.append)
+    assert [type(r) for r in seen] == [FitStep, FitStep, DevScore, FitStep, FitStep, DevScore]
+    assert [(r.epoch, r.step) for r in seen if isinstance(r, FitStep)] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    dev = seen[2 + 3 * (result.best_epoch - 1)]
+    assert (dev.metric, dev.epoch, dev.layer) == ("macro_f1", result.best_epoch, 0)
+    assert dev.value == result.dev_metrics["macro_f1"]
 
 
 def test_default_rate_grows_as_the_encoder_narrows_and_is_recorded(models):

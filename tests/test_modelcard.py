@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard
 from test_evaluation import TWO_STAGES, sentiment_folder
 
 from engine import modelcard, pipeline
+from engine.configs import EvaluationConfig
 from engine.evaluate.runner import EvalPlan, evaluate, run_models
 from engine.events import Collect
 from engine.recipe import Recipe
@@ -98,8 +99,8 @@ def test_evaluation_puts_scores_in_the_cards_and_keeps_the_cache(tmp_path, card_
     calls = []
     real = probe_module.probe
     monkeypatch.setattr(probe_module, "probe", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
-    plan = EvalPlan(tuple(run_models(card_run)), (("sentiment", str(data)),), seeds=1, mode="probe", speed=False,
-                    intrinsic=False)
+    plan = EvalPlan(tuple(run_models(card_run)), EvaluationConfig(tasks=("sentiment",), data=(str(data),), seeds=1,
+                                                                  mode="probe", speed=False, intrinsic=False))
     summary = evaluate(plan, card_run / "eval", Collect())
     assert len(calls) == 3  # teacher and two students
     means = {(r["model"], r["metric"]): r["mean"] for r in summary["results"]}

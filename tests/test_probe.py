@@ -10,8 +10,8 @@ from tiny import tiny_model_dir
 
 from engine.data.tasks import TaskData, TokenExample
 from engine.errors import Cancelled
-from engine.evaluate.finetune import encode, load_tokenizer
-from engine.evaluate.probe import extract, fit_logistic, probe, probe_layers, training_subset
+from engine.evaluate.finetune import DevScore, encode, load_tokenizer
+from engine.evaluate.probe import L2_GRID, LAYER_L2, extract, fit_logistic, probe, probe_layers, training_subset
 from engine.events import CancelToken
 
 
@@ -53,9 +53,14 @@ def test_token_probe_learns_word_identity_on_a_random_model(model):
 
 def test_text_probe_finds_the_keyword_and_is_deterministic(model):
     data = sentiment_data(240)
-    first, second = probe(model, data, seed=0), probe(model, data, seed=0)
+    seen: list[DevScore] = []
+    first, second = probe(model, data, seed=0, progress=seen.append), probe(model, data, seed=0)
     assert first.metrics == second.metrics and first.details == second.details
     assert first.metrics["macro_f1"] > 0.6  # three balanced classes: chance is about 0.33
+    fits = [(s.layer, s.l2) for s in seen]
+    assert fits == [(k, LAYER_L2) for k in (1, 2, 3)] + [(first.details["layer"], l2) for l2 in L2_GRID]
+    assert {s.metric for s in seen} == {"macro_f1"} and {s.epoch for s in seen} == {0}
+    assert [s.value for s in seen[:3]] == [first.details["dev_by_layer"][str(k)] for k in (1, 2, 3)]
 
 
 def test_words_cut_by_max_length_get_the_fallback_tag(model):

@@ -28,6 +28,7 @@ from torch import Tensor
 from engine.data.batches import IGNORE_INDEX, length_grouped_batches, pad_batch
 from engine.data.tasks import TaskData
 from engine.evaluate.finetune import (
+    DevScore,
     SeedResult,
     encode,
     load_tokenizer,
@@ -69,10 +70,11 @@ def probe(
     *,
     max_length: int = 128,
     device: str | torch.device = "cpu",
-    progress: Callable[[dict], None] | None = None,
+    progress: Callable[[DevScore], None] | None = None,
     token: CancelToken | None = None,
 ) -> SeedResult:
-    """Fit and score a linear probe of the frozen model in `model_dir` on `data`."""
+    """Fit and score a linear probe of the frozen model in `model_dir` on `data`; `progress` receives each fit's
+    `DevScore`."""
     from transformers import AutoModel
 
     started = time.perf_counter()
@@ -101,7 +103,7 @@ def probe(
         dev = score_split(data, data.dev, encoded["dev"], features["dev"], layer, weights, mean, std, fallback)
         dev["log_loss"] = _log_loss(_scaled(features["dev"], layer, mean, std), features["dev"].targets, weights)
         if progress is not None:
-            progress({"kind": "fit", "layer": layer, "l2": l2, "dev_score": dev[metric], "metric": metric})
+            progress(DevScore(metric, dev[metric], layer=layer, l2=l2))
         return weights, dev
 
     # chosen by dev log-loss: far less noisy than accuracy or F1 on a dev set of a hundred texts

@@ -12,18 +12,16 @@ import functools
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.data.tasks import Columns
+from engine.configs import EvaluationConfig
 from engine.errors import MiniGlotError
 from engine.evaluate.report import write_summary
-from engine.events import CancelToken, EvalResult, EventSink, Log, Metric, Progress
+from engine.events import CancelToken, EvalDevScore, EvalProgress, EvalResult, EventSink, Log
 from engine.modelcard import refresh_cards
 from engine.runfolder import RunFolder, atomic_write_text, folder_bytes, folder_fingerprint
-
-STAGE = "eval"
 
 
 @dataclass(frozen=True)
@@ -36,15 +34,15 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class EvalPlan:
-    models: tuple[ModelRef, ...]  # the first is the reference (the teacher)
-    tasks: tuple[tuple[str, str], ...]  # (task, data folder / file / hub id)
-    seeds: int = 3
-    epochs: int = 0  # 0: the task's default
-    mode: str = "full"  # full | probe
-    learning_rate: float = 0.0  # 0: the task's default
-    intrinsic: bool = True
-    speed: bool = True
-    columns: Columns = field(default_factory=Columns)  # text/label columns of classification tables (empty: by name)
+    """The models to compare (the first is the reference, the teacher) and the evaluation's settings."""
+
+    models: tuple[ModelRef, ...]
+    config: EvaluationConfig
+
+    @property
+    def tasks(self) -> tuple[tuple[str, str], ...]:
+        """(task, data folder / file / hub id) pairs."""
+        return tuple(zip(self.config.tasks, self.config.data, strict=True))
 
 
 def run_models(run_dir: Path) -> list[ModelRef]:
@@ -87,50 +85,50 @@ def unique_name(name: str, taken: list[str]) -> str:
 
 def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken | None = None) -> dict[str, Any]:
     """Run the plan into `out_dir`; returns the summary (also written as summary.json/.md/.csv)."""
-    from engine.data.tasks import load_task
-    from engine.evaluate.finetune import finetune
+    from engine.data.tasks import Columns, load_task
+    from engine.evaluate.finetune import DevScore, FitStep, finetune
     from engine.evaluate.probe import probe
 
     token = token or CancelToken()
     out_dir = Path(out_dir)
+    cfg = plan.config
     labels = task_labels(plan.tasks)
-    datasets = {label: load_task(task, data, columns=plan.columns)
+    columns = Columns(cfg.text_column, cfg.label_column)
+    datasets = {label: load_task(task, data, columns=columns)
                 for label, (task, data) in zip(labels, plan.tasks, strict=True)}
-    jobs = [(task, model, seed) for task in labels for model in plan.models for seed in range(plan.seeds)]
-    how = "linear probes on frozen features" if plan.mode == "probe" else f"{plan.mode} fine-tuning"
+    jobs = [(task, model, seed) for task in labels for model in plan.models for seed in range(cfg.seeds)]
+    how = "linear probes on frozen features" if cfg.mode == "probe" else f"{cfg.mode} fine-tuning"
     sink.emit(Log(message=f"evaluating {len(plan.models)} models on {', '.join(datasets)} "
-                          f"× {plan.seeds} seeds ({how})"))
+                          f"× {cfg.seeds} seeds ({how})"))
     fingerprints = {ref.name: folder_fingerprint(ref.path) for ref in plan.models}
     data_prints = {label: data.fingerprint() for label, data in datasets.items()}
     began = time.monotonic()
     scored: list[dict[str, Any]] = []
-    for done, (task, model, seed) in enumerate(jobs, start=1):
+    for done, (task, model, seed) in enumerate(jobs):
         token.raise_if_cancelled()
-        key = result_key(plan, fingerprints[model.name], data_prints[task], task, seed)
+        eta = (time.monotonic() - began) / done * (len(jobs) - done) if done else None
+        sink.emit(EvalProgress(done=done, total=len(jobs), task=task, model=model.name, seed=seed, eta_seconds=eta))
+        key = result_key(cfg, fingerprints[model.name], data_prints[task], task, seed)
         path = out_dir / task / model.name / f"seed-{seed}-{key[:12]}.json"
         record = _cached(path, key)
         if record is None:
-            def progress(info: dict, task=task, model=model) -> None:
-                if info.get("dev_score") is not None:
-                    sink.emit(Metric(index=0, stage=STAGE, name=f"{task}/{model.name}/dev",
-                                     value=float(info["dev_score"]), step=int(info.get("epoch", 0)),
-                                     split="validation"))
+            def progress(report: FitStep | DevScore, task=task, model=model, seed=seed) -> None:
+                if isinstance(report, DevScore):
+                    sink.emit(EvalDevScore(task=task, model=model.name, seed=seed, **dataclasses.asdict(report)))
 
-            if plan.mode == "probe":
+            if cfg.mode == "probe":
                 result = probe(model.path, datasets[task], seed, progress=progress, token=token)
             else:
-                result = finetune(model.path, datasets[task], seed, epochs=plan.epochs or None,
-                                  learning_rate=plan.learning_rate or None, progress=progress, token=token)
+                result = finetune(model.path, datasets[task], seed, epochs=cfg.epochs or None,
+                                  learning_rate=cfg.learning_rate or None, progress=progress, token=token)
             record = {"model": model.name, "model_path": str(model.path), "task": task, "seed": seed,
-                      "mode": plan.mode, "key": key, "data": datasets[task].source, **_result_fields(result)}
+                      "mode": cfg.mode, "key": key, "data": datasets[task].source, **_result_fields(result)}
             atomic_write_text(path, json.dumps(record, indent=2))
         scored.append(record)
         sink.emit(EvalResult(model=model.name, task=task, seed=seed, metrics=record["metrics"]))
-        elapsed = time.monotonic() - began
-        sink.emit(Progress(index=0, stage=STAGE, step=done, total=len(jobs),
-                           eta_seconds=elapsed / done * (len(jobs) - done)))
+    sink.emit(EvalProgress(done=len(jobs), total=len(jobs), eta_seconds=0.0))
     models = _model_facts(plan, datasets, sink, token)
-    summary = {"teacher": plan.models[0].name, "mode": plan.mode,
+    summary = {"teacher": plan.models[0].name, "mode": cfg.mode,
                "tasks": [{"label": label, "task": task, "data": data}
                          for label, (task, data) in zip(labels, plan.tasks, strict=True)],
                "results": aggregate(scored), "models": models}
@@ -140,12 +138,12 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
     return summary
 
 
-def result_key(plan: EvalPlan, model_print: str, data_print: str, task: str, seed: int) -> str:
+def result_key(config: EvaluationConfig, model_print: str, data_print: str, task: str, seed: int) -> str:
     """A hash of everything a result depends on: weights, data, task, mode and settings, seed, code."""
-    settings = {"model": model_print, "data": data_print, "task": task.split("@")[0], "mode": plan.mode,
+    settings = {"model": model_print, "data": data_print, "task": task.split("@")[0], "mode": config.mode,
                 "seed": seed, "code": code_fingerprint()}
-    if plan.mode != "probe":
-        settings.update(epochs=plan.epochs, learning_rate=plan.learning_rate)
+    if config.mode != "probe":
+        settings.update(epochs=config.epochs, learning_rate=config.learning_rate)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -214,14 +212,14 @@ def _model_facts(plan: EvalPlan, datasets: dict, sink: EventSink, token: CancelT
                       "params_by_component": {k: params[k] for k in ("embeddings", "encoder", "head")},
                       "bytes": folder_bytes(ref.path)})
     token.raise_if_cancelled()
-    if plan.speed:
+    if plan.config.speed:
         sink.emit(Log(message="measuring CPU latency and throughput (models interleaved)"))
         speed = measure_speed(loaded)
         ratios = ratios_to(speed, plan.models[0].name)
         for fact in facts:
             fact.update(speed[fact["name"]], **ratios[fact["name"]])
     token.raise_if_cancelled()
-    if plan.intrinsic:
+    if plan.config.intrinsic:
         texts = _probe_texts(datasets)
         teacher = loaded[plan.models[0].name]
         for fact in facts[1:]:

@@ -11,7 +11,7 @@ import pytest
 import engine.evaluate.runner as runner
 import engine.models.loading as loading
 from engine.errors import MiniGlotError
-from engine.events import EvalResult, Progress
+from engine.events import EvalDevScore, EvalProgress, EvalResult
 from gui import evaluation_tab
 from gui.eval_models import OTHER, ModelChoice, plan_models
 from gui.evaluation_tab import EvaluationTab
@@ -103,10 +103,12 @@ def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, 
 
     def fake_evaluate(plan, out_dir, sink, token=None):
         calls.append((plan, Path(out_dir)))
-        jobs = [(t, m.name, s) for t, _ in plan.tasks for m in plan.models for s in range(plan.seeds)]
-        for done, (task, model, seed) in enumerate(jobs, start=1):
+        jobs = [(t, m.name, s) for t, _ in plan.tasks for m in plan.models for s in range(plan.config.seeds)]
+        for done, (task, model, seed) in enumerate(jobs):
+            sink.emit(EvalProgress(done=done, total=len(jobs), task=task, model=model, seed=seed))
+            sink.emit(EvalDevScore(task=task, model=model, seed=seed, metric="accuracy", value=0.5, epoch=1))
             sink.emit(EvalResult(model=model, task=task, seed=seed, metrics={"accuracy": POS[model]}))
-            sink.emit(Progress(index=0, stage="eval", step=done, total=len(jobs), eta_seconds=len(jobs) - done))
+        sink.emit(EvalProgress(done=len(jobs), total=len(jobs), eta_seconds=0.0))
         return summary([m.name for m in plan.models])
 
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
@@ -125,8 +127,8 @@ def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, 
     plan, out = calls[0]
     assert finished.args == [run.resolve() / "eval"] and out == run.resolve() / "eval"
     assert [m.name for m in plan.models] == NAMES and plan.models[0].path == Path("packaged:tiny")
-    assert plan.tasks == (("pos", str(tmp_path / "pos-data")),) and plan.seeds == 2 and not plan.speed
-    assert plan.learning_rate == 2e-4
+    assert plan.tasks == (("pos", str(tmp_path / "pos-data")),) and plan.config.seeds == 2 and not plan.config.speed
+    assert plan.config.learning_rate == 2e-4
     assert (tab.progress.value(), tab.progress.maximum()) == (6, 6)
     assert tab.results.live.rowCount() == 6 and tab.results.live.item(5, 3).text() == "accuracy 80.0"
     assert [r[0] for r in cells(tab.results.table)] == NAMES
@@ -135,7 +137,7 @@ def test_running_an_evaluation_shows_progress_rows_and_results(qtbot, tmp_path, 
 
 def test_cancel_ends_the_worker(qtbot, tmp_path, monkeypatch, fake_sources):
     def slow_evaluate(plan, out_dir, sink, token=None):
-        sink.emit(Progress(index=0, stage="eval", step=0, total=10))
+        sink.emit(EvalProgress(done=0, total=10, task="pos", model="teacher"))
         while True:
             token.raise_if_cancelled()
             time.sleep(0.01)
@@ -165,7 +167,9 @@ def test_failure_is_reported_and_missing_inputs_refuse_to_start(qtbot, tmp_path,
     assert tab.start() is None and "task" in tab.results.status.text()  # no task data yet
     tab.tasks.cellWidget(0, 1).setText("hub:missing")
     tab.options.learning_rate.setText("fast")
-    assert tab.start() is None and "learning rate" in tab.results.status.text()
+    assert tab.start() is None and "evaluation.learning_rate must be a number" in tab.results.status.text()
+    tab.options.learning_rate.setText("1.5")  # the message a recipe with this rate gets
+    assert tab.start() is None and "evaluation.learning_rate must be 0 (task default)" in tab.results.status.text()
     tab.options.learning_rate.setText("")
     worker = tab.start()
     assert worker is not None

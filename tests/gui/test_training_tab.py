@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 
 from engine import pipeline
-from engine.events import Collect, JsonlSink, Metric, Progress, RunFinished, RunStarted, StageFinished, StageStarted
+from engine.events import (
+    Collect,
+    EvalDevScore,
+    EvalProgress,
+    JsonlSink,
+    Metric,
+    Progress,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+)
 from engine.runfolder import Manifest
 from gui import training_tab
 from gui.training_tab import TrainingTab
@@ -199,6 +210,11 @@ def test_following_a_run_folder_that_is_still_being_written(qtbot, tmp_path):
     assert tab.curves.series[(1, "distill", "total", "train")].n == 3
     assert "ETA 0:30" in tab.stage_bar.format() and "1,000 tokens/s" in tab.stage_bar.format()
     sink.emit(StageFinished(index=1, stage="distill", status="completed"))
+    sink.emit(EvalProgress(done=1, total=2, task="pos", model="01-distill", seed=0, eta_seconds=60))
+    sink.emit(EvalDevScore(task="pos", model="01-distill", seed=0, metric="accuracy", value=0.75, epoch=2))
     sink.emit(RunFinished(status="completed"))
     qtbot.waitUntil(lambda: not tab.follower.following, timeout=5_000)
     assert tab.timeline.statuses == ["completed"] and tab.run_status == "completed"
+    assert tab.stage_bar.format() == "evaluation: 1/2 · pos, 01-distill, seed 0 · ETA 1:00"
+    assert "[eval] pos 01-distill seed 0: dev accuracy 0.750 (epoch 2)" in tab.log.toPlainText()
+    assert list(tab.curves.series) == [(1, "distill", "total", "train")]  # evaluation draws no training curve
