@@ -127,10 +127,10 @@ class Setup:
 
         import torch
 
+        from engine.configs import Distillation
         from engine.data.batches import BatchStream
         from engine.data.corpus import read_corpus
         from engine.models.loading import LoadedModel, load_teacher
-        from engine.recipe import Distillation
         from engine.stages.adapt import with_mlm_head
         from engine.surgery.layers import reduce_layers, select_layers
         from engine.training.losses import DistillLoss

@@ -73,10 +73,11 @@ def main() -> None:
 
 def compress_and_score(args: argparse.Namespace, language: str, out: Path, console) -> list[dict]:
     from engine import pipeline
+    from engine.configs import CorpusConfig, EvaluationConfig, LanguageConfig
     from engine.evaluate.report import headline
     from engine.evaluate.runner import EvalPlan, evaluate, run_models
     from engine.events import FanOut
-    from engine.recipe import CorpusConfig, LanguageConfig, Recipe
+    from engine.recipe import Recipe
     from engine.runfolder import RunFolder
 
     spec = LANGUAGES[language]
@@ -92,8 +93,10 @@ def compress_and_score(args: argparse.Namespace, language: str, out: Path, conso
         evaluation=None)
     clock = StageClock()
     run_dir = pipeline.run(recipe, FanOut(console, clock))
-    tasks = tuple((task, str(SHARED / data)) for task, data in spec["tasks"])
-    plan = EvalPlan(tuple(run_models(run_dir)), tasks, seeds=1, mode="probe", speed=False, intrinsic=False)
+    config = EvaluationConfig(tasks=tuple(task for task, _ in spec["tasks"]),
+                              data=tuple(str(SHARED / data) for _, data in spec["tasks"]), seeds=1, mode="probe",
+                              speed=False, intrinsic=False)
+    plan = EvalPlan(tuple(run_models(run_dir)), config)
     began = time.monotonic()
     summary = evaluate(plan, out / f"eval-{language}", console)
     probe_minutes = (time.monotonic() - began) / 60

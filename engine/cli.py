@@ -15,8 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.configs import EVAL_MODES, EVAL_TASKS
 from engine.errors import MiniGlotError, RecipeError
-from engine.recipe import EVAL_MODES, EVAL_TASKS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,20 +139,18 @@ def _cancel_on_signals():
 
 
 def _eval(args) -> int:
-    from engine.data.tasks import Columns
+    from engine.configs import EvaluationConfig
     from engine.evaluate.report import markdown
     from engine.evaluate.runner import EvalPlan, evaluate, run_models, source_models
     from engine.events import ConsoleSink, FanOut
+    from engine.runfolder import RunFolder
 
-    if len(args.task) != len(args.data):
-        raise RecipeError(f"give one --data per --task ({len(args.task)} tasks, {len(args.data)} data)")
-    if args.seeds < 1 or args.epochs < 0:
-        raise RecipeError("--seeds must be at least 1 and --epochs 0 or more")
+    config = EvaluationConfig(tasks=tuple(args.task), data=tuple(args.data), seeds=args.seeds, epochs=args.epochs,
+                              mode=args.mode, learning_rate=args.learning_rate, intrinsic=not args.no_intrinsic,
+                              speed=not args.no_speed, text_column=args.text_column, label_column=args.label_column)
     models = run_models(args.run) if args.run else source_models(args.models)
-    out = args.out or (args.run / "eval" if args.run else Path("eval"))
-    plan = EvalPlan(tuple(models), tuple(zip(args.task, args.data, strict=True)), args.seeds, args.epochs,
-                    args.mode, args.learning_rate, intrinsic=not args.no_intrinsic, speed=not args.no_speed,
-                    columns=Columns(args.text_column, args.label_column))
+    out = args.out or (RunFolder(args.run).eval_dir if args.run else Path("eval"))
+    plan = EvalPlan(tuple(models), config)
     token, _ = _cancel_on_signals()
     summary = evaluate(plan, out, FanOut() if args.quiet else FanOut(ConsoleSink()), token)
     if args.json:
@@ -164,10 +162,10 @@ def _eval(args) -> int:
 
 
 def _estimate(args) -> int:
-    from engine.cost import SENTENCE_TOKENS, Device, stage_costs
+    from engine.cost import SENTENCE_TOKENS, Device
+    from engine.estimate import estimate, stage_costs
     from engine.models.loading import source_shape
     from engine.resources import load_recipe
-    from engine.shapes import estimate
 
     recipe = load_recipe(args.recipe).resolved()
     teacher = source_shape(recipe.teacher.source, recipe.teacher.allow_pickle)

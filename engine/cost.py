@@ -17,12 +17,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-    from engine.recipe import Recipe, Training
+    from engine.configs import Training
     from engine.shapes import Shape
 
 EFFICIENCY = 0.5  # of the measured matmul rate reached by whole training steps (attention, layer norms, copies)
@@ -45,8 +45,7 @@ class Device:
     def probe(cls, name: str = "auto", precision: str = "auto") -> Device:
         import torch
 
-        from engine.pipeline import pick_device
-        from engine.training.precision import autocast_dtype
+        from engine.training.precision import autocast_dtype, pick_device
 
         device = pick_device(name)
         dtype = autocast_dtype(precision, device) or torch.float32
@@ -162,25 +161,3 @@ def training_cost(cfg: Training, inputs: CostInputs, logit_rows: Callable[[int],
         flops += forward_flops(source, tokens, inputs.length) + 2 * rows * source.hidden * source.vocab
     per_step = inputs.device.seconds(flops) + trainable / inputs.device.adamw_params_per_second
     return StageCost(held, (cfg.max_steps * cfg.grad_accumulation + extra_steps) * per_step)
-
-
-def stage_costs(recipe: Recipe, teacher: Shape, device: Device,
-                sentence_tokens: int = SENTENCE_TOKENS) -> list[dict[str, Any]]:
-    """One row per stage: `peak_bytes`, `fits`, `seconds`, and what they assume."""
-    from engine.shapes import stage_shapes
-    from engine.stages.registry import spec_for
-
-    shapes = stage_shapes(recipe, teacher)
-    max_length = recipe.corpus.max_length
-    rows = []
-    for i, stage in enumerate(recipe.stages, start=1):
-        source, target = shapes[i - 1], shapes[i]
-        inputs = CostInputs(teacher, source, target, max_length, min(sentence_tokens, max_length), device)
-        cost = spec_for(stage.kind).cost(stage, inputs)
-        alive = (teacher, source, target) if i > 1 else (teacher, target)
-        peak = weights_bytes(*alive) + cost.bytes + PROCESS_BYTES
-        if recipe.run.verify:
-            peak += weights_bytes(target)  # the reload process holds one more copy
-        rows.append({"name": f"{i:02d}-{stage.kind}", "peak_bytes": int(peak), "fits": peak <= device.free_bytes,
-                     "seconds": cost.seconds})
-    return rows

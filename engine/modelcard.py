@@ -20,6 +20,7 @@ from engine.errors import MiniGlotError
 from engine.recipe import Recipe
 from engine.runfolder import MODEL_CARD, Manifest, RunFolder, atomic_write_text
 from engine.stages.registry import spec_for
+from engine.tasks import TASKS
 
 #: ISO 639-1 codes of the FLORES-200 languages that have one (individual languages of a macrolanguage
 #: take its code: swh -> sw, zsm -> ms); the others keep their ISO 639-3 code, which the card spec allows.
@@ -36,8 +37,6 @@ ISO_639_1 = dict(pair.split(":") for pair in """
     uzn:uz vie:vi wol:wo xho:xh ydd:yi yor:yo zho:zh zsm:ms zul:zu
 """.split())
 
-TASK_TYPES = {"pos": "token-classification", "ner": "token-classification", "sentiment": "text-classification",
-              "topic": "text-classification"}
 METRIC_TYPES = {"macro_f1": "f1"}  # others are their own type (accuracy, f1, precision, recall)
 
 
@@ -218,7 +217,8 @@ def _eval_result(row: dict[str, Any]) -> Any:
 
     task = row["task"].split("@")[0]
     dataset, _, config = row["data"].partition(":") if row["hub"] else (row["data"], "", "")  # hub:<id>[:<config>]
-    return EvalResult(task_type=TASK_TYPES.get(task, "other"), task_name=row["task"], dataset_type=dataset or task,
+    task_type = TASKS[task].pipeline_tag if task in TASKS else "other"
+    return EvalResult(task_type=task_type, task_name=row["task"], dataset_type=dataset or task,
                       dataset_name=row["data"] or task, dataset_config=config or None, dataset_split="test",
                       metric_type=METRIC_TYPES.get(row["metric"], row["metric"]), metric_name=row["metric"],
                       metric_value=round(float(row["mean"]), 4))

@@ -20,8 +20,9 @@ import torch
 
 from engine import __version__
 from engine.data.corpus import read_corpus, split_validation
-from engine.distributed import SINGLE, Distributed
+from engine.distributed import Distributed
 from engine.errors import Cancelled, MiniGlotError, ModelError, RecipeError
+from engine.estimate import stage_shapes
 from engine.events import (
     Artifact,
     CancelToken,
@@ -40,11 +41,11 @@ from engine.models.loading import LoadedModel, load_model, load_teacher, source_
 from engine.recipe import Recipe
 from engine.runfolder import Manifest, RunFolder, atomic_dir, folder_bytes
 from engine.seeding import seed_everything
-from engine.shapes import Shape, stage_shapes
+from engine.shapes import Shape
 from engine.stages.base import StageContext
 from engine.stages.registry import spec_for
 from engine.training.checkpoints import Checkpoints
-from engine.training.precision import Precision
+from engine.training.precision import Precision, pick_device
 from engine.verify import verify_folder
 
 
@@ -209,16 +210,14 @@ def _still_teacher(recipe: Recipe, index: int) -> bool:
 
 
 def _evaluate(recipe: Recipe, run_dir: Path, sink: EventSink, token: CancelToken) -> dict[str, Any]:
-    """The recipe's [evaluation] over the teacher and every stage student, into `eval/`."""
-    from engine.data.tasks import Columns
+    """The recipe's [evaluation] over the teacher and every stage student, into the run's evaluation folder."""
     from engine.evaluate.report import SUMMARY_FILE
     from engine.evaluate.runner import EvalPlan, evaluate, run_models
 
-    cfg = recipe.evaluation
-    plan = EvalPlan(tuple(run_models(run_dir)), tuple(zip(cfg.tasks, cfg.data, strict=True)), cfg.seeds, cfg.epochs,
-                    cfg.mode, cfg.learning_rate, cfg.intrinsic, cfg.speed, Columns(cfg.text_column, cfg.label_column))
-    summary = evaluate(plan, run_dir / "eval", sink, token)
-    return {"summary": f"eval/{SUMMARY_FILE}", "results": summary["results"]}
+    folder = RunFolder(run_dir)
+    summary = evaluate(EvalPlan(tuple(run_models(run_dir)), recipe.evaluation), folder.eval_dir, sink, token)
+    return {"summary": (folder.eval_dir / SUMMARY_FILE).relative_to(folder.path).as_posix(),
+            "results": summary["results"]}
 
 
 def _explain(exc: BaseException, run_dir: Path) -> str:
@@ -246,18 +245,6 @@ def shape_of(model: LoadedModel) -> Shape:
 def count_params(model: torch.nn.Module) -> int:
     """Unique parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def pick_device(name: str, dist: Distributed = SINGLE) -> torch.device:
-    """The run's device; under torchrun/accelerate each process takes its own GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist.enabled:
-        name = f"cuda:{dist.local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(f"run.device = {name!r} but no CUDA GPU is available; use auto or cpu")
-    return device
 
 
 def _provenance(recipe: Recipe) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""Recipes: what to compress, on which text, into what — frozen dataclasses with a TOML round trip.
+"""Recipes: what to compress, on which text, into what — a frozen dataclass with a TOML/JSON round trip.
 
-A recipe validates itself when built (ranges, names, unknown keys) and again against the teacher's
-shape before any work starts (`engine.shapes.check_recipe`). The same objects feed the CLI, the
-GUI forms and the saved `recipe.toml` of every run.
+A recipe validates itself when built (ranges, names, unknown keys, stage order) and again against the
+teacher's shape before any work starts (`engine.estimate.stage_shapes`). The same objects feed the CLI,
+the GUI forms and the saved `recipe.toml` of every run. Its parts are the dataclasses of
+`engine.configs` and the stage configs of the registered stages.
 """
 
 from __future__ import annotations
@@ -12,180 +13,27 @@ import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, get_type_hints
+from typing import Any, get_type_hints
 
 import tomli_w
 
+from engine.configs import (
+    CorpusConfig,
+    EvaluationConfig,
+    LanguageConfig,
+    RunConfig,
+    Stage,
+    TeacherConfig,
+    check,
+)
 from engine.errors import RecipeError
+from engine.runfolder import atomic_write_text
+from engine.stages.registry import spec_for, specs
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-LAYER_SELECTIONS = ("stride", "first_k", "last_k", "first_last_k")
-DISTILL_LOSSES = ("mse", "kl", "kl_unsoft", "hidden")
-SHRINK_INITS = ("truncation", "activation", "svd")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def check(condition: bool, message: str, path: str = "") -> None:
-    """Raise RecipeError(message, path) unless `condition`."""
-    if not condition:
-        raise RecipeError(message, path)
-
-
-def one_of(where: str, value: str, allowed: tuple[str, ...], path: str) -> None:
-    check(value in allowed, f"{where} = {value!r}: choose one of {', '.join(allowed)}", path)
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """The model to compress: `packaged:<name>`, `hub:<id>[@revision]` or a local folder."""
-
-    source: str = "packaged:multilingual-e5-small"
-    allow_pickle: bool = False  # load legacy pytorch_model.bin (unsafe pickle) only when opted in
-
-    def __post_init__(self) -> None:
-        check(bool(self.source.strip()), "teacher.source is empty: give packaged:<name>, hub:<id> or a folder",
-              "source")
-
-
-@dataclass(frozen=True)
-class LanguageConfig:
-    """The target language as a FLORES-200 code, e.g. mlt_Latn."""
-
-    code: str = "mlt_Latn"
-
-    def __post_init__(self) -> None:
-        parts = self.code.split("_")
-        check(
-            len(parts) == 2 and len(parts[0]) == 3 and len(parts[1]) == 4 and parts[0].islower(),
-            f"language.code = {self.code!r}: use a FLORES-200 code such as mlt_Latn or swh_Latn", "code",
-        )
-
-
-@dataclass(frozen=True)
-class CorpusConfig:
-    """Unlabelled text in the language: files, globs, folders, .jsonl, hub:<dataset>[:<config>]."""
-
-    train: tuple[str, ...] = ()
-    validation: float | tuple[str, ...] = 0.05
-    max_length: int = 128
-
-    def __post_init__(self) -> None:
-        check(len(self.train) > 0, "corpus.train is empty: list at least one file, folder or glob", "train")
-        if isinstance(self.validation, float):
-            check(0 < self.validation <= 0.5, "corpus.validation must be a fraction in (0, 0.5] or files",
-                  "validation")
-        else:
-            check(len(self.validation) > 0, "corpus.validation is an empty list: give files or a fraction",
-                  "validation")
-        check(8 <= self.max_length <= 512, "corpus.max_length must be between 8 and 512 tokens", "max_length")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    seed: int = 42
-    runs_dir: str = "runs"
-    name: str = ""
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16: autocast for training (weights stay fp32)
-    verify: bool = True  # reload every stage's model in a fresh process and compare outputs
-
-    def __post_init__(self) -> None:
-        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-               f"run.device = {self.device!r}: use auto, cpu, cuda or cuda:N", "device")
-        one_of("run.precision", self.precision, PRECISIONS, "precision")
-
-
-@dataclass(frozen=True)
-class Training:
-    """Optimisation settings shared by every stage that trains."""
-
-    max_steps: int = 200
-    batch_size: int = 16
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    grad_accumulation: int = 1
-    mlm_probability: float = 0.15
-    eval_every: int = 50
-    eval_batches: int = 8
-    checkpoint_every: int = 50
-
-    def check_training(self, where: str, min_steps: int = 1) -> None:
-        check(self.max_steps >= min_steps, f"{where}.max_steps must be at least {min_steps}", "max_steps")
-        check(self.batch_size >= 1, f"{where}.batch_size must be at least 1", "batch_size")
-        check(0 < self.learning_rate < 1, f"{where}.learning_rate must be in (0, 1)", "learning_rate")
-        check(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio must be in [0, 1)", "warmup_ratio")
-        check(self.grad_accumulation >= 1, f"{where}.grad_accumulation must be at least 1", "grad_accumulation")
-        check(0 < self.mlm_probability < 1, f"{where}.mlm_probability must be in (0, 1)", "mlm_probability")
-        check(self.eval_every >= 1, f"{where}.eval_every must be at least 1", "eval_every")
-        check(self.checkpoint_every >= 1, f"{where}.checkpoint_every must be at least 1", "checkpoint_every")
-
-
-@dataclass(frozen=True)
-class Distillation:
-    """Loss settings shared by `distill` and `shrink`."""
-
-    loss: str = "mse"
-    alpha: float = 0.5
-    temperature: float = 2.0
-    all_positions: bool = False  # logit loss at every position (the paper) instead of masked ones
-    intermediate: bool = False  # with loss = "hidden": also match mapped intermediate layers
-    sentence: float = 0.0  # with loss = "hidden": weight of matching mean-pooled sentence embeddings
-    cache_teacher: bool = True  # compute the teacher's outputs on the validation batches once, not at every check
-
-    def check_distillation(self, where: str) -> None:
-        one_of(f"{where}.loss", self.loss, DISTILL_LOSSES, "loss")
-        check(0 <= self.alpha <= 1, f"{where}.alpha must be in [0, 1]", "alpha")
-        check(self.temperature > 0, f"{where}.temperature must be positive", "temperature")
-        check(self.sentence >= 0, f"{where}.sentence must be 0 or more", "sentence")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """Base of every stage's config; each stage module defines one (see `engine.stages.registry`)."""
-
-    kind: ClassVar[str] = ""
-
-
-EVAL_TASKS = ("pos", "ner", "sentiment", "topic")
-EVAL_MODES = ("probe", "full")
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """Downstream evaluation after the last stage: `tasks[i]` is scored on the data at `data[i]`."""
-
-    tasks: tuple[str, ...] = ()
-    data: tuple[str, ...] = ()
-    seeds: int = 3
-    epochs: int = 0  # 0: the task's default
-    mode: str = "full"  # full (fine-tuning) | probe (linear probe on frozen features, minutes on a CPU)
-    learning_rate: float = 0.0  # 0: the task's default
-    intrinsic: bool = True  # representation fidelity (and MLM metrics when there is a head)
-    speed: bool = True  # CPU latency and throughput, as ratios to the teacher
-    text_column: str = ""  # classification tables: the text column's name ("" = by name or inferred)
-    label_column: str = ""  # and the label column's
-
-    def __post_init__(self) -> None:
-        check(len(self.tasks) > 0, "evaluation.tasks is empty: list tasks such as [\"pos\", \"topic\"]", "tasks")
-        check(len(self.tasks) == len(self.data),
-              f"evaluation.tasks has {len(self.tasks)} entries but evaluation.data has {len(self.data)}: "
-              "give one data folder, file or hub id per task", "data")
-        for task in self.tasks:
-            one_of("evaluation.tasks", task, EVAL_TASKS, "tasks")
-        check(self.seeds >= 1, "evaluation.seeds must be at least 1", "seeds")
-        check(self.epochs >= 0, "evaluation.epochs must be 0 (task default) or more", "epochs")
-        check(self.mode != "head_only", "evaluation.mode = 'head_only' was replaced by 'probe': a linear "
-              "classifier fitted to convergence on the frozen encoder's features", "mode")
-        one_of("evaluation.mode", self.mode, EVAL_MODES, "mode")
-        check(0 <= self.learning_rate < 1, "evaluation.learning_rate must be 0 (task default) or in (0, 1)",
-              "learning_rate")
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -198,8 +46,6 @@ class Recipe:
     base_dir: str = field(default=".", compare=False)  # where relative corpus paths resolve
 
     def __post_init__(self) -> None:
-        from engine.stages.registry import spec_for, specs
-
         check(len(self.stages) > 0, "the recipe has no [[stages]]: add at least one", "stages")
         chosen = [spec_for(s.kind, f"stages[{i}].kind") for i, s in enumerate(self.stages, start=1)]
         for i, spec in enumerate(chosen, start=1):
@@ -258,8 +104,6 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str | Path = ".") -> Recipe:
-        from engine.stages.registry import spec_for
-
         check(isinstance(data, dict), "a recipe must be a table of tables (teacher, corpus, stages...)")
         data = dict(data)
         sections = {"teacher": TeacherConfig, "language": LanguageConfig, "corpus": CorpusConfig,
@@ -308,8 +152,6 @@ class Recipe:
         return cls.from_toml(text, path.parent.resolve())
 
     def save(self, path: str | Path) -> None:
-        from engine.runfolder import atomic_write_text
-
         path = Path(path)
         atomic_write_text(path, self.to_json() if path.suffix == ".json" else self.to_toml())
 

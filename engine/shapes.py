@@ -1,17 +1,9 @@
-"""Architecture shapes: parameter arithmetic per stage and recipe checks against the teacher.
-
-Everything here is instant (no weights are loaded), so the CLI's `estimate` and the GUI's live
-budget panel use it directly.
-"""
+"""An encoder's architecture shape and its parameter arithmetic (instant: no weights are loaded)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
-
-from engine.errors import RecipeError
-from engine.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -59,37 +51,3 @@ class Shape:
     def describe(self) -> str:
         return (f"{self.layers} layers, hidden {self.hidden}, FFN {self.ffn}, {self.heads} heads, "
                 f"vocabulary {self.vocab:,}")
-
-
-def stage_shapes(recipe: Recipe, teacher: Shape) -> list[Shape]:
-    """The teacher's shape followed by each stage's; checks every stage against its input (a RecipeError
-    names the stage and carries the path of the setting at fault, e.g. `stages[3].hidden`)."""
-    from engine.stages.registry import spec_for
-
-    shapes = [teacher]
-    for i, stage in enumerate(recipe.stages, start=1):
-        try:
-            shapes.append(spec_for(stage.kind).shape(stage, shapes[-1]))
-        except RecipeError as exc:
-            raise RecipeError(f"stages[{i}] ({stage.kind}): {exc}", exc.under(f"stages[{i}]").path) from None
-    return shapes
-
-
-def estimate(recipe: Recipe, teacher: Shape) -> list[dict[str, Any]]:
-    """Rows for the teacher and each stage: parameters by component, fp32/fp16 bytes, % of teacher."""
-    shapes = stage_shapes(recipe, teacher)
-    names = ["teacher", *[f"{i:02d}-{s.kind}" for i, s in enumerate(recipe.stages, start=1)]]
-    base = shapes[0].total_params
-    rows = []
-    for name, shape in zip(names, shapes, strict=True):
-        total = shape.total_params
-        rows.append({
-            "name": name,
-            "shape": dataclasses.asdict(shape),
-            "params": shape.params(),
-            "total_params": total,
-            "fp32_bytes": 4 * total,
-            "fp16_bytes": 2 * total,
-            "percent_of_teacher": 100.0 * total / base,
-        })
-    return rows

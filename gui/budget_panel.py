@@ -1,6 +1,6 @@
 """The live parameter budget: stacked bars per component for the teacher and each stage, plus sizes.
 
-Rows come from `engine.shapes.estimate`, which is pure arithmetic, so the panel can follow every
+Rows come from `engine.estimate.estimate`, which is pure arithmetic, so the panel can follow every
 edit of the compression targets.
 """
 
@@ -91,7 +91,7 @@ class BudgetPanel(QWidget):
         return list(self._rows)
 
     def update_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Show `engine.shapes.estimate` rows: bars, table and summary."""
+        """Show `engine.estimate.estimate` rows: bars, table and summary."""
         self._rows = list(rows)
         self.message.hide()
         x = np.arange(len(rows), dtype=float)

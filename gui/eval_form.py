@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -20,7 +19,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.recipe import EVAL_TASKS, EvaluationConfig
+from engine.configs import EVAL_TASKS, EvaluationConfig
+from engine.errors import RecipeError
 from gui.layouts import with_browse
 
 
@@ -120,12 +120,20 @@ class EvalOptions(QGroupBox):
         form.addRow("Output folder:", with_browse(self.out_dir, self._out_dir_dialog))
         self._mode_changed()
 
-    def plan_options(self) -> dict[str, Any]:
-        """The options of an `EvalPlan`; "learning_rate" is None when the field holds no valid rate."""
-        return {"seeds": self.seeds.value(), "epochs": self.epochs.value(), "mode": self.mode.currentData(),
-                "learning_rate": self._learning_rate(), "intrinsic": self.intrinsic.isChecked(),
-                "speed": self.speed.isChecked(),
-                "columns": (self.text_column.text().strip(), self.label_column.text().strip())}
+    def config(self, tasks: list[tuple[str, str]]) -> EvaluationConfig:
+        """The options as a recipe's [evaluation] for the (task, data) rows; RecipeError, with the message a
+        recipe gets, when a setting is invalid."""
+        text = self.learning_rate.text().strip()
+        try:
+            learning_rate = float(text) if text else 0.0
+        except ValueError:
+            raise RecipeError(f"evaluation.learning_rate must be a number such as 2e-4, or empty for the task's "
+                              f"default; got {text!r}", "learning_rate") from None
+        return EvaluationConfig(
+            tasks=tuple(task for task, _ in tasks), data=tuple(data for _, data in tasks), seeds=self.seeds.value(),
+            epochs=self.epochs.value(), mode=self.mode.currentData(), learning_rate=learning_rate,
+            intrinsic=self.intrinsic.isChecked(), speed=self.speed.isChecked(),
+            text_column=self.text_column.text().strip(), label_column=self.label_column.text().strip())
 
     def prefill(self, evaluation: EvaluationConfig) -> None:
         """The options of a recipe's [evaluation] section."""
@@ -146,17 +154,6 @@ class EvalOptions(QGroupBox):
         """Aim the output at `folder`; a folder the user `chosen` is kept until the next run is shown."""
         self.out_dir.setText(str(folder))
         self.out_dir_user = chosen
-
-    def _learning_rate(self) -> float | None:
-        """The learning-rate field: 0.0 when empty (the task's default), None when not a valid rate."""
-        text = self.learning_rate.text().strip()
-        if not text:
-            return 0.0
-        try:
-            value = float(text)
-        except ValueError:
-            return None
-        return value if 0 < value < 1 else None
 
     def _mode_changed(self) -> None:
         """Epochs and learning rate belong to fine-tuning; a probe has neither."""

@@ -24,7 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.recipe import PRECISIONS, CorpusConfig, LanguageConfig, Recipe, RunConfig, TeacherConfig
+from engine.configs import PRECISIONS, CorpusConfig, LanguageConfig, RunConfig, TeacherConfig
+from engine.recipe import Recipe
 from gui.form_widgets import (
     compact,
     error_label,

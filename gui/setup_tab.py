@@ -15,10 +15,12 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QScrollArea, QSplitter, QVBoxLayout, QWidget
 
+from engine.configs import Stage
 from engine.errors import RecipeError
-from engine.recipe import Recipe, Stage
+from engine.estimate import estimate
+from engine.recipe import Recipe
 from engine.resources import DEFAULT_RECIPE, PRESET, load_recipe
-from engine.shapes import Shape, estimate
+from engine.shapes import Shape
 from engine.stages.registry import specs
 from gui.budget_panel import BudgetPanel
 from gui.form_widgets import ERROR_STYLE, NOTE_STYLE, TEXT_STYLE, compact, error_label, show_message

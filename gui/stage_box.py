@@ -8,10 +8,9 @@ from typing import Any
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QLineEdit, QSpinBox, QWidget
 
+from engine.configs import Stage
 from engine.errors import RecipeError
-from engine.recipe import Stage
-from engine.stages.fields import FieldSpec
-from engine.stages.registry import StageSpec
+from engine.stages.spec import FieldSpec, StageSpec
 from gui.form_widgets import compact, error_label, framed, mark, plain_label, show_message, with_tip
 
 

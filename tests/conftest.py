@@ -37,7 +37,7 @@ def swap_runner(monkeypatch):
     from engine.stages import registry
 
     def swap(kind: str, run) -> None:
-        monkeypatch.setitem(registry._specs(), kind, dataclasses.replace(registry.spec_for(kind), run=run))
+        monkeypatch.setitem(registry._SPECS, kind, dataclasses.replace(registry.spec_for(kind), run=run))
 
     return swap
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from engine.cost import PROCESS_BYTES, Device, stage_costs
+from engine.cost import PROCESS_BYTES, Device
+from engine.estimate import stage_costs
 from engine.recipe import Recipe
 from engine.shapes import Shape
 

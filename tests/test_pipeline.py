@@ -234,7 +234,7 @@ def test_sigkill_during_distill_then_resume_matches_an_uninterrupted_run(tmp_pat
     checkpoint = None
     while time.monotonic() < deadline and proc.poll() is None:
         found = list((tmp_path / "runs").glob("*/stages/01-distill/checkpoint/distill/state.pt"))
-        if found and torch.load(found[0], weights_only=True)["step"] >= 10:
+        if found and torch.load(found[0], weights_only=True)["train_state"]["step"] >= 10:
             checkpoint = found[0]
             break
         time.sleep(0.05)

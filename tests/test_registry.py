@@ -14,14 +14,14 @@ from conftest import recipe_toml
 from huggingface_hub import ModelCard
 
 from engine import cli, pipeline
+from engine.configs import Stage, check
 from engine.cost import StageCost
 from engine.errors import RecipeError
 from engine.events import Collect
-from engine.recipe import Recipe, Stage, check
+from engine.recipe import Recipe
 from engine.runfolder import RunFolder
 from engine.stages import registry
-from engine.stages.fields import FieldSpec
-from engine.stages.registry import StageSpec
+from engine.stages.spec import FieldSpec, StageSpec
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,10 @@ TOY = StageSpec(
 
 
 @pytest.fixture()
-def toy():
+def toy(monkeypatch):
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))  # the toy leaves with the test
     registry.register(TOY)
-    yield TOY
-    registry.unregister("toy")
+    return TOY
 
 
 TOY_STAGES = """
@@ -122,7 +122,8 @@ def test_the_cli_lists_every_registered_stage_with_its_settings(toy, capsys):
 
 
 def test_shape_errors_of_a_registered_stage_carry_their_path(toy, tiny_models, corpus):
-    from engine.shapes import Shape, stage_shapes
+    from engine.estimate import stage_shapes
+    from engine.shapes import Shape
 
     recipe = Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, TOY_STAGES))
     with pytest.raises(RecipeError) as bad:
@@ -166,7 +167,8 @@ def test_reading_the_registry_and_estimating_imports_neither_torch_nor_transform
     import subprocess
     import sys
 
-    code = ("import sys; from engine.stages import registry; from engine.shapes import Shape, estimate; "
+    code = ("import sys; from engine.stages import registry; from engine.shapes import Shape; "
+            "from engine.estimate import estimate; "
             "from engine.resources import DEFAULT_RECIPE; from engine.recipe import Recipe; "
             "registry.specs(); estimate(Recipe.load(DEFAULT_RECIPE), Shape(12, 384, 1536, 12, 250037)); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import RecipeError
+from engine.estimate import estimate, stage_shapes
 from engine.recipe import Recipe
-from engine.shapes import Shape, estimate, stage_shapes
+from engine.shapes import Shape
 
 RECIPES = Path(__file__).resolve().parents[1] / "resources" / "recipes"
 MBERT = Shape(layers=12, hidden=768, ffn=3072, heads=12, vocab=119547, positions=512, token_types=2,

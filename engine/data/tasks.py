@@ -35,17 +35,10 @@ from typing import Any
 from engine.data.corpus import HUB_PREFIX, decode_wide, jsonl_records
 from engine.errors import TaskDataError
 from engine.hub import offline_reason
+from engine.tasks import task as task_kind
 
-TASKS = ("pos", "ner", "sentiment", "topic")
-TOKEN_TASKS = ("pos", "ner")
 SPLITS = ("train", "dev", "test")
 SPLIT_KEYS = {"train": ("train",), "dev": ("dev", "valid"), "test": ("test",)}
-SUFFIXES = {
-    "pos": (".conllu", ".conll"),
-    "ner": (".txt", ".conll", ".iob", ".iob2", ".bio", ".tsv"),
-    "sentiment": (".csv", ".tsv", ".jsonl"),
-    "topic": (".csv", ".tsv", ".jsonl"),
-}
 LABELS_FILE = "labels.txt"
 DOCSTART = "-DOCSTART-"
 HELD_OUT = 0.1
@@ -54,7 +47,6 @@ LABEL_COLUMNS = ("label", "category", "class", "topic", "sentiment", "polarity")
 JSONL_TEXT_FIELDS = ("text", "sentence")
 JSONL_LABEL_FIELDS = ("label", "category")
 HUB_SPLITS = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
-HUB_TAG_COLUMNS = {"pos": ("upos",), "ner": ("ner_tags",)}
 HUB_WORD_COLUMNS = ("tokens", "words")
 
 _NER_TAG = re.compile(r"O|[BI]-\S+")
@@ -93,7 +85,7 @@ class TaskData:
 
     @property
     def is_token_task(self) -> bool:
-        return self.task in TOKEN_TASKS
+        return task_kind(self.task).token_level
 
     def fingerprint(self) -> str:
         """A hash of the task, labels and every split's examples: equal exactly when the data are."""
@@ -133,8 +125,7 @@ class Columns:
 
 def load_task(task: str, data: str | Path, seed: int = 0, columns: Columns = Columns()) -> TaskData:
     """Read `task` data from a file, a folder of split files or `hub:<dataset>[:<config>]`."""
-    if task not in TASKS:
-        raise TaskDataError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    task_kind(task)  # a clear error for an unknown task
     source = str(data)
     if source.startswith(HUB_PREFIX):
         parts, order, order_origin = _load_hub(task, source[len(HUB_PREFIX) :], columns)
@@ -182,7 +173,7 @@ def _load_local(task: str, path: Path, columns: Columns) -> tuple[dict[str, _Par
 
 def _split_files(task: str, folder: Path) -> dict[str, Path]:
     """The folder's file per split, recognised by `train` / `dev` / `valid(ation)` / `test` in its name."""
-    suffixes = SUFFIXES[task]
+    suffixes = task_kind(task).formats
     candidates = sorted(
         p for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.name != LABELS_FILE and p.suffix.lower() in suffixes
@@ -518,9 +509,9 @@ def _load_hub(task: str, spec: str, columns: Columns) -> tuple[dict[str, _Part],
 def _hub_examples(task: str, table: Any, origin: str,
                   columns: Columns) -> tuple[list[Example], tuple[str, ...] | None]:
     """Examples of one hub split and the ClassLabel names of its label column, if any."""
-    if task in TOKEN_TASKS:
+    if task_kind(task).token_level:
         words_col = _hub_column(table, HUB_WORD_COLUMNS, origin)
-        tags_col = _hub_column(table, HUB_TAG_COLUMNS[task], origin)
+        tags_col = _hub_column(table, task_kind(task).hub_tags, origin)
         names = _class_names(getattr(table.features[tags_col], "feature", None))
         examples: list[Example] = []
         for row, (words, raw_tags) in enumerate(zip(table[words_col], table[tags_col], strict=True)):

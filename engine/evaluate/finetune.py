@@ -1,26 +1,18 @@
 """Fine-tune one model on one task with one seed, select the epoch on dev, score test.
 
-Defaults per task, chosen so ~1k-sentence sets converge on 2 CPU cores in minutes for a
-6-layer/384 model (the paper used 20 epochs for classification and 100 for token tasks with
-adapters; full fine-tuning of a small encoder needs far fewer):
+Defaults per task (epochs, rate, batch, patience, dev metric) come from the task table (`engine.tasks`);
+the paper used 20 epochs for classification and 100 for token tasks with adapters, full fine-tuning of a
+small encoder needs far fewer. The full fine-tuning rate is BERT-base's 5e-5 scaled by 768 / hidden
+size: narrower encoders need larger steps. Measured on a hidden-192 e5 → Maltese student (1 seed, 10
+epochs): at 5e-5 it stayed at the majority class on SIB-200 topic (25.0 accuracy) and reached 75.3 on UD
+POS; at 2e-4, 38.2 and 85.9 (the teacher: 86.2 POS after 3 epochs).
 
-| task            | epochs | learning rate    | batch | patience | dev metric |
-|-----------------|--------|------------------|-------|----------|------------|
-| sentiment/topic | 10     | 5e-5 × 768 / h   | 16    | 3        | macro_f1   |
-| pos             | 10     | 5e-5 × 768 / h   | 16    | 3        | accuracy   |
-| ner             | 10     | 5e-5 × 768 / h   | 16    | 3        | f1         |
-
-The full fine-tuning rate is BERT-base's 5e-5 scaled by 768 / hidden size: narrower encoders need
-larger steps. Measured on a hidden-192 e5 → Maltese student (1 seed, 10 epochs): at 5e-5 it stayed at
-the majority class on SIB-200 topic (25.0 accuracy) and reached 75.3 on UD POS; at 2e-4, 38.2 and 85.9
-(the teacher: 86.2 POS after 3 epochs).
-
-Training: fused AdamW (weight decay 0.01, none on biases and LayerNorms), linear schedule with 10%
-warmup, gradient clipping at 1.0, length-grouped dynamically padded batches in an order derived
-from the seed and epoch, the input embedding cut to the rows the task's texts use (the same training,
-a fraction of the optimiser's work for a large vocabulary). After each epoch the dev set is scored;
-the best epoch's weights are restored (early stopping after `patience` epochs without improvement)
-and the test set is scored.
+Training, through the one training loop (`engine.training.loop`): fused AdamW (weight decay 0.01, none
+on biases and LayerNorms), linear schedule with 10% warmup, gradient clipping at 1.0, length-grouped
+dynamically padded batches in an order derived from the seed and epoch, the input embedding cut to the
+rows the task's texts use (the same training, a fraction of the optimiser's work for a large
+vocabulary). After each epoch the dev set is scored; the best epoch's weights are restored (early
+stopping after `patience` epochs without improvement) and the test set is scored.
 
 Token tasks (pos, ner) label the first sub-token of each word and ignore the others (-100); a
 word's prediction is its first sub-token's. Words with no sub-token in the model input (cut by
@@ -37,6 +29,7 @@ task head is created, and batch orders come from (seed, epoch).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
 from engine.data.batches import IGNORE_INDEX, length_grouped_batches, pad_batch
 from engine.data.corpus import derive_seed
@@ -58,7 +50,9 @@ from engine.evaluate.report import headline
 from engine.events import CancelToken
 from engine.models.loading import fast_tokenizer, inspect_folder
 from engine.seeding import seed_everything
-from engine.training.optim import adamw
+from engine.tasks import task as task_kind
+from engine.training.loop import LoopSettings, TrainBatch, TrainState, train
+from engine.training.precision import Precision
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
                    "vocab.json")
@@ -66,22 +60,6 @@ WEIGHT_DECAY = 0.01
 WARMUP_RATIO = 0.1
 MAX_GRAD_NORM = 1.0
 REFERENCE_HIDDEN = 768  # the width the standard 5e-5 full fine-tuning rate belongs to (BERT-base)
-
-
-@dataclass(frozen=True)
-class Defaults:
-    epochs: int
-    learning_rate: float
-    batch_size: int
-    patience: int
-
-
-DEFAULTS = {
-    "sentiment": Defaults(10, 5e-5, 16, 3),
-    "topic": Defaults(10, 5e-5, 16, 3),
-    "pos": Defaults(10, 5e-5, 16, 3),
-    "ner": Defaults(10, 5e-5, 16, 3),
-}
 
 
 @dataclass(frozen=True)
@@ -99,6 +77,28 @@ class SeedResult:
     labels: tuple[str, ...]
     learning_rate: float
     details: dict[str, Any] = field(default_factory=dict)  # mode-specific choices (a probe's layer and L2)
+
+
+@dataclass(frozen=True)
+class FitStep:
+    """`finetune` took optimiser step `step` of `steps` (in epoch `epoch` of `epochs`, from 1)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class DevScore:
+    """A dev-set score of the headline `metric`: after a fine-tuning epoch, or after a probe's fit of a layer and L2."""
+
+    metric: str
+    value: float
+    epoch: int = 0  # fine-tuning: the epoch, from 1; probes: 0
+    layer: int = 0  # probes: the layer fitted, from 1; fine-tuning: 0
+    l2: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,17 +122,15 @@ def finetune(
     max_length: int = 128,
     patience: int | None = None,
     device: str | torch.device = "cpu",
-    progress: Callable[[dict], None] | None = None,
+    progress: Callable[[FitStep | DevScore], None] | None = None,
     token: CancelToken | None = None,
 ) -> SeedResult:
-    """Fine-tune the model in `model_dir` on `data`; None arguments take the task's DEFAULTS.
+    """Fine-tune the model in `model_dir` on `data`; None arguments take the task's defaults (`engine.tasks`).
 
-    `progress` receives {"kind": "step", "epoch", "epochs", "step", "steps", "loss"} after each
-    optimiser step and {"kind": "epoch", ..., "dev_score", "dev_metrics", "metric"} after each epoch.
+    `progress` receives a `FitStep` after each optimiser step and a `DevScore` after each epoch.
     """
     started = time.perf_counter()
-    if data.task not in DEFAULTS:
-        raise TaskDataError(f"unknown task {data.task!r}; expected one of {tuple(DEFAULTS)}")
+    defaults = task_kind(data.task)
     for split in ("train", "dev", "test"):
         if not getattr(data, split):
             raise TaskDataError(f"{data.source}: the {split} split is empty")
@@ -140,7 +138,6 @@ def finetune(
     unknown = train_labels - set(data.labels)
     if unknown:
         raise TaskDataError(f"{data.source}: train labels missing from the label set: {sorted(unknown)}")
-    defaults = DEFAULTS[data.task]
     epochs = defaults.epochs if epochs is None else epochs
     batch_size = defaults.batch_size if batch_size is None else batch_size
     patience = defaults.patience if patience is None else patience
@@ -155,56 +152,75 @@ def finetune(
     model.to(device)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train, dev, test = compact_vocabulary(model, [encode(tokenizer, data, split, max_length)
-                                                  for split in (data.train, data.dev, data.test)], pad_id)
+    train_set, dev, test = compact_vocabulary(model, [encode(tokenizer, data, split, max_length)
+                                                      for split in (data.train, data.dev, data.test)], pad_id)
     fallback = most_frequent_tag(data) if data.is_token_task else ""
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = adamw(named, learning_rate, WEIGHT_DECAY, fused=True)
-    steps_per_epoch = len(length_grouped_batches(train.input_ids, batch_size, seed))
-    total_steps = epochs * steps_per_epoch
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total_steps), total_steps)
+    steps_per_epoch = len(length_grouped_batches(train_set.input_ids, batch_size, seed))
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-    metric = headline(data.task)
+    orders: dict[int, list[list[int]]] = {}
+
+    def batch(index: int) -> TrainBatch:
+        epoch, position = divmod(index, steps_per_epoch)
+        if epoch + 1 not in orders:
+            orders.clear()
+            orders[epoch + 1] = length_grouped_batches(train_set.input_ids, batch_size,
+                                                       derive_seed(seed, "finetune", epoch + 1))
+        indices = orders[epoch + 1][position]
+        padded = {k: v.to(device) for k, v in pad_batch(train_set.input_ids, indices, pad_id).items()}
+        targets = batch_targets(train_set, indices, padded["input_ids"].shape[1]).to(device)
+        return TrainBatch({**padded, "labels": targets}, int(padded["attention_mask"].sum()))
+
+    def objective(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        targets = inputs["labels"]
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        if not (targets != IGNORE_INDEX).any():  # no labelled position: the loss would be NaN
+            return None
+        return {"total": loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))}
 
     def evaluate(enc: Encoded, examples: Sequence[Any]) -> dict[str, float]:
         return score(data.task, examples, predict(model, enc, data, fallback, batch_size, pad_id, device, token))
 
-    step, best_score, best_epoch, best_state, best_dev, epoch = 0, -1.0, 0, None, {}, 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        for indices in length_grouped_batches(train.input_ids, batch_size, derive_seed(seed, "finetune", epoch)):
-            if token is not None:
-                token.raise_if_cancelled()
-            batch = {k: v.to(device) for k, v in pad_batch(train.input_ids, indices, pad_id).items()}
-            logits = model(**batch).logits
-            targets = batch_targets(train, indices, batch["input_ids"].shape[1]).to(device)
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-            if (targets != IGNORE_INDEX).any():  # else the loss is NaN (no labelled position)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for _, p in named], MAX_GRAD_NORM)
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if progress is not None:
-                progress({"kind": "step", "epoch": epoch, "epochs": epochs, "step": step, "steps": total_steps,
-                          "loss": loss.item()})
-        dev_metrics = evaluate(dev, data.dev)
-        if dev_metrics[metric] > best_score:
-            best_score, best_epoch, best_dev = dev_metrics[metric], epoch, dev_metrics
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if progress is not None:
-            progress({"kind": "epoch", "epoch": epoch, "epochs": epochs, "step": step, "steps": total_steps,
-                      "dev_score": dev_metrics[metric], "dev_metrics": dev_metrics, "metric": metric})
-        if epoch - best_epoch >= patience:
-            break
-    model.load_state_dict(best_state)
+    metric = headline(data.task)
+    settings = LoopSettings(max_steps=epochs * steps_per_epoch, learning_rate=learning_rate,
+                            weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO, grad_clip=MAX_GRAD_NORM,
+                            eval_every=steps_per_epoch, patience=patience, select=metric, maximize=True,
+                            fused_optimizer=True)
+    observer = _EpochObserver(steps_per_epoch, epochs, metric, progress)
+    state = train(model, objective, batch, lambda: evaluate(dev, data.dev), settings, observer,
+                  precision=Precision(torch.device(device), None), token=token)
     return SeedResult(
-        metrics=evaluate(test, data.test), dev_metrics=best_dev, best_epoch=best_epoch, epochs_run=epoch,
-        seconds=time.perf_counter() - started, train_size=len(data.train), dev_size=len(data.dev),
-        test_size=len(data.test), labels=tuple(data.labels), learning_rate=learning_rate,
+        metrics=evaluate(test, data.test), dev_metrics=observer.best_dev, best_epoch=state.best_step // steps_per_epoch,
+        epochs_run=state.step // steps_per_epoch, seconds=time.perf_counter() - started, train_size=len(data.train),
+        dev_size=len(data.dev), test_size=len(data.test), labels=tuple(data.labels), learning_rate=learning_rate,
     )
+
+
+@dataclass
+class _EpochObserver:
+    """The training loop's steps and per-epoch validations as `FitStep`s and `DevScore`s; keeps the best dev
+    metrics."""
+
+    steps_per_epoch: int
+    epochs: int
+    metric: str
+    progress: Callable[[FitStep | DevScore], None] | None
+    best_dev: dict[str, float] = field(default_factory=dict)
+
+    def stepped(self, state: TrainState, losses: dict[str, float], learning_rate: float,
+                tokens_per_second: float, eta_seconds: float) -> None:
+        if self.progress is not None:
+            self.progress(FitStep(epoch=(state.step - 1) // self.steps_per_epoch + 1, epochs=self.epochs,
+                                  step=state.step, steps=self.epochs * self.steps_per_epoch,
+                                  loss=losses.get("total", math.nan)))
+
+    def validated(self, state: TrainState, values: dict[str, float]) -> None:
+        if state.best_step == state.step:
+            self.best_dev = values
+        if self.progress is not None:
+            self.progress(DevScore(self.metric, values[self.metric], epoch=state.step // self.steps_per_epoch))
+
+    def resumed(self, state: TrainState) -> None:
+        """Fine-tuning keeps no checkpoints."""
 
 
 def compact_vocabulary(model: nn.Module, splits: Sequence[Encoded], pad_id: int) -> list[Encoded]:
@@ -232,7 +248,7 @@ def compact_vocabulary(model: nn.Module, splits: Sequence[Encoded], pad_id: int)
 
 def default_learning_rate(task: str, hidden: int) -> float:
     """The task's default rate scaled by 768 / `hidden` (see the module docstring)."""
-    return DEFAULTS[task].learning_rate * REFERENCE_HIDDEN / hidden
+    return task_kind(task).learning_rate * REFERENCE_HIDDEN / hidden
 
 
 def load_tokenizer(model_dir: Path) -> Any:

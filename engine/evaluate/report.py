@@ -9,20 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from engine.runfolder import atomic_write_text
+from engine.tasks import TASKS
+from engine.tasks import task as task_kind
 
 SUMMARY_FILE = "summary.json"  # an evaluation's results in its output folder (`<run>/eval/` for a run)
-#: The score a table shows per task (the others stay in summary.json).
-HEADLINE = {"pos": "accuracy", "ner": "f1", "sentiment": "macro_f1", "topic": "macro_f1"}
 
 
 def headline(task: str) -> str:
     """The headline metric of a task column (`topic` or `topic@sib200_swh_Latn`)."""
-    return HEADLINE[task.split("@")[0]]
+    return task_kind(task).headline
 
 
 def is_headline(task: str, metric: str) -> bool:
     """Whether `metric` is the headline of the task column `task` (False for a task MiniGlot does not know)."""
-    return HEADLINE.get(str(task).split("@")[0]) == metric
+    kind = TASKS.get(str(task).split("@")[0])
+    return kind is not None and kind.headline == metric
 
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

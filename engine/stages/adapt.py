@@ -10,10 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from engine.configs import Stage, Training, check
 from engine.cost import MASKED, CostInputs, StageCost, training_cost
-from engine.recipe import Stage, Training, check
-from engine.stages.fields import integer, training_fields
-from engine.stages.registry import StageSpec
+from engine.stages.spec import StageSpec, integer, training_fields
 
 if TYPE_CHECKING:
     from engine.models.loading import LoadedModel
@@ -52,8 +51,7 @@ def describe(cfg: AdaptStage) -> str:
 
 
 def run(ctx: StageContext) -> StageOutput:
-    from engine.stages.base import StageOutput
-    from engine.training.loop import train
+    from engine.stages.base import StageOutput, train_stage
     from engine.training.losses import mlm_loss
 
     cfg: AdaptStage = ctx.config
@@ -70,10 +68,10 @@ def run(ctx: StageContext) -> StageOutput:
         for _, p in head_params:
             p.requires_grad_(True)
         head_cfg = dataclasses.replace(cfg, max_steps=cfg.head_steps, learning_rate=1e-3)
-        metrics.update(train(ctx, net, model.tokenizer, mlm_loss(model), head_cfg, phase="head",
+        metrics.update(train_stage(ctx, net, model.tokenizer, mlm_loss(model), head_cfg, phase="head",
                              parameters=head_params))
     net.requires_grad_(True)
-    metrics.update(train(ctx, net, model.tokenizer, mlm_loss(model), cfg, phase="adapt"))
+    metrics.update(train_stage(ctx, net, model.tokenizer, mlm_loss(model), cfg, phase="adapt"))
     return StageOutput(model, metrics)
 
 

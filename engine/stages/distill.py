@@ -6,13 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from engine.cost import MASKED, CostInputs, StageCost, training_cost
-from engine.recipe import LAYER_SELECTIONS, Distillation, Stage, Training, check, one_of
-from engine.stages.fields import FieldSpec, distillation_fields, every_layer, integer, training_fields
-from engine.stages.registry import StageSpec
+from engine.configs import LAYER_SELECTIONS, Distillation, Stage, Training, check, one_of
+from engine.stages.distillation import distillation_cost, prepare_teacher, student_of
+from engine.stages.spec import FieldSpec, StageSpec, distillation_fields, every_layer, integer, training_fields
 
 if TYPE_CHECKING:
-    from engine.models.loading import LoadedModel
     from engine.shapes import Shape
     from engine.stages.base import StageContext, StageOutput
 
@@ -41,31 +39,14 @@ def shape(cfg: DistillStage, before: Shape) -> Shape:
     return dataclasses.replace(before, layers=cfg.layers)
 
 
-def logit_rows(cfg: Distillation, inputs: CostInputs, tokens: int) -> int:
-    """Rows a distillation projects to the vocabulary per batch of `tokens` (0 without an MLM head)."""
-    if not inputs.target.mlm_head:
-        return 0
-    logit_loss = cfg.loss != "hidden" and inputs.source.mlm_head
-    if logit_loss and cfg.all_positions:
-        return tokens
-    return int(MASKED * tokens) if logit_loss or cfg.alpha > 0 else 0
-
-
-def distillation_cost(cfg: Training | Distillation, inputs: CostInputs) -> StageCost:
-    """A stage that distils its output from its input (distill, shrink)."""
-    return training_cost(cfg, inputs, lambda tokens: logit_rows(cfg, inputs, tokens), teacher_forward=True)
-
-
 def describe(cfg: DistillStage) -> str:
     return (f"{cfg.layers} layers ({cfg.layer_selection}, init {cfg.init}), {cfg.loss} loss, {cfg.max_steps} steps "
             f"at lr {cfg.learning_rate}")
 
 
 def run(ctx: StageContext) -> StageOutput:
-    from engine.models.loading import LoadedModel
-    from engine.stages.base import StageOutput
+    from engine.stages.base import StageOutput, train_stage
     from engine.surgery.layers import reduce_layers, select_layers
-    from engine.training.loop import train
     from engine.training.losses import DistillLoss
 
     cfg: DistillStage = ctx.config
@@ -74,9 +55,7 @@ def run(ctx: StageContext) -> StageOutput:
     indices = select_layers(cfg.layer_selection, n, cfg.layers)
     random_init = cfg.init == "random"
     net = reduce_layers(teacher.model, teacher.adapter, indices, random_init=random_init)
-    net.requires_grad_(True)
-    student = LoadedModel(net, teacher.tokenizer, teacher.adapter, teacher.source)
-    loss = choose_loss(ctx, cfg.loss, student, teacher)
+    student, loss = student_of(ctx, net, teacher, cfg.loss)
     # each student layer reproduces the output of the teacher layer it starts from (random: stride)
     layer_map = [i + 1 for i in (select_layers("stride", n, cfg.layers) if random_init else indices)]
     if cfg.last_to_last:
@@ -85,28 +64,11 @@ def run(ctx: StageContext) -> StageOutput:
             + ("(random init)" if random_init else f"from teacher layers {indices}") + f", loss {loss}")
     metrics: dict = {}
     if cfg.max_steps:
-        metrics = train(ctx, net, student.tokenizer, DistillLoss(student, teacher, cfg, loss, layer_map=layer_map),
-                        cfg, phase="distill")
+        objective = DistillLoss(student, teacher, cfg, loss, layer_map=layer_map)
+        metrics = train_stage(ctx, net, student.tokenizer, objective, cfg, phase="distill")
     else:
         ctx.log("max_steps = 0: the student is the teacher's layers as they are, without training")
     return StageOutput(student, {**metrics, "loss": loss, "teacher_layers": indices})
-
-
-def prepare_teacher(ctx: StageContext) -> LoadedModel:
-    """The stage's input as a frozen teacher on the run's device."""
-    teacher = ctx.model
-    teacher.model.to(ctx.device).eval().requires_grad_(False)
-    return teacher
-
-
-def choose_loss(ctx: StageContext, requested: str, student: LoadedModel, teacher: LoadedModel) -> str:
-    from engine.training.losses import resolve_loss
-
-    loss = resolve_loss(requested, student, teacher)
-    if loss != requested:
-        ctx.log(f"the teacher has no MLM head, so logit loss {requested!r} is impossible: distilling hidden "
-                "states instead (loss = \"hidden\"); add an adapt stage first to use logit losses", "warning")
-    return loss
 
 
 SPEC = StageSpec(

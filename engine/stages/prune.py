@@ -7,10 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from engine.configs import Stage, check
 from engine.cost import CostInputs, StageCost, activation_bytes, forward_flops
-from engine.recipe import Stage, check
-from engine.stages.fields import FieldSpec, integer
-from engine.stages.registry import StageSpec
+from engine.stages.spec import FieldSpec, StageSpec, integer
 
 if TYPE_CHECKING:
     from engine.models.loading import LoadedModel
@@ -69,14 +68,14 @@ def run(ctx: StageContext) -> StageOutput:
     from engine.stages.base import StageOutput
     from engine.surgery.ffn import prune_ffn
     from engine.surgery.importance import ffn_importance, head_importance
-    from engine.training.loop import batch_inputs
+    from engine.training.loop import on_device
 
     cfg: PruneStage = ctx.config
     source = ctx.model
     model = LoadedModel(copy.deepcopy(source.model).to(ctx.device), source.tokenizer, source.adapter, source.source)
     stream = BatchStream(model.tokenizer, ctx.validation_texts, ctx.recipe.corpus.max_length, cfg.batch_size,
                          ctx.seed, mlm_probability=0.15)
-    batches = [batch_inputs(stream.batch(i), ctx.device)
+    batches = [on_device(stream.batch(i), ctx.device)
                for i in range(min(cfg.importance_batches, stream.batches_per_epoch))]
     objective = _importance_objective(ctx, model)
 

@@ -7,10 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from engine.recipe import SHRINK_INITS, Distillation, Stage, Training, check, one_of
-from engine.stages.distill import distillation_cost
-from engine.stages.fields import FieldSpec, distillation_fields, every_layer, integer, training_fields
-from engine.stages.registry import StageSpec
+from engine.configs import SHRINK_INITS, Distillation, Stage, Training, check, one_of
+from engine.stages.distillation import distillation_cost, prepare_teacher, student_of
+from engine.stages.spec import FieldSpec, StageSpec, distillation_fields, every_layer, integer, training_fields
 
 if TYPE_CHECKING:
     from engine.models.loading import LoadedModel
@@ -52,11 +51,8 @@ def run(ctx: StageContext) -> StageOutput:
     import copy
 
     from engine.data.batches import BatchStream
-    from engine.models.loading import LoadedModel
-    from engine.stages.base import StageOutput
-    from engine.stages.distill import choose_loss, prepare_teacher
+    from engine.stages.base import StageOutput, train_stage
     from engine.surgery.hidden import activation_basis, residual_moment, shrink_hidden, svd_basis, truncation_basis
-    from engine.training.loop import train
     from engine.training.losses import DistillLoss
 
     cfg: ShrinkStage = ctx.config
@@ -73,9 +69,7 @@ def run(ctx: StageContext) -> StageOutput:
         basis = (svd_basis if cfg.init == "svd" else activation_basis)(moment, cfg.hidden)
     basis = basis.to(ctx.device)
     net = shrink_hidden(copy.deepcopy(teacher.model), teacher.adapter, basis)
-    net.requires_grad_(True)
-    student = LoadedModel(net, teacher.tokenizer, teacher.adapter, teacher.source)
-    loss = choose_loss(ctx, cfg.loss, student, teacher)
+    student, loss = student_of(ctx, net, teacher, cfg.loss)
     ctx.log(f"hidden size {d} → {cfg.hidden} by {cfg.init}, then distillation with loss {loss}")
     reference = ctx.reference if _same_depth(ctx.reference, teacher) else teacher
     if reference is not teacher:
@@ -84,7 +78,7 @@ def run(ctx: StageContext) -> StageOutput:
                 "so the cut repairs what pruning removed too")
     layer_map = list(range(1, teacher.config.num_hidden_layers + 1))
     objective = DistillLoss(student, reference, cfg, loss, projection=basis, layer_map=layer_map)
-    metrics = train(ctx, net, student.tokenizer, objective, cfg, phase="shrink")
+    metrics = train_stage(ctx, net, student.tokenizer, objective, cfg, phase="shrink")
     return StageOutput(student, {**metrics, "loss": loss, "hidden": cfg.hidden, "init": cfg.init})
 
 

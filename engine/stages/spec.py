@@ -1,13 +1,21 @@
-"""Form fields of stage settings: label, range and a tooltip with what the paper found.
+"""What a kind of stage declares (`StageSpec`) and the form fields of its settings (`FieldSpec`).
 
-Plain data: the Setup tab builds its widgets from these, and `miniglot-cli stages` prints them.
+Plain data, no torch: the registry, recipes, estimates, the CLI and the Setup tab read these; the
+Setup tab builds its widgets from the fields, and `miniglot-cli stages` prints them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from engine.recipe import DISTILL_LOSSES
+from engine.configs import DISTILL_LOSSES, Stage, Training
+
+if TYPE_CHECKING:
+    from engine.cost import CostInputs, StageCost
+    from engine.shapes import Shape
+    from engine.stages.base import StageContext, StageOutput
 
 
 @dataclass(frozen=True)
@@ -25,12 +33,46 @@ class FieldSpec:
     enabled_when: tuple[str, tuple[str, ...]] | None = None
 
 
+@dataclass(frozen=True)
+class StageSpec:
+    """One kind of stage.
+
+    `shape(config, shape)` returns the shape after the stage or raises RecipeError with the field's
+    name as its path; `cost(config, inputs)` says what the stage holds and how long it takes;
+    `run(ctx)` does the work. `keeps_teacher`: the output is still the run's teacher (same depth and
+    width), so later stages distil from it. `reference`: the output reproduces the teacher as
+    faithfully as the run can, so a later repair (shrink) distils from it. `teacher_first`: the stage
+    works on the teacher itself and so may follow only `keeps_teacher` stages, once. `describe(config)`
+    says the stage's settings in a few words and `tag` names what it does, for the model card.
+    """
+
+    kind: str
+    config: type[Stage]
+    title: str
+    tip: str
+    fields: tuple[FieldSpec, ...]
+    shape: Callable[[Any, Shape], Shape]
+    cost: Callable[[Any, CostInputs], StageCost]
+    run: Callable[[StageContext], StageOutput]
+    template: Stage  # the settings a stage starts from when a user switches it on
+    describe: Callable[[Any], str] = lambda config: ""  # the settings in a few words (none by default)
+    tag: str = ""  # the model card's tag for what the stage does (default: its kind)
+    keeps_teacher: bool = False
+    reference: bool = False
+    teacher_first: bool = False
+
+    @property
+    def trains(self) -> bool:
+        """Whether the stage trains with an optimiser (its config has `configs.Training`'s settings)."""
+        return issubclass(self.config, Training)
+
+
 def integer(name: str, label: str, tip: str, low: int, high: int) -> FieldSpec:
     return FieldSpec(name, label, "int", tip, low, high)
 
 
 def training_fields(min_steps: int = 1) -> tuple[FieldSpec, ...]:
-    """Fields of `recipe.Training`."""
+    """Fields of `configs.Training`."""
     return (
         integer("max_steps", "Steps", "Optimiser steps. The paper presets use GPU-scale counts (20,000); on a "
                 "CPU start with a few hundred.", min_steps, 10_000_000),
@@ -42,7 +84,7 @@ def training_fields(min_steps: int = 1) -> tuple[FieldSpec, ...]:
 
 
 def distillation_fields() -> tuple[FieldSpec, ...]:
-    """Fields of `recipe.Distillation` (without `intermediate`, whose meaning each stage words)."""
+    """Fields of `configs.Distillation` (without `intermediate`, whose meaning each stage words)."""
     return (
         FieldSpec("loss", "Loss", "choice",
                   "mse: MSE between student and teacher MLM logits — the paper's default.\n"

@@ -7,10 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from engine.configs import Stage, check
 from engine.cost import TRIM_SECONDS, CostInputs, StageCost, weights_bytes
-from engine.recipe import Stage, check
-from engine.stages.fields import FieldSpec, integer
-from engine.stages.registry import StageSpec
+from engine.stages.spec import FieldSpec, StageSpec, integer
 
 if TYPE_CHECKING:
     from engine.shapes import Shape

@@ -1,144 +1,213 @@
-"""The optimisation loop shared by adapt, distill and shrink.
+"""The one training loop: every encoder MiniGlot trains (adapt, distill, shrink, fine-tuning) trains here.
 
-AdamW with warmup + linear decay, gradient clipping and accumulation, mixed precision (autocast,
-with loss scaling for fp16), periodic validation with best-state selection (the teacher's outputs
-on the validation batches computed once), checkpoints through the pipeline, cooperative cancellation. Batch k and its
-dropout are derived from (seed, k), so a resumed run continues exactly where it stopped.
+AdamW with warmup + linear decay, gradient clipping and accumulation, mixed precision (autocast, with
+loss scaling for fp16), data-parallel gradient averaging, periodic validation with best-state selection
+and optional early stopping, checkpoints for resume, cooperative cancellation. Everything it needs comes
+in explicitly: the batches (`batch(index)`), the objective, the validation, the settings, and an observer
+that hears each step and each validation (the stages turn them into events, evaluation into progress).
+Batch k and its dropout are derived from the index alone, so a resumed run continues exactly where it
+stopped.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from engine.data.batches import BatchStream, derive_seed
-from engine.events import Progress
-from engine.recipe import Training
-from engine.stages.base import StageContext
-from engine.training.losses import Objective
+from engine.data.batches import derive_seed
+from engine.distributed import SINGLE, Distributed
+from engine.events import CancelToken
+from engine.training.checkpoints import Checkpoints
 from engine.training.optim import adamw
 from engine.training.precision import Precision
 
+Inputs = dict[str, torch.Tensor]
+Losses = Callable[[Inputs], "dict[str, torch.Tensor] | None"]  # named losses with "total"; None: skip
 
-def train(ctx: StageContext, net: nn.Module, tokenizer, objective: Objective, cfg: Training,
-          phase: str = "train", parameters: Iterable[tuple[str, nn.Parameter]] | None = None) -> dict[str, float]:
-    """Train `net` on the stage's corpus; returns summary metrics and leaves the best state loaded."""
-    max_length = ctx.recipe.corpus.max_length
-    stream = BatchStream(tokenizer, ctx.train_texts, max_length, cfg.batch_size, ctx.seed,
-                         mlm_probability=cfg.mlm_probability)
-    val_stream = BatchStream(tokenizer, ctx.validation_texts, max_length, cfg.batch_size,
-                             derive_seed(ctx.seed, "validation", 0), mlm_probability=cfg.mlm_probability)
-    val_inputs = [batch_inputs(val_stream.batch(i), ctx.device)
-                  for i in range(min(cfg.eval_batches, val_stream.batches_per_epoch))]
-    # the teacher is frozen and the validation batches fixed: its outputs on them can be kept
-    teacher_targets = getattr(objective, "targets", None) if getattr(cfg, "cache_teacher", False) else None
-    val_targets: list | None = None
-    precision = Precision.for_run(ctx.recipe.run.precision, ctx.device)
-    scaler = precision.scaler()
 
-    dist = ctx.distributed
+@dataclass(frozen=True)
+class LoopSettings:
+    """How to optimise. `eval_every` steps between validations (the last step always validates);
+    `patience`: stop after that many validations without improvement (0: never); `maximize`: the
+    selected validation value is a score (higher is better) rather than a loss; `dropout_seed`: re-seed
+    torch before every batch from (seed, batch index), which makes a resumed run exact (None: leave the
+    global generator running); `checkpoint_every`: 0 for never."""
+
+    max_steps: int
+    learning_rate: float
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accumulation: int = 1
+    eval_every: int = 50
+    checkpoint_every: int = 0
+    patience: int = 0
+    select: str = "total"  # the validation value that picks the best state
+    maximize: bool = False
+    dropout_seed: int | None = None
+    fused_optimizer: bool = False
+
+
+@dataclass
+class TrainState:
+    """Where a training stands; saved in every checkpoint."""
+
+    step: int = 0
+    best: float = math.nan  # the best validation value so far (NaN before the first validation)
+    best_step: int = 0
+    stale: int = 0  # validations since the best one
+    tokens: int = 0  # real (unpadded) tokens trained on in this process, for the rate
+    last_loss: float = math.nan
+
+    def improves(self, value: float, maximize: bool) -> bool:
+        if math.isnan(self.best):
+            return True
+        return value > self.best if maximize else value < self.best
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One micro-batch: the objective's inputs (on the device) and its real token count."""
+
+    inputs: Inputs
+    tokens: int
+
+
+class Observer(Protocol):
+    """Hears the loop: after every optimiser step, every validation, and a resume."""
+
+    def stepped(self, state: TrainState, losses: dict[str, float], learning_rate: float,
+                tokens_per_second: float, eta_seconds: float) -> None: ...
+
+    def validated(self, state: TrainState, values: dict[str, float]) -> None: ...
+
+    def resumed(self, state: TrainState) -> None: ...
+
+
+def train(net: nn.Module, objective: Losses, batch: Callable[[int], TrainBatch],
+          validate: Callable[[], dict[str, float]], settings: LoopSettings, observer: Observer, *,
+          precision: Precision, token: CancelToken | None = None, checkpoints: Checkpoints | None = None,
+          phase: str = "train", distributed: Distributed = SINGLE,
+          parameters: Iterable[tuple[str, nn.Parameter]] | None = None) -> TrainState:
+    """Train `net` for `settings.max_steps` optimiser steps (fewer when early stopping ends it); leaves the
+    best validated state loaded and `net` in eval mode.
+
+    `objective(inputs)` returns named losses with "total" (None when the batch has nothing to learn: the
+    step is skipped but the schedule advances); `validate()` runs with `net` in eval mode and returns named
+    values including `settings.select`. `parameters` limits training to those (default: all that require
+    gradients). `checkpoints` saves the weights, the best state, the optimiser and the `TrainState` under
+    `phase` every `checkpoint_every` steps and resumes from them.
+    """
+    cfg, dist = settings, distributed
     named = [(n, p) for n, p in (parameters if parameters is not None else net.named_parameters())
              if p.requires_grad]
     trainable = [p for _, p in named]
-    optimizer = adamw(named, cfg.learning_rate, cfg.weight_decay)
+    optimizer = adamw(named, cfg.learning_rate, cfg.weight_decay, fused=cfg.fused_optimizer)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
-
-    start, best_loss, best_step, best_state = 0, math.inf, 0, None
-    saved = ctx.checkpoints.load(phase)
+    scaler = precision.scaler()
+    state, best_state = TrainState(), None
+    saved = checkpoints.load(phase) if checkpoints is not None else None
     if saved is not None:
-        tensors, state = saved
+        tensors, stored = saved
         net.load_state_dict(tensors["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, best_loss, best_step = state["step"], state["best_loss"], state["best_step"]
+        optimizer.load_state_dict(stored["optimizer"])
+        scheduler.load_state_dict(stored["scheduler"])
+        if scaler.is_enabled() and stored.get("scaler"):
+            scaler.load_state_dict(stored["scaler"])
+        state = TrainState(**stored["train_state"])
+        state.tokens = 0
         best_state = tensors.get("best")
-        ctx.log(f"{phase}: resumed from step {start}")
+        observer.resumed(state)
 
-    def validate(step: int) -> float:
-        nonlocal val_targets
-        net.eval()
-        totals: dict[str, float] = {}
-        with torch.no_grad(), precision.autocast():
-            if teacher_targets is not None and val_targets is None:
-                val_targets = [teacher_targets(batch) for batch in val_inputs]
-            for i, batch in enumerate(val_inputs):
-                parts = objective(batch) if val_targets is None else objective(batch, val_targets[i])
-                for name, value in parts.items():
-                    totals[name] = totals.get(name, 0.0) + float(value) / len(val_inputs)
-        for name, value in totals.items():
-            ctx.metric(f"{phase}/{name}", value, step, "validation")
-        net.train()
-        return totals["total"]
-
-    def checkpoint(step: int) -> None:
-        if not dist.is_main:
-            return
-        tensors = {"model": net.state_dict()}
-        if best_state is not None:
-            tensors["best"] = best_state
-        ctx.checkpoints.save(phase, tensors, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "best_loss": best_loss, "best_step": best_step,
-        })
+    def checkpoint() -> None:
+        if dist.is_main:
+            tensors = {"model": net.state_dict()}
+            if best_state is not None:
+                tensors["best"] = best_state
+            checkpoints.save(phase, tensors, {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "train_state": asdict(state)})
+        dist.barrier()
 
     net.train()
-    began, tokens, last_loss = time.monotonic(), 0, math.nan
-    for step in range(start, cfg.max_steps):
-        ctx.token.raise_if_cancelled()
-        parts_sum: dict[str, float] = {}
-        for micro in range(cfg.grad_accumulation):
-            index = dist.batch_index(step, micro, cfg.grad_accumulation)
-            torch.manual_seed(derive_seed(ctx.seed, "dropout", index))
-            batch = stream.batch(index)
-            with precision.autocast():
-                parts = objective(batch_inputs(batch, ctx.device))
-            scaler.scale(parts["total"] / cfg.grad_accumulation).backward()
-            tokens += dist.total(batch.real_tokens)
-            for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach()) / cfg.grad_accumulation
-        dist.average_gradients(trainable)
-        parts_sum = dist.mean(parts_sum)
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+    start, began = state.step, time.monotonic()
+    while state.step < cfg.max_steps:
+        if token is not None:
+            token.raise_if_cancelled()
+        losses = _accumulate(objective, batch, state, cfg, precision, scaler, dist)
+        if losses is not None:
+            dist.average_gradients(trainable)
+            losses = dist.mean(losses)
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            state.last_loss = losses["total"]
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        last_loss = parts_sum["total"]
-        if not math.isfinite(last_loss):
-            raise FloatingPointError(f"{phase}: the loss became {last_loss} at step {done}; "
+        state.step += 1
+        if losses is not None and not math.isfinite(state.last_loss):
+            raise FloatingPointError(f"{phase}: the loss became {state.last_loss} at step {state.step}; "
                                      "lower the learning rate")
-        for name, value in parts_sum.items():
-            ctx.metric(f"{phase}/{name}", value, done)
-        ctx.metric(f"{phase}/learning_rate", scheduler.get_last_lr()[0], done)
         elapsed = time.monotonic() - began
-        rate = tokens / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / (done - start) * (cfg.max_steps - done)
-        ctx.sink.emit(Progress(index=ctx.index, stage=ctx.kind, step=done, total=cfg.max_steps,
-                               tokens_per_second=rate, eta_seconds=eta))
-        if done % cfg.eval_every == 0 or done == cfg.max_steps:
-            loss = validate(done)
-            if loss < best_loss:
-                best_loss, best_step = loss, done
+        observer.stepped(state, losses or {}, scheduler.get_last_lr()[0],
+                         state.tokens / elapsed if elapsed > 0 else 0.0,
+                         elapsed / (state.step - start) * (cfg.max_steps - state.step))
+        stop = False
+        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+            net.eval()
+            with torch.no_grad():
+                values = validate()
+            net.train()
+            if state.improves(values[cfg.select], cfg.maximize):
+                state.best, state.best_step, state.stale = values[cfg.select], state.step, 0
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-            checkpoint(done)
-            dist.barrier()
+            else:
+                state.stale += 1
+            observer.validated(state, values)
+            stop = 0 < cfg.patience <= state.stale
+        if checkpoints is not None and cfg.checkpoint_every and (
+                state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps):
+            checkpoint()
+        if stop:
+            break
     if best_state is not None:
         net.load_state_dict(best_state, strict=False)
     net.eval()
-    return {f"{phase}_best_validation_loss": best_loss, f"{phase}_best_step": best_step,
-            f"{phase}_final_train_loss": last_loss}
+    return state
 
 
-def batch_inputs(batch, device: torch.device) -> dict[str, torch.Tensor]:
-    batch = batch.to(device)
-    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels}
+def _accumulate(objective: Losses, batch: Callable[[int], TrainBatch], state: TrainState,
+                cfg: LoopSettings, precision: Precision, scaler: torch.amp.GradScaler,
+                dist: Distributed) -> dict[str, float] | None:
+    """Forward and backward over one step's micro-batches; their mean losses (None: nothing learnt)."""
+    sums: dict[str, float] = {}
+    learnt = False
+    for micro in range(cfg.grad_accumulation):
+        index = dist.batch_index(state.step, micro, cfg.grad_accumulation)
+        if cfg.dropout_seed is not None:
+            torch.manual_seed(derive_seed(cfg.dropout_seed, "dropout", index))
+        micro_batch = batch(index)
+        with precision.autocast():
+            parts = objective(micro_batch.inputs)
+        state.tokens += dist.total(micro_batch.tokens)
+        if parts is None:
+            continue
+        learnt = True
+        scaler.scale(parts["total"] / cfg.grad_accumulation).backward()
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach()) / cfg.grad_accumulation
+    return sums if learnt else None
+
+
+def on_device(inputs: Any, device: torch.device) -> Inputs:
+    """A data batch's tensors as the objective's inputs on `device`."""
+    moved = inputs.to(device)
+    return {"input_ids": moved.input_ids, "attention_mask": moved.attention_mask, "labels": moved.labels}

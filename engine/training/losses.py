@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.configs import Distillation
 from engine.models.loading import LoadedModel
-from engine.recipe import Distillation
 
 Objective = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 

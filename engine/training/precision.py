@@ -1,4 +1,4 @@
-"""Mixed precision: which autocast dtype a run's `precision` means on its device.
+"""The run's device, and mixed precision: which autocast dtype a run's `precision` means on it.
 
 Weights, optimizer state and saved models stay fp32; only the forward passes of student and
 teacher run in the reduced dtype. `auto` picks bf16 on GPUs that support it (else fp16, with
@@ -13,7 +13,20 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.distributed import SINGLE, Distributed
 from engine.errors import RecipeError
+
+
+def pick_device(name: str, dist: Distributed = SINGLE) -> torch.device:
+    """The run's device; under torchrun/accelerate each process takes its own GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.enabled:
+        name = f"cuda:{dist.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"run.device = {name!r} but no CUDA GPU is available; use auto or cpu")
+    return device
 
 
 def cpu_has_fast_bf16() -> bool:

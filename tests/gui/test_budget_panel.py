@@ -1,4 +1,4 @@
-"""BudgetPanel: stacked bars, table and summary follow the rows of engine.shapes.estimate."""
+"""BudgetPanel: stacked bars, table and summary follow the rows of engine.estimate.estimate."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.estimate import estimate
 from engine.recipe import Recipe
-from engine.shapes import estimate
 from gui.budget_panel import BudgetPanel
 from gui.teachers import known_shape
 

@@ -1,0 +1,57 @@
+"""The task table: every downstream task MiniGlot reads, scores and fine-tunes, declared once.
+
+Like the stage registry for stages: recipes and the CLI take their names from it, the data readers
+their formats, evaluation its head, defaults and headline metric, reports and charts the headline,
+the model card the pipeline tag, and the Evaluation tab its choices. Plain data (no torch).
+
+Fine-tuning defaults: 10 epochs with early stopping after 3 without dev improvement, batch 16, and
+BERT-base's rate 5e-5 scaled by 768 / hidden size (`engine.evaluate.finetune`): chosen so ~1k-sentence
+sets converge on 2 CPU cores in minutes for a 6-layer/384 model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import TaskDataError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One kind of task. `token_level`: a label per word (token classification) rather than per text;
+    `formats`: file suffixes of its data; `hub_tags`: a hub data set's tag column names;
+    `headline`: the metric tables, charts and model selection use."""
+
+    name: str
+    title: str
+    token_level: bool
+    headline: str
+    formats: tuple[str, ...]
+    hub_tags: tuple[str, ...] = ()
+    epochs: int = 10
+    learning_rate: float = 5e-5  # at hidden size 768; scaled by 768 / hidden
+    batch_size: int = 16
+    patience: int = 3
+
+    @property
+    def pipeline_tag(self) -> str:
+        """The Hugging Face pipeline (and model card task type) a model of this task serves."""
+        return "token-classification" if self.token_level else "text-classification"
+
+
+TABLES = (".csv", ".tsv", ".jsonl")  # classification data: a text and a label column
+TASKS: dict[str, Task] = {task.name: task for task in (
+    Task("pos", "part-of-speech tagging (UPOS)", True, "accuracy", (".conllu", ".conll"), hub_tags=("upos",)),
+    Task("ner", "named-entity recognition (IOB)", True, "f1",
+         (".txt", ".conll", ".iob", ".iob2", ".bio", ".tsv"), hub_tags=("ner_tags",)),
+    Task("sentiment", "sentiment classification", False, "macro_f1", TABLES),
+    Task("topic", "topic classification", False, "macro_f1", TABLES),
+)}
+
+
+def task(name: str) -> Task:
+    """The task named `name` (a column label `topic@sib_swh` names `topic`); a TaskDataError lists the known."""
+    try:
+        return TASKS[str(name).split("@")[0]]
+    except KeyError:
+        raise TaskDataError(f"Unknown task {name!r}; choose one of {', '.join(TASKS)}.") from None
