@@ -109,21 +109,20 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
         seed_everything(recipe.run.seed)
         device, precision, train, validation = prepared or _prepare(recipe, dist)
         teacher = load_teacher(recipe.teacher.source, recipe.teacher.allow_pickle)
-        shapes = stage_shapes(recipe, shape_of(teacher))
-        sink.emit(Log(message=f"teacher {recipe.teacher.source}: {shapes[0].describe()}, "
+        teacher_shape = shape_of(teacher)  # the recipe was checked against it before the run folder existed
+        sink.emit(Log(message=f"teacher {recipe.teacher.source}: {teacher_shape.describe()}, "
                               f"{count_params(teacher.model):,} parameters; corpus {len(train):,} training "
                               f"and {len(validation):,} validation lines; device {device}, {precision.name}"))
         if not resumed:
             manifest.update(teacher={"source": recipe.teacher.source, "params": count_params(teacher.model),
-                                     "shape": dataclasses.asdict(shapes[0])},
+                                     "shape": dataclasses.asdict(teacher_shape)},
                             corpus={"train_lines": len(train), "validation_lines": len(validation)},
                             stages=[{"kind": s.kind, "status": "pending"} for s in recipe.stages])
         current, original, reference = teacher, teacher, teacher
         for index, stage in enumerate(recipe.stages, start=1):
             current_index = index
             stage_folder = folder.stage_dir(index, stage.kind)
-            entry = manifest.stage(index)
-            if entry["status"] == "completed" and (stage_folder / "model").is_dir():
+            if manifest.stage_status(index) == "completed" and (stage_folder / "model").is_dir():
                 try:
                     current = load_model(stage_folder / "model", source=str(stage_folder / "model"))
                 except ModelError as exc:
@@ -134,31 +133,27 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                 sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
                 continue
             sink.emit(StageStarted(index=index, stage=stage.kind, total_steps=getattr(stage, "max_steps", 0)))
-            entry["status"] = "running"
-            manifest.save()
-            ctx = StageContext(index, stage, recipe, current, teacher, train, validation, device, sink, token,
-                               Checkpoints(stage_folder / "checkpoint"), dist, reference)
+            manifest.set_stage(index, status="running")
+            ctx = StageContext(index, stage, recipe, current, teacher, train, validation, device, precision, sink,
+                               token, Checkpoints(stage_folder / "checkpoint"), dist, reference)
             output = spec_for(stage.kind).run(ctx)
             token.raise_if_cancelled()
-            model_dir = stage_folder / "model"
-            check = {}
+            model_dir, params, check = stage_folder / "model", count_params(output.model.model), {}
+            quality = _quality(ctx, original, output.model) if dist.is_main else {}
+            manifest.set_stage(index, quality=quality)  # the model card states the stage's fidelity
             if dist.is_main:
                 with atomic_dir(model_dir) as tmp:
                     output.model.model.save_pretrained(tmp, safe_serialization=True)
                     output.model.tokenizer.save_pretrained(tmp)
-                    write_card(tmp, recipe, manifest, index, count_params(output.model.model))
+                    write_card(tmp, recipe, manifest, index, params)
                     check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
             dist.barrier()
-            params, size = count_params(output.model.model), folder_bytes(model_dir)
+            size = folder_bytes(model_dir)
             sink.emit(Artifact(index=index, stage=stage.kind, path=str(model_dir), params=params, bytes=size))
-            quality = _quality(ctx, original, output.model) if dist.is_main else {}
-            manifest.stage(index).update(status="completed", model_dir=str(model_dir.relative_to(run_dir)),
-                                         params=params, bytes=size, metrics=_jsonable(output.metrics),
-                                         verification=check, quality=quality)
-            manifest.save()
+            manifest.set_stage(index, status="completed", model_dir=str(model_dir.relative_to(run_dir)), params=params,
+                               bytes=size, metrics=_jsonable(output.metrics), verification=check)
             if dist.is_main:
                 ctx.checkpoints.clear()
-                write_card(model_dir, recipe, manifest, index)  # again, with the stage's fidelity
             current = LoadedModel(output.model.model, output.model.tokenizer, output.model.adapter,
                                   str(model_dir))
             teacher = current if _still_teacher(recipe, index) else teacher
@@ -173,8 +168,8 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
         if status == "failed":
             sink.emit(Failure(message=message, traceback=traceback.format_exc(), index=current_index,
                               stage=recipe.stages[current_index - 1].kind if current_index else ""))
-        if current_index and manifest.data.get("stages"):
-            manifest.data["stages"][current_index - 1]["status"] = status
+        if current_index:
+            manifest.set_stage(current_index, status=status)
         manifest.update(status=status, message=message)
         if current_index:
             sink.emit(StageFinished(index=current_index, stage=recipe.stages[current_index - 1].kind,

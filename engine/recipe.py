@@ -215,6 +215,7 @@ def _coerce(value: Any, hint: Any, where: str, path: str) -> Any:
         check("float" in text, f"{where} must be a whole number, got {value!r}", path)
         return value
     if isinstance(value, str):
-        check(text == "str" or "tuple" in text, f"{where} must be a number or list, got {value!r}", path)
+        expected = "true or false" if text == "bool" else "a number"
+        check(text == "str" or "tuple" in text, f"{where} must be {expected}, got {value!r}", path)
         return (value,) if "tuple" in text else value
     raise RecipeError(f"{where} has an unsupported value {value!r}", path)

@@ -155,6 +155,18 @@ class Manifest:
     def stage(self, index: int) -> dict[str, Any]:
         return self.data["stages"][index - 1]
 
+    def stage_status(self, index: int) -> str:
+        """pending | running | completed | failed | cancelled (`pending` for a stage not recorded yet)."""
+        stages = self.data.get("stages") or []
+        return stages[index - 1].get("status", "pending") if 0 < index <= len(stages) else "pending"
+
+    def set_stage(self, index: int, **fields: Any) -> None:
+        """Record `fields` (status, model_dir, params, …) for stage `index` (1-based) and save."""
+        stages = self.data.get("stages") or []
+        if 0 < index <= len(stages):
+            stages[index - 1].update(fields)
+        self.save()
+
 
 @dataclass(frozen=True)
 class StageModel:

@@ -19,14 +19,18 @@ from engine.errors import TaskDataError
 @dataclass(frozen=True)
 class Task:
     """One kind of task. `token_level`: a label per word (token classification) rather than per text;
-    `formats`: file suffixes of its data; `hub_tags`: a hub data set's tag column names;
-    `headline`: the metric tables, charts and model selection use."""
+    `reader`: how its files are read (`conllu`, `iob` or `table`, with `formats` their suffixes);
+    `scoring`: its metrics (`tags`: accuracy and macro-F1 over words, `entities`: seqeval's entity F1,
+    `labels`: accuracy and macro-F1 over texts), of which `headline` is the one tables, charts and model
+    selection use; `hub_tags`: a hub data set's tag column names."""
 
     name: str
     title: str
     token_level: bool
-    headline: str
+    reader: str
     formats: tuple[str, ...]
+    scoring: str
+    headline: str
     hub_tags: tuple[str, ...] = ()
     epochs: int = 10
     learning_rate: float = 5e-5  # at hidden size 768; scaled by 768 / hidden
@@ -41,11 +45,12 @@ class Task:
 
 TABLES = (".csv", ".tsv", ".jsonl")  # classification data: a text and a label column
 TASKS: dict[str, Task] = {task.name: task for task in (
-    Task("pos", "part-of-speech tagging (UPOS)", True, "accuracy", (".conllu", ".conll"), hub_tags=("upos",)),
-    Task("ner", "named-entity recognition (IOB)", True, "f1",
-         (".txt", ".conll", ".iob", ".iob2", ".bio", ".tsv"), hub_tags=("ner_tags",)),
-    Task("sentiment", "sentiment classification", False, "macro_f1", TABLES),
-    Task("topic", "topic classification", False, "macro_f1", TABLES),
+    Task("pos", "part-of-speech tagging (UPOS)", True, "conllu", (".conllu", ".conll"), "tags", "accuracy",
+         hub_tags=("upos",)),
+    Task("ner", "named-entity recognition (IOB)", True, "iob", (".txt", ".conll", ".iob", ".iob2", ".bio", ".tsv"),
+         "entities", "f1", hub_tags=("ner_tags",)),
+    Task("sentiment", "sentiment classification", False, "table", TABLES, "labels", "macro_f1"),
+    Task("topic", "topic classification", False, "table", TABLES, "labels", "macro_f1"),
 )}
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from engine.configs import CorpusConfig
 from engine.errors import RecipeError
-from engine.recipe import CorpusConfig, Recipe
+from engine.recipe import Recipe
 from engine.stages.adapt import AdaptStage
 from engine.stages.distill import DistillStage
 from engine.stages.prune import PruneStage
@@ -275,3 +277,13 @@ def test_range_checks(text, needle):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError, match="recipe file not found"):
         Recipe.load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ('[run]\nverify = "yes"', "run.verify must be true or false, got 'yes'"),
+    ('[run]\nseed = "x"', "run.seed must be a number, got 'x'"),
+])
+def test_a_string_where_a_switch_or_number_belongs_says_what_belongs_there(setting, message):
+    text = f'[corpus]\ntrain = ["a.txt"]\n{setting}\n[[stages]]\nkind = "prune"\nffn = 10\n'
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        Recipe.from_toml(text)

@@ -12,6 +12,7 @@ from engine.errors import RecipeError
 from engine.events import Collect, Metric
 from engine.recipe import Recipe
 from engine.training import losses
+from engine.training.loop import LoopSettings, TrainBatch, train
 from engine.training.precision import Precision, autocast_dtype, cpu_has_fast_bf16
 
 DISTILL = """
@@ -103,3 +104,65 @@ def test_hidden_loss_matches_mapped_layers_and_sentence_embeddings(tiny_models):
     plain = losses.DistillLoss(student, teacher, dataclasses.replace(config, sentence=0.0), "hidden",
                                layer_map=[1, 4])(batch)
     assert "sentence" not in plain and float(plain["total"].detach()) == pytest.approx(float(top["hidden"]))
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.validations: list[tuple[int, float]] = []
+
+    def stepped(self, state, losses, learning_rate, tokens_per_second, eta_seconds) -> None:
+        self.steps.append(state.step)
+
+    def validated(self, state, values) -> None:
+        self.validations.append((state.step, values.get("score")))
+
+    def resumed(self, state) -> None:
+        raise AssertionError("nothing to resume")
+
+
+def _linear_problem():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+
+    def batch(index):
+        rows = slice(8 * (index % 4), 8 * (index % 4) + 8)
+        return TrainBatch({"x": x[rows], "y": y[rows]}, 8)
+
+    def objective(inputs):
+        return {"total": torch.nn.functional.mse_loss(net(inputs["x"]), inputs["y"])}
+
+    return net, batch, objective
+
+
+def test_the_loop_stops_early_and_restores_the_best_validated_state():
+    net, batch, objective = _linear_problem()
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])  # best at the second validation, then two without improvement
+    snapshots = {}
+
+    def validate():
+        snapshots[len(snapshots) + 1] = {k: v.clone() for k, v in net.state_dict().items()}
+        return {"score": next(scores)}
+
+    recorder = _Recorder()
+    settings = LoopSettings(max_steps=50, learning_rate=0.1, eval_every=3, patience=2, select="score", maximize=True)
+    state = train(net, objective, batch, validate, settings, recorder, precision=Precision(torch.device("cpu"), None))
+    assert recorder.validations == [(3, 0.5), (6, 0.7), (9, 0.6), (12, 0.65)]  # stopped: two stale validations
+    assert (state.step, state.best_step, state.best, state.stale) == (12, 6, 0.7, 2)
+    assert recorder.steps == list(range(1, 13))
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, snapshots[2][name]), name  # the weights of the best validation, not the last
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")  # the schedule advances over skipped steps
+def test_a_batch_with_nothing_to_learn_skips_the_update_but_not_the_schedule():
+    net, batch, objective = _linear_problem()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    settings = LoopSettings(max_steps=4, learning_rate=0.1, warmup_ratio=0.0, eval_every=4)
+    state = train(net, lambda inputs: None, batch, lambda: {"total": 0.0}, settings, _Recorder(),
+                  precision=Precision(torch.device("cpu"), None))
+    assert state.step == 4 and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    train(net, objective, batch, lambda: {"total": 0.0}, settings, _Recorder(),
+          precision=Precision(torch.device("cpu"), None))
+    assert not torch.equal(net.weight, before["weight"])

@@ -226,12 +226,12 @@ def _read_text(path: Path) -> str:
 
 
 def _read_splits(task: str, files: dict[str, Path], columns: Columns) -> dict[str, _Part]:
-    if task == "pos":
-        parts = {split: _Part(_read_conllu(path), str(path)) for split, path in files.items()}
-    elif task == "ner":
-        parts = {split: _Part(_read_iob(path), str(path)) for split, path in files.items()}
-    else:
+    reader = task_kind(task).reader
+    if reader == "table":
         parts = _read_text_splits(files, columns)
+    else:
+        read = {"conllu": _read_conllu, "iob": _read_iob}[reader]
+        parts = {split: _Part(read(path), str(path)) for split, path in files.items()}
     for split, part in parts.items():
         if not part.examples:
             raise TaskDataError(f"The {split} split is empty: {part.origin} has no examples.")
@@ -446,7 +446,7 @@ def _label_set(task: str, parts: dict[str, _Part], order: tuple[str, ...] | None
         extra = [label for label in seen if label not in order]
         if extra:
             raise TaskDataError(f"Label {extra[0]!r} occurs in train ({train.origin}) but not in {order_origin}.")
-    known = _with_entity_pairs(seen) if task == "ner" else seen
+    known = _with_entity_pairs(seen) if task_kind(task).scoring == "entities" else seen
     for split in ("dev", "test"):
         part = parts[split]
         for label in dict.fromkeys(_example_labels(part.examples)):
@@ -518,7 +518,7 @@ def _hub_examples(task: str, table: Any, origin: str,
             tags = [names[t] if names and isinstance(t, int) else str(t) for t in raw_tags]
             if len(words) != len(tags):
                 raise TaskDataError(f"{origin} row {row}: {len(words)} words but {len(tags)} tags.")
-            if task == "ner":
+            if task_kind(task).scoring == "entities":  # IOB tags
                 bad = next((t for t in tags if not _NER_TAG.fullmatch(t)), None)
                 if bad is not None:
                     raise TaskDataError(f"{origin} row {row}: tag {bad!r} is not O, B-TYPE or I-TYPE.")

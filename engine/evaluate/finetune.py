@@ -48,7 +48,7 @@ from engine.errors import ModelError, TaskDataError
 from engine.evaluate.metrics import classification_metrics, ner_metrics, pos_metrics
 from engine.evaluate.report import headline
 from engine.events import CancelToken
-from engine.models.loading import fast_tokenizer, inspect_folder
+from engine.models.loading import fast_tokenizer, inspect_folder, max_positions
 from engine.seeding import seed_everything
 from engine.tasks import task as task_kind
 from engine.training.loop import LoopSettings, TrainBatch, TrainState, train
@@ -343,11 +343,10 @@ def predict(model: nn.Module, enc: Encoded, data: TaskData, fallback: str, batch
 
 def score(task: str, examples: Sequence[Any], predictions: list[Any]) -> dict[str, float]:
     """The task's metrics of `predictions` against the gold labels of `examples`."""
-    if task == "pos":
-        return pos_metrics([ex.tags for ex in examples], predictions)
-    if task == "ner":
-        return ner_metrics([ex.tags for ex in examples], predictions)
-    return classification_metrics([ex.label for ex in examples], predictions)
+    scoring = task_kind(task).scoring
+    if scoring == "labels":
+        return classification_metrics([ex.label for ex in examples], predictions)
+    return {"tags": pos_metrics, "entities": ner_metrics}[scoring]([ex.tags for ex in examples], predictions)
 
 
 def batch_targets(enc: Encoded, indices: Sequence[int], width: int) -> torch.Tensor:
@@ -358,9 +357,3 @@ def batch_targets(enc: Encoded, indices: Sequence[int], width: int) -> torch.Ten
     for r, i in enumerate(indices):
         out[r, : len(enc.targets[i])] = torch.as_tensor(enc.targets[i], dtype=torch.long)
     return out
-
-
-def max_positions(config: Any) -> int:
-    """Longest input the position embeddings allow (RoBERTa-style models offset positions by pad id + 1)."""
-    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
-    return config.max_position_embeddings - offset

@@ -32,13 +32,13 @@ from engine.evaluate.finetune import (
     SeedResult,
     encode,
     load_tokenizer,
-    max_positions,
     most_frequent_tag,
     score,
     words_from_tokens,
 )
 from engine.evaluate.report import headline
 from engine.events import CancelToken
+from engine.models.loading import max_positions
 
 MAX_LAYERS = 6
 LAYER_L2 = 1e-3  # weight decay on the mean cross-entropy while the layer is chosen

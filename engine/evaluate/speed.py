@@ -16,7 +16,7 @@ import torch
 
 from engine.errors import ModelError
 from engine.evaluate.intrinsic import device_of, evaluating
-from engine.models.loading import LoadedModel
+from engine.models.loading import LoadedModel, max_positions
 from engine.runfolder import folder_bytes
 
 __all__ = ["folder_bytes", "measure_speed", "parameter_breakdown", "ratios_to"]
@@ -34,21 +34,14 @@ def parameter_breakdown(model: LoadedModel) -> dict[str, int]:
     return {"embeddings": embeddings, "encoder": encoder, "head": total - embeddings - encoder, "total": total}
 
 
-def _max_tokens(model: LoadedModel) -> int:
-    config = model.config
-    if model.adapter.family == "xlm-roberta":  # positions start after the padding index
-        return config.max_position_embeddings - config.pad_token_id - 1
-    return config.max_position_embeddings
-
-
 def _inputs(model: LoadedModel, batch: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:
     """`batch` rows of `seq_len` ids: random non-special ids inside the tokenizer's own special tokens
     (those it puts around an empty text, e.g. [CLS] … [SEP] or <s> … </s>)."""
     tokenizer = model.tokenizer
     template = list(tokenizer("", add_special_tokens=True)["input_ids"])
-    if not len(template) < seq_len <= _max_tokens(model):
+    if not len(template) < seq_len <= max_positions(model.config):
         raise ModelError(f"{model.source or 'model'}: seq_len {seq_len} must be between {len(template) + 1} "
-                         f"and {_max_tokens(model)} tokens")
+                         f"and {max_positions(model.config)} tokens")
     allowed = torch.arange(min(len(tokenizer), model.config.vocab_size))
     allowed = allowed[~torch.isin(allowed, torch.tensor(sorted(set(tokenizer.all_special_ids))))]
     generator = torch.Generator().manual_seed(seed)

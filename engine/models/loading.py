@@ -179,3 +179,9 @@ def source_shape(source: str, allow_pickle: bool = False) -> Shape:
 
 def load_teacher(source: str, allow_pickle: bool = False) -> LoadedModel:
     return load_model(resolve_source(source), allow_pickle, source)
+
+
+def max_positions(config: Any) -> int:
+    """Longest input the position embeddings allow (RoBERTa-style models offset positions by pad id + 1)."""
+    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+    return config.max_position_embeddings - offset

@@ -38,6 +38,7 @@ class StageContext:
     train_texts: list[str]
     validation_texts: list[str]
     device: torch.device
+    precision: Precision
     sink: EventSink
     token: CancelToken
     checkpoints: Checkpoints
@@ -55,10 +56,6 @@ class StageContext:
     @property
     def seed(self) -> int:
         return self.recipe.run.seed
-
-    @property
-    def precision(self) -> Precision:
-        return Precision.for_run(self.recipe.run.precision, self.device)
 
     def log(self, message: str, level: str = "info") -> None:
         self.sink.emit(Log(message=f"[{self.index:02d} {self.kind}] {message}", level=level))

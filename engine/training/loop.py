@@ -121,7 +121,8 @@ def train(net: nn.Module, objective: Losses, batch: Callable[[int], TrainBatch],
         scheduler.load_state_dict(stored["scheduler"])
         if scaler.is_enabled() and stored.get("scaler"):
             scaler.load_state_dict(stored["scaler"])
-        state = TrainState(**stored["train_state"])
+        state = TrainState(**stored["train_state"]) if "train_state" in stored else TrainState(  # an older checkpoint
+            step=stored["step"], best=stored["best_loss"], best_step=stored["best_step"])
         state.tokens = 0
         best_state = tensors.get("best")
         observer.resumed(state)
