@@ -15,8 +15,16 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.configs import EVAL_MODES, EVAL_TASKS
+from engine.configs import EVAL_MODES, EVAL_TASKS, EvaluationConfig
+from engine.cost import SENTENCE_TOKENS, Device
 from engine.errors import MiniGlotError, RecipeError
+from engine.estimate import estimate, stage_costs
+from engine.evaluate.report import markdown
+from engine.evaluate.runner import EvalPlan, evaluate, run_models, source_models
+from engine.events import CancelToken, ConsoleSink, FanOut
+from engine.resources import load_recipe
+from engine.runfolder import RunFolder
+from engine.stages.registry import specs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from engine.resources import load_recipe
 
     if args.recipe is None and args.resume is None:
         raise RecipeError("give a recipe file, or --resume RUN_DIR to continue a run")
@@ -104,7 +111,6 @@ def _run(args) -> int:
         recipe = recipe.replace(run=dataclasses.replace(recipe.run, runs_dir=str(args.runs_dir.resolve())))
 
     from engine import pipeline
-    from engine.events import ConsoleSink, FanOut
     token, signals = _cancel_on_signals()
     sink = FanOut() if args.quiet else FanOut(ConsoleSink())
     try:
@@ -120,7 +126,6 @@ def _run(args) -> int:
 
 def _cancel_on_signals():
     """A CancelToken that the first Ctrl-C or SIGTERM sets, and the signals received; a second one stops at once."""
-    from engine.events import CancelToken
 
     token, received = CancelToken(), []
 
@@ -139,11 +144,6 @@ def _cancel_on_signals():
 
 
 def _eval(args) -> int:
-    from engine.configs import EvaluationConfig
-    from engine.evaluate.report import markdown
-    from engine.evaluate.runner import EvalPlan, evaluate, run_models, source_models
-    from engine.events import ConsoleSink, FanOut
-    from engine.runfolder import RunFolder
 
     config = EvaluationConfig(tasks=tuple(args.task), data=tuple(args.data), seeds=args.seeds, epochs=args.epochs,
                               mode=args.mode, learning_rate=args.learning_rate, intrinsic=not args.no_intrinsic,
@@ -162,10 +162,7 @@ def _eval(args) -> int:
 
 
 def _estimate(args) -> int:
-    from engine.cost import SENTENCE_TOKENS, Device
-    from engine.estimate import estimate, stage_costs
     from engine.models.loading import source_shape
-    from engine.resources import load_recipe
 
     recipe = load_recipe(args.recipe).resolved()
     teacher = source_shape(recipe.teacher.source, recipe.teacher.allow_pickle)
@@ -233,7 +230,6 @@ def _inspect(args) -> int:
 
 def _stages(args) -> int:
     """Every registered stage: what it does and each setting's default, range and what the paper found."""
-    from engine.stages.registry import specs
 
     listing = [{"kind": spec.kind, "title": spec.title, "tip": spec.tip,
                 "settings": {f.name: dataclasses.asdict(f) | {"default": getattr(spec.template, f.name)}
