@@ -18,6 +18,7 @@ LAYER_SELECTIONS = ("stride", "first_k", "last_k", "first_last_k")
 DISTILL_LOSSES = ("mse", "kl", "kl_unsoft", "hidden")
 SHRINK_INITS = ("truncation", "activation", "svd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RUN_NAME_CHARS = 100  # the run folder is <date>-<time>-<name>; file systems allow 255 bytes
 
 
 def check(condition: bool, message: str, path: str = "") -> None:
@@ -88,6 +89,12 @@ class RunConfig:
         check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                f"run.device = {self.device!r}: use auto, cpu, cuda or cuda:N", "device")
         one_of("run.precision", self.precision, PRECISIONS, "precision")
+        check(len(self.name) <= RUN_NAME_CHARS, f"run.name is {len(self.name)} characters long; use at most "
+              f"{RUN_NAME_CHARS} (it becomes part of the run folder's name)", "name")
+        check(self.name.strip(".") != "" or not self.name, f"run.name = {self.name!r} is not a folder name", "name")
+        bad = sorted({c for c in self.name if c in '/\\' or not c.isprintable()})
+        check(not bad, f"run.name = {self.name!r} contains {' '.join(map(repr, bad))}: the run folder is named after "
+              "it, so use letters, digits, '-', '_' or '.'", "name")
 
 
 @dataclass(frozen=True)

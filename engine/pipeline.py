@@ -219,6 +219,8 @@ def _explain(exc: BaseException, run_dir: Path) -> str:
     """One line a user can act on."""
     if isinstance(exc, MiniGlotError):
         return str(exc)
+    if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C / SIGTERM: stopped at once, mid-step
+        return f"interrupted at once (a second signal); continue with miniglot-cli run --resume {run_dir}"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return (f"the disk is full (writing {exc.filename or run_dir}); free some space, then continue with "
                 f"miniglot-cli run --resume {run_dir}")

@@ -139,6 +139,8 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
+        if path.is_dir():
+            raise RecipeError(f"{path} is a folder: give the recipe file in it (.toml or .json)")
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
         try:

@@ -182,4 +182,13 @@ def test_a_second_sigterm_stops_at_once(tmp_path, tiny_models, corpus):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
-    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "cancelled"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "cancelled"
+    assert "KeyboardInterrupt" not in manifest["message"]  # "cancelled by the user", or the line below
+
+
+def test_a_run_stopped_at_once_says_how_to_continue(tmp_path):
+    from engine.pipeline import _explain
+
+    assert _explain(KeyboardInterrupt(), tmp_path) == (
+        f"interrupted at once (a second signal); continue with miniglot-cli run --resume {tmp_path}")

@@ -287,3 +287,20 @@ def test_a_string_where_a_switch_or_number_belongs_says_what_belongs_there(setti
     text = f'[corpus]\ntrain = ["a.txt"]\n{setting}\n[[stages]]\nkind = "prune"\nffn = 10\n'
     with pytest.raises(RecipeError, match=re.escape(message)):
         Recipe.from_toml(text)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("../../escape", "run.name = '../../escape' contains '/'"),
+    ("x" * 300, "run.name is 300 characters long; use at most 100"),
+    ("..", "run.name = '..' is not a folder name"),
+])
+def test_a_run_name_that_cannot_name_a_folder_is_refused_before_anything_loads(name, message):
+    text = f'[corpus]\ntrain = ["a.txt"]\n[run]\nname = "{name}"\n[[stages]]\nkind = "prune"\nffn = 10\n'
+    with pytest.raises(RecipeError, match=re.escape(message)) as caught:
+        Recipe.from_toml(text)
+    assert caught.value.path == "run.name"
+
+
+def test_a_folder_given_as_the_recipe_says_it_is_a_folder(tmp_path):
+    with pytest.raises(RecipeError, match="is a folder: give the recipe file in it"):
+        Recipe.load(tmp_path)
