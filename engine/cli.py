@@ -201,7 +201,7 @@ def _duration(seconds: float) -> str:
 
 
 def _inspect(args) -> int:
-    from engine.models.loading import inspect_folder, resolve_source
+    from engine.models.loading import inspect_folder, resolve_source, tokenizer_entries
 
     path = resolve_source(args.model)
     info = inspect_folder(path, allow_pickle=False)
@@ -209,13 +209,9 @@ def _inspect(args) -> int:
     data = {"path": str(path), "model_type": info.config.model_type, "mlm_head": info.mlm_head,
             "pooler": info.pooler, "shape": shape.__dict__, "params": shape.params(),
             "total_params": shape.total_params}
-    tokenizer_file = path / "tokenizer.json"
-    if tokenizer_file.is_file():
-        tokenizer = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-        vocab = tokenizer["model"].get("vocab") or []
-        ids = set(vocab.values()) if isinstance(vocab, dict) else set(range(len(vocab)))
-        ids |= {token["id"] for token in tokenizer.get("added_tokens", [])}  # e.g. <mask> added after training
-        data["tokenizer"] = {"type": tokenizer["model"].get("type"), "size": len(ids)}
+    entries = tokenizer_entries(path)
+    if entries is not None:
+        data["tokenizer"] = {"type": entries[0], "size": entries[1], "fits": entries[1] <= info.config.vocab_size}
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -225,6 +221,10 @@ def _inspect(args) -> int:
               f"pooler: {'yes' if info.pooler else 'no'}"
               + (f"\n  tokenizer: {data['tokenizer']['type']}, {data['tokenizer']['size']:,} entries"
                  if "tokenizer" in data else ""))
+    if not data.get("tokenizer", {}).get("fits", True):
+        print(f"miniglot-cli: the tokenizer has {entries[1]:,} entries but the model only {info.config.vocab_size:,} "
+              "embedding rows: they do not belong together", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -227,7 +227,7 @@ def test_inspect_json(tmp_path, tiny_models):
     model = AutoModel.from_pretrained(folder, add_pooling_layer=False)
     assert data["total_params"] == sum(p.numel() for p in model.parameters())
     assert data["shape"]["vocab"] == model.config.vocab_size
-    assert data["tokenizer"] == {"type": "Unigram", "size": len(AutoTokenizer.from_pretrained(folder))}
+    assert data["tokenizer"] == {"type": "Unigram", "size": len(AutoTokenizer.from_pretrained(folder)), "fits": True}
     assert sum(data["params"].values()) == data["total_params"]
 
 
@@ -264,3 +264,22 @@ def test_full_disk_while_saving_a_stage(tmp_path, tiny_models, corpus, monkeypat
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "completed"
     assert (run_dir / "stages" / "01-distill" / "model" / "model.safetensors").is_file()
     assert list(run_dir.rglob("*.tmp")) == []
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused_before_a_run_starts(tmp_path, tiny_models, corpus):
+    import shutil
+
+    teacher = tmp_path / "mismatched"
+    shutil.copytree(tiny_models["bert"], teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    rows = config["vocab_size"] = 20  # the tokenizer keeps its ~100 entries: ids past row 19 would crash
+    (teacher / "config.json").write_text(json.dumps(config))
+    recipe = write(tmp_path / "r.toml", recipe_toml(teacher, corpus, '[[stages]]\nkind = "prune"\nffn = 64\n'))
+    for command in ("run", "estimate"):
+        result = cli(tmp_path, command, str(recipe))
+        assert result.returncode == 2, result.stderr
+        assert f"embedding rows, so ids past row {rows - 1} would fail" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists()  # refused before the run folder exists
+    inspected = cli(tmp_path, "inspect", str(teacher))
+    assert inspected.returncode == 1 and f"only {rows} embedding rows" in inspected.stderr
+    assert cli(tmp_path, "inspect", str(tiny_models["bert"])).returncode == 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import ModelError
+from engine.errors import ModelError, RecipeError
 from engine.hub import offline_reason
 from engine.models.adapters import FamilyAdapter, adapter_for
 
@@ -173,8 +173,31 @@ def fast_tokenizer(path: Path) -> Any:
 
 
 def source_shape(source: str, allow_pickle: bool = False) -> Shape:
-    """The `Shape` of a teacher source, read from its config and weight names (no weights loaded)."""
-    return inspect_folder(resolve_source(source), allow_pickle).shape()
+    """The `Shape` of a teacher source, read from its config and weight names (no weights loaded); a
+    RecipeError (teacher.source) when its tokenizer has more entries than the model has embedding rows."""
+    path = resolve_source(source)
+    info = inspect_folder(path, allow_pickle)
+    entries = tokenizer_entries(path)
+    if entries is not None and entries[1] > info.config.vocab_size:
+        raise RecipeError(f"{source}: the tokenizer has {entries[1]:,} entries but the model only "
+                          f"{info.config.vocab_size:,} embedding rows, so ids past row {info.config.vocab_size - 1} "
+                          "would fail; the tokenizer and the weights do not belong together", "teacher.source")
+    return info.shape()
+
+
+def tokenizer_entries(path: Path) -> tuple[str, int] | None:
+    """The type and size (vocabulary plus added tokens) of the folder's tokenizer.json, if it has one."""
+    file = Path(path) / "tokenizer.json"
+    if not file.is_file():
+        return None
+    try:
+        tokenizer = json.loads(file.read_text(encoding="utf-8"))
+        vocab = tokenizer["model"].get("vocab") or []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as exc:
+        raise ModelError(f"{file} is damaged ({exc}); save the model's tokenizer into the folder again") from None
+    ids = set(vocab.values()) if isinstance(vocab, dict) else set(range(len(vocab)))
+    ids |= {token["id"] for token in tokenizer.get("added_tokens", [])}  # e.g. <mask> added after training
+    return tokenizer["model"].get("type"), len(ids)
 
 
 def load_teacher(source: str, allow_pickle: bool = False) -> LoadedModel:
