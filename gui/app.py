@@ -35,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         return self_test()
     if args.screenshots is not None:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        if args.recipe is not None:  # batch mode: no dialog would ever be answered, so say it here and stop
+            from engine.errors import RecipeError
+            from engine.resources import load_recipe
+
+            try:
+                load_recipe(args.recipe)
+            except RecipeError as exc:
+                print(f"miniglot: {exc}", file=sys.stderr)
+                return exc.exit_code
     from PySide6.QtWidgets import QApplication
 
     from gui import style
@@ -48,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     window = MainWindow(runs_dir=args.runs_dir)
     if args.recipe is None or not window.load_recipe(args.recipe):
         window.restore_recipe()
+        if args.recipe is not None:
+            window.show_message(f"Could not open {args.recipe}; showing the last recipe instead")
     run_dir = args.run
     if run_dir is None and args.screenshots is not None:
         run_dir = newest_run(args.runs_dir or Path("runs"))

@@ -152,3 +152,19 @@ def test_progress_events_are_coalesced():
 
     a, b = Progress(index=1, stage="distill", step=1, total=9), Progress(index=1, stage="distill", step=2, total=9)
     assert coalesce([a, b]) == [b]
+
+
+def test_screenshots_of_a_broken_recipe_say_why_and_exit_instead_of_waiting_for_a_click(tmp_path):
+    """Batch mode has nobody to answer a dialog: the error goes to stderr and the app exits 2, in seconds."""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[corpus]\ntrain = ["a.txt"]\n[[stages]]\nkind = "prune"\nffn = "many"\n', encoding="utf-8")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "gui.app", "--recipe", str(bad), "--screenshots", str(tmp_path / "out")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "miniglot: stages[1] (prune).ffn must be a number, got 'many'\n"
+    assert not (tmp_path / "out").exists()
