@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from engine.configs import check
 from engine.cost import PROCESS_BYTES, SENTENCE_TOKENS, CostInputs, Device, weights_bytes
 from engine.errors import RecipeError
 from engine.recipe import Recipe
@@ -17,6 +18,9 @@ from engine.stages.registry import spec_for
 def stage_shapes(recipe: Recipe, teacher: Shape) -> list[Shape]:
     """The teacher's shape followed by each stage's; checks every stage against its input (a RecipeError
     names the stage and carries the path of the setting at fault, e.g. `stages[3].hidden`)."""
+    check(recipe.corpus.max_length <= teacher.positions,
+          f"corpus.max_length = {recipe.corpus.max_length} but the teacher reads at most {teacher.positions} tokens; "
+          f"use {teacher.positions} or less", "corpus.max_length")
     shapes = [teacher]
     for i, stage in enumerate(recipe.stages, start=1):
         try:

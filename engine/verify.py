@@ -21,18 +21,19 @@ import numpy as np
 import torch
 
 from engine.errors import VerificationError
-from engine.models.loading import LoadedModel
+from engine.models.loading import LoadedModel, max_positions
 
 TOLERANCE = 1e-4
 SAMPLE = 8
-MAX_LENGTH = 128
+MAX_LENGTH = 128  # or the model's positions, when it has fewer
 FROZEN_CHILD_ENV = "MINIGLOT_VERIFY_CHILD"  # packaging/bundle_boot.py dispatches on it
 
 
 def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance: float = TOLERANCE) -> dict:
     """Reload `folder` in a fresh process and compare with `loaded`; raise VerificationError if not equal."""
     texts = [t for t in texts if t.strip()][:SAMPLE] or ["verification"]
-    enc = loaded.tokenizer(texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    enc = loaded.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
+                           max_length=min(MAX_LENGTH, max_positions(loaded.config)))
     model = copy.deepcopy(loaded.model).to("cpu").float().eval()
     with torch.no_grad():
         hidden = loaded.adapter.base(model)(input_ids=enc["input_ids"],
@@ -83,7 +84,8 @@ def _child(folder: str, tmp: str, tolerance: float) -> dict[str, Any]:
         problems.append(f"weights missing on reload (would be random): {missing[:5]}")
     if info.get("mismatched_keys"):
         problems.append(f"weights with mismatched shapes: {info['mismatched_keys'][:5]}")
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=min(MAX_LENGTH, max_positions(config)),
+                    return_tensors="pt")
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows or config.vocab_size != rows:
         problems.append(f"tokenizer has {len(tokenizer)} entries, config {config.vocab_size}, embeddings {rows}")

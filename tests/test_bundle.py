@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,21 @@ def test_build_unpack_and_self_test_without_python(tmp_path):
     assert install.returncode == 0, install.stderr
     entry = (home / "data" / "applications" / "miniglot.desktop").read_text(encoding="utf-8")
     assert f'Exec="{bundle / "MiniGlot"}"' in entry.splitlines()
+
+
+def test_the_reload_check_tokenises_within_the_models_positions(tmp_path):
+    """A 64-position model (the bundled tiny BERT) and validation lines longer than that: the check reloads it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from engine.resources import SAMPLES
+
+    folder = tmp_path / "tiny-bert"
+    shutil.copytree(SAMPLES / "tiny-bert", folder)
+    torch.manual_seed(0)
+    AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(folder)).save_pretrained(folder)
+    loaded = load_model(folder)
+    assert loaded.config.max_position_embeddings < 100
+    long_line = " ".join(["kali muto rane sipo hawu"] * 40)
+    result = verify.verify_folder(folder, loaded, [long_line, "sipo hawu!"])
+    assert result["problems"] == []

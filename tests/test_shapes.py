@@ -130,3 +130,11 @@ def test_adapt_adds_an_mlm_head():
     assert shapes[-1].mlm_head and not shapes[0].mlm_head
     # the decoder is tied to the embeddings: transform (h*h + h), LayerNorm (2h) and bias (vocab)
     assert shapes[-1].total_params - shapes[0].total_params == 768 * 768 + 768 + 2 * 768 + 119547
+
+
+def test_a_max_length_past_the_teachers_positions_is_refused_with_its_path():
+    short = dataclasses.replace(MBERT, positions=64)
+    with pytest.raises(RecipeError) as info:
+        stage_shapes(recipe('[[stages]]\nkind = "prune"\nffn = 2048\n'), short)  # max_length 128 by default
+    assert info.value.path == "corpus.max_length"
+    assert str(info.value) == "corpus.max_length = 128 but the teacher reads at most 64 tokens; use 64 or less"
