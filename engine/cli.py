@@ -25,6 +25,7 @@ from engine.events import CancelToken, ConsoleSink, FanOut
 from engine.resources import load_recipe
 from engine.runfolder import RunFolder
 from engine.stages.registry import specs
+from engine.tasks import TASKS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--models", nargs="+", metavar="M", help="model folders or teacher sources (first = reference)")
     which.add_argument("--run", type=Path, metavar="RUN_DIR", help="the teacher and every stage student of a run")
     evaluate.add_argument("--task", action="append", required=True, choices=EVAL_TASKS,
-                          help="repeat --task/--data for several tasks")
+                          help="repeat --task/--data for several tasks: "
+                               + "; ".join(f"{t.name}, {t.title}" for t in TASKS.values()))
     evaluate.add_argument("--data", action="append", required=True, metavar="PATH_OR_HUB_ID")
     evaluate.add_argument("--seeds", type=int, default=3)
     evaluate.add_argument("--epochs", type=int, default=0, help="0: the task's default")

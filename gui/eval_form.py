@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -21,6 +22,7 @@ from PySide6.QtWidgets import (
 
 from engine.configs import EVAL_TASKS, EvaluationConfig
 from engine.errors import RecipeError
+from engine.tasks import TASKS
 from gui.layouts import with_browse
 
 
@@ -44,6 +46,9 @@ class TaskTable(QTableWidget):
         self.insertRow(row)
         combo = QComboBox()
         combo.addItems(EVAL_TASKS)
+        for i, name in enumerate(EVAL_TASKS):  # what each task is and which files it reads
+            kind = TASKS[name]
+            combo.setItemData(i, f"{kind.title}: {', '.join(kind.formats)}", Qt.ItemDataRole.ToolTipRole)
         combo.setCurrentText(task)
         edit = QLineEdit(data)
         edit.setPlaceholderText("folder, file or hub:<dataset id>")

@@ -189,3 +189,18 @@ def test_a_task_scored_on_two_data_sets_gets_a_chart_per_data_set(qtbot):
     plots.show_summary({"teacher": "teacher", "results": results, "models": []})
     assert set(plots.shown) == {"topic@sib_swh", "topic@sib_mlt"}
     assert plots.bars["topic@sib_mlt"] == pytest.approx(dict.fromkeys(NAMES, 60))
+
+
+def test_each_task_choice_says_what_it_is_and_which_files_it_reads(qtbot):
+    from PySide6.QtCore import Qt
+
+    from gui.eval_form import TaskTable
+
+    table = TaskTable()
+    qtbot.addWidget(table)
+    table.add_row("ner")
+    combo = table.cellWidget(0, 0)
+    tips = {combo.itemText(i): combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(combo.count())}
+    assert tips["ner"] == "named-entity recognition (IOB): .txt, .conll, .iob, .iob2, .bio, .tsv"
+    assert tips["pos"] == "part-of-speech tagging (UPOS): .conllu, .conll"
+    assert set(tips) == {"pos", "ner", "sentiment", "topic"}
