@@ -51,7 +51,7 @@ def main() -> None:
     compact = copy.deepcopy(full)
     pad = tokenizer.pad_token_id
     encoded = [encode(tokenizer, data, split, 128) for split in (data.train, data.dev, data.test)]
-    renumbered = compact_vocabulary(compact, encoded, pad)
+    renumbered, _ = compact_vocabulary(compact, encoded, pad)
     batches = length_grouped_batches(encoded[0].input_ids, 16, 0)[: args.steps + 1]
     variants = {"full": (full, encoded[0]), "compact": (compact, renumbered[0])}
     optimizers = {name: adamw(model.named_parameters(), 1e-4, WEIGHT_DECAY, fused=True)

@@ -71,28 +71,36 @@ def main() -> None:
     print(table(rows, result))
 
 
-def compress_and_score(args: argparse.Namespace, language: str, out: Path, console) -> list[dict]:
+def compress(recipe_path: Path, language: str, out: Path, sink) -> Path:
+    """Run the recipe's stages on `language`'s text (see the module docstring); the run folder."""
     from engine import pipeline
-    from engine.configs import CorpusConfig, EvaluationConfig, LanguageConfig
-    from engine.evaluate.report import headline
-    from engine.evaluate.runner import EvalPlan, evaluate, run_models
-    from engine.events import FanOut
+    from engine.configs import CorpusConfig, LanguageConfig
     from engine.recipe import Recipe
-    from engine.runfolder import RunFolder
 
     spec = LANGUAGES[language]
     corpus = [str(SHARED / pattern) for pattern in spec["corpus"]]
     corpus += [str(train_texts(task, SHARED / data, out / f"{language}-{data}-train.txt"))
                for task, data in spec["extra_train_texts"]]
-    recipe = Recipe.load(args.recipe)
+    recipe = Recipe.load(recipe_path)
     recipe = recipe.replace(
         language=LanguageConfig(spec["code"]),
         corpus=CorpusConfig(train=tuple(corpus), validation=recipe.corpus.validation,
                             max_length=recipe.corpus.max_length),
         run=dataclasses.replace(recipe.run, runs_dir=str(out / "runs"), name=f"quality-{language}"),
         evaluation=None)
+    return pipeline.run(recipe, sink)
+
+
+def compress_and_score(args: argparse.Namespace, language: str, out: Path, console) -> list[dict]:
+    from engine.configs import EvaluationConfig
+    from engine.evaluate.report import headline
+    from engine.evaluate.runner import EvalPlan, evaluate, run_models
+    from engine.events import FanOut
+    from engine.runfolder import RunFolder
+
+    spec = LANGUAGES[language]
     clock = StageClock()
-    run_dir = pipeline.run(recipe, FanOut(console, clock))
+    run_dir = compress(args.recipe, language, out, FanOut(console, clock))
     config = EvaluationConfig(tasks=tuple(task for task, _ in spec["tasks"]),
                               data=tuple(str(SHARED / data) for _, data in spec["tasks"]), seeds=1, mode="probe",
                               speed=False, intrinsic=False)

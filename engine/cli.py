@@ -1,4 +1,4 @@
-"""`miniglot-cli run|estimate|eval|inspect|export|stages`: the engine from a terminal or a GPU server.
+"""`miniglot-cli run|estimate|eval|finetune|inspect|export|stages`: the engine from a terminal or a GPU server.
 
 Exit codes: 0 done, 1 failed (one-line reason on stderr), 2 invalid recipe or arguments (then
 nothing was started), 130 / 143 cancelled by Ctrl-C / SIGTERM (cooperatively, after the current step; the
@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.configs import EVAL_MODES, EVAL_TASKS, EvaluationConfig
+from engine.configs import EVAL_MODES, EVAL_TASKS, EvaluationConfig, TaskModelConfig
 from engine.cost import SENTENCE_TOKENS, Device
 from engine.errors import MiniGlotError, RecipeError
 from engine.estimate import estimate, stage_costs
@@ -77,6 +77,33 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--json", action="store_true", help="print the results as one JSON object")
     evaluate.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
+    finetune = commands.add_parser("finetune", help="train a task model to ship (NER/POS tagger, classifier), "
+                                                    "optionally task-distilled from a fine-tuned teacher")
+    finetune.add_argument("model", help="the encoder: a stage's model/ folder, packaged:<name>, hub:<id> or a folder")
+    finetune.add_argument("--task", required=True, choices=EVAL_TASKS,
+                          help="; ".join(f"{t.name}, {t.title}" for t in TASKS.values()))
+    finetune.add_argument("--data", required=True, metavar="PATH_OR_HUB_ID",
+                          help="a file, a folder with train/dev/test files, or hub:<dataset>[:<config>]")
+    finetune.add_argument("--out", required=True, type=Path, metavar="DIR",
+                          help="the task model folder (stock Hugging Face; an earlier task model there is replaced)")
+    finetune.add_argument("--teacher", metavar="TASK_MODEL",
+                          help="a fine-tuned task model (e.g. made by this command) whose predictions the model "
+                               "also learns")
+    finetune.add_argument("--unlabelled", nargs="+", default=[], metavar="PATH",
+                          help="in-language text files (one text per line) the teacher labels for the model to learn")
+    finetune.add_argument("--epochs", type=int, default=0, help="0: the task's default (early stopping on dev)")
+    finetune.add_argument("--learning-rate", type=float, default=0.0, help="0: the task's default for the width")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--temperature", type=float, default=TaskModelConfig.temperature,
+                          help="softens the teacher's predictions")
+    finetune.add_argument("--alpha", type=float, default=TaskModelConfig.alpha,
+                          help="weight of the gold labels (1 - alpha on the teacher's predictions)")
+    finetune.add_argument("--text-column", default="", metavar="NAME")
+    finetune.add_argument("--label-column", default="", metavar="NAME")
+    finetune.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
+    finetune.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    finetune.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
     export = commands.add_parser("export", help="write a model folder as ONNX (optionally int8 too), checked "
                                                 "against PyTorch")
     export.add_argument("model", help="model folder (e.g. a stage's model/), packaged:<name> or hub:<id>")
@@ -91,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        handlers = {"run": _run, "estimate": _estimate, "inspect": _inspect, "eval": _eval, "export": _export,
-                    "stages": _stages}
+        handlers = {"run": _run, "estimate": _estimate, "inspect": _inspect, "eval": _eval, "finetune": _finetune,
+                    "export": _export, "stages": _stages}
         return handlers[args.command](args)
     except MiniGlotError as exc:
         print(f"miniglot-cli: {exc}", file=sys.stderr)
@@ -160,6 +187,37 @@ def _eval(args) -> int:
     else:
         print(markdown(summary))
         print(f"results: {out}")
+    return 0
+
+
+def _finetune(args) -> int:
+    from engine.taskmodel import build_task_model
+    from engine.training.precision import pick_device
+
+    if args.unlabelled and not args.teacher:
+        raise RecipeError("--unlabelled texts are labelled by a teacher: give --teacher TASK_MODEL too")
+    config = TaskModelConfig(task=args.task, data=args.data, distill=args.teacher is not None,
+                             unlabelled=tuple(args.unlabelled), epochs=args.epochs, learning_rate=args.learning_rate,
+                             seed=args.seed, temperature=args.temperature, alpha=args.alpha,
+                             text_column=args.text_column, label_column=args.label_column)
+    token, signals = _cancel_on_signals()
+    try:
+        sink = FanOut() if args.quiet else FanOut(ConsoleSink())
+        facts = build_task_model(args.model, config, args.out.resolve(), sink, teacher=args.teacher,
+                                 device=str(pick_device(args.device)), token=token)
+    except MiniGlotError as exc:
+        if signals:
+            print(f"miniglot-cli: {exc}", file=sys.stderr)
+            return 128 + signals[0]
+        raise
+    if args.json:
+        print(json.dumps({k: facts[k] for k in ("out", "task", "headline", "dev", "test", "teacher_test", "params",
+                                                 "seconds", "distilled") if k in facts}))
+    else:
+        metric = facts["headline"]
+        teacher = f" (teacher {facts['teacher_test'][metric]:.4f})" if facts.get("teacher_test") else ""
+        print(f"{facts['out']}\n  {facts['task']}: test {metric} {facts['test'][metric]:.4f}{teacher}, "
+              f"dev {facts['dev'][metric]:.4f}; {facts['params']:,} parameters; {facts['seconds'] / 60:.1f} min")
     return 0
 
 

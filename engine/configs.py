@@ -183,3 +183,31 @@ class EvaluationConfig:
         one_of("evaluation.mode", self.mode, EVAL_MODES, "mode")
         check(0 <= self.learning_rate < 1, "evaluation.learning_rate must be 0 (task default) or in (0, 1)",
               "learning_rate")
+
+
+@dataclass(frozen=True)
+class TaskModelConfig:
+    """A task model to train and ship (`[[task_models]]`, `miniglot-cli finetune`): fine-tune on `data`, and
+    with `distill` learn from the fine-tuned teacher's predictions too (on the train texts and the
+    `unlabelled` texts: files, globs or hub ids; empty = the run's corpus). 0 = the task's default."""
+
+    task: str
+    data: str
+    distill: bool = True
+    unlabelled: tuple[str, ...] = ()
+    epochs: int = 0
+    learning_rate: float = 0.0
+    seed: int = 0
+    temperature: float = 2.0  # softens the teacher's predictions
+    alpha: float = 0.5  # weight of the gold labels; 1 - alpha on the teacher's predictions
+    text_column: str = ""
+    label_column: str = ""
+
+    def __post_init__(self) -> None:
+        one_of("task_models.task", self.task, EVAL_TASKS, "task")
+        check(bool(str(self.data).strip()), "task_models.data is empty: give a data folder, file or hub id", "data")
+        check(self.epochs >= 0, "task_models.epochs must be 0 (task default) or more", "epochs")
+        check(0 <= self.learning_rate < 1, "task_models.learning_rate must be 0 (task default) or in (0, 1)",
+              "learning_rate")
+        check(self.temperature > 0, "task_models.temperature must be positive", "temperature")
+        check(0 <= self.alpha <= 1, "task_models.alpha must be in [0, 1]", "alpha")

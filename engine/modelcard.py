@@ -283,3 +283,46 @@ def refresh_cards(summary: dict[str, Any]) -> list[str]:
         except (OSError, MiniGlotError) as exc:
             problems.append(f"could not update the model card of {path}: {exc}")
     return problems
+
+
+def render_task_card(facts: dict[str, Any]) -> str:
+    """The model card of a task model folder (`engine.taskmodel`) from its facts."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    kind = TASKS[facts["task"]]
+    origin = facts.get("lineage") or {}
+    teacher = teacher_of(origin["teacher"]) if origin.get("teacher") else None
+    metric = facts["headline"]
+    row = {"task": facts["task"], "metric": metric, "mean": facts["test"][metric], "data": _name(facts["data"]),
+           "hub": facts["data"].startswith("hub:")}
+    data = ModelCardData(
+        base_model=teacher.base_model if teacher else None, library_name="transformers",
+        pipeline_tag=kind.pipeline_tag, tags=["miniglot", facts["task"], *(["task-distillation"]
+                                                                           if facts["distilled"] else [])],
+        model_name=Path(facts["out"]).name, metrics=[METRIC_TYPES.get(metric, metric)],
+        eval_results=[_eval_result(row)], **(teacher.license if teacher else {"license": "unknown"}))
+    usage = ('pipeline("token-classification", model=FOLDER, aggregation_strategy="first")' if kind.token_level
+             else 'pipeline("text-classification", model=FOLDER)')
+    scores = ["| split | " + " | ".join(facts["test"]) + " |", "|---" * (len(facts["test"]) + 1) + "|"]
+    for split in ("dev", "test"):
+        scores.append(f"| {split} | " + " | ".join(_number(facts[split].get(m)) for m in facts["test"]) + " |")
+    if facts.get("teacher_test"):
+        scores.append("| teacher, test | " + " | ".join(_number(facts["teacher_test"].get(m))
+                                                       for m in facts["test"]) + " |")
+    how = (f"task-distilled from the fine-tuned teacher `{_name(facts['teacher'])}` (temperature "
+           f"{facts['temperature']}, gold weight {facts['alpha']}, {facts['unlabelled']:,} unlabelled texts)"
+           if facts["distilled"] else "fine-tuned on the gold labels")
+    body = [f"# {Path(facts['out']).name}", "",
+            f"A {kind.title} model ({len(facts['labels'])} labels) made with MiniGlot {__version__}: the encoder "
+            f"`{_name(facts['encoder'])}` {how}.", "", "```python", "from transformers import pipeline",
+            f"tagger = {usage}", "```", "", "## Scores", "", *scores, "",
+            f"Data: `{_name(facts['data'])}` (fingerprint `{facts['data_fingerprint'][:16]}`; "
+            f"{facts['sizes']['train']:,} / {facts['sizes']['dev']:,} / {facts['sizes']['test']:,} train / dev / "
+            f"test examples). Seed {facts['seed']}, best of {facts['epochs_run']} epochs on dev (epoch "
+            f"{facts['best_epoch']}), learning rate {facts['learning_rate']:.2g}.", "", "## Lineage", ""]
+    if origin.get("run"):
+        body.append(f"Encoder: stage `{origin['stage']}` of the MiniGlot run `{origin['run']}`, compressed from "
+                    f"{teacher.shown() if teacher else 'its teacher'}.")
+    else:
+        body.append(f"Encoder: `{_name(facts['encoder'])}`.")
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"))

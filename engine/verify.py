@@ -47,15 +47,36 @@ def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance
         if logits is not None:
             arrays["logits"] = logits.numpy()
         np.savez(expected, **arrays)
-        (Path(tmp) / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-               "TOKENIZERS_PARALLELISM": "false"}
-        command = [sys.executable, "-m", "engine.verify", str(folder), tmp, str(tolerance)]
-        if getattr(sys, "frozen", False):  # a PyInstaller bundle has no `-m`: its executables run child_main
-            command, env[FROZEN_CHILD_ENV] = [sys.executable, *command[3:]], "1"
-        # its own session: a Ctrl-C or SIGTERM sent to the run's process group cancels the run, not the check
-        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                              cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+        return _reload(folder, tmp, texts, tolerance)
+
+
+def verify_task_folder(folder: Path, model: Any, tokenizer: Any, texts: list[str],
+                       tolerance: float = TOLERANCE) -> dict:
+    """Reload a task model `folder` in a fresh process with stock `AutoModelFor…Classification`: the same
+    logits as `model` on `texts`, and `transformers.pipeline` labels raw text with the folder's labels."""
+    texts = [t for t in texts if t.strip()][:SAMPLE] or ["verification"]
+    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
+                    max_length=min(MAX_LENGTH, max_positions(model.config)))
+    model = copy.deepcopy(model).to("cpu").float().eval()
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    with tempfile.TemporaryDirectory(prefix="miniglot-verify-") as tmp:
+        np.savez(Path(tmp) / "expected.npz", input_ids=enc["input_ids"].numpy(),
+                 attention_mask=enc["attention_mask"].numpy(), task_logits=logits.numpy())
+        return _reload(folder, tmp, texts, tolerance)
+
+
+def _reload(folder: Path, tmp: str, texts: list[str], tolerance: float) -> dict:
+    """Run `_child` on `folder` in a fresh process with the expectations in `tmp`; raise unless it agrees."""
+    (Path(tmp) / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "engine.verify", str(folder), tmp, str(tolerance)]
+    if getattr(sys, "frozen", False):  # a PyInstaller bundle has no `-m`: its executables run child_main
+        command, env[FROZEN_CHILD_ENV] = [sys.executable, *command[3:]], "1"
+    # its own session: a Ctrl-C or SIGTERM sent to the run's process group cancels the run, not the check
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                          cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -72,6 +93,8 @@ def _child(folder: str, tmp: str, tolerance: float) -> dict[str, Any]:
     problems: list[str] = []
     expected = np.load(Path(tmp) / "expected.npz")
     texts = json.loads((Path(tmp) / "texts.json").read_text(encoding="utf-8"))
+    if "task_logits" in expected.files:
+        return _task_child(folder, expected, texts, tolerance)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = AutoConfig.from_pretrained(folder)
     has_head = "logits" in expected.files
@@ -108,6 +131,36 @@ def _child(folder: str, tmp: str, tolerance: float) -> dict[str, Any]:
             if not value <= tolerance:
                 problems.append(f"{name} differ by {value:.2e} (> {tolerance:.0e})")
     return {"problems": problems, "max_abs_diff": diff, "vocab_rows": rows, "tokenizer_size": len(tokenizer)}
+
+
+def _task_child(folder: str, expected: Any, texts: list[str], tolerance: float) -> dict[str, Any]:
+    """The fresh process's check of a task model: stock auto class, same logits, a working pipeline."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, pipeline
+
+    config = AutoConfig.from_pretrained(folder)
+    token_level = any(a.endswith("ForTokenClassification") for a in config.architectures or ())
+    auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+    model, info = auto.from_pretrained(folder, output_loading_info=True)
+    model.eval()
+    problems = [f"weights missing on reload (would be random): {info['missing_keys'][:5]}"] \
+        if info["missing_keys"] else []
+    ids, mask = (torch.as_tensor(expected[k]) for k in ("input_ids", "attention_mask"))
+    diff = {}
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    rows = mask.numpy().astype(bool) if token_level else slice(None)
+    diff["logits"] = float(np.abs(logits - expected["task_logits"])[rows].max())
+    if not diff["logits"] <= tolerance:
+        problems.append(f"logits differ by {diff['logits']:.2e} (> {tolerance:.0e})")
+    labels = {label[2:] if label[:2] in ("B-", "I-") else label for label in config.id2label.values()}
+    if token_level:  # spans are named by their tag without its B-/I- prefix
+        found = pipeline("token-classification", model=folder, aggregation_strategy="first")(texts[0])
+        shown = {span["entity_group"] for span in found}
+    else:
+        shown = {pipeline("text-classification", model=folder)(texts[0])[0]["label"]}
+    if not shown <= labels:
+        problems.append(f"the pipeline labels text with {sorted(shown - labels)}, not the model's labels")
+    return {"problems": problems, "max_abs_diff": diff, "pipeline_labels": sorted(shown)}
 
 
 def child_main(argv: list[str]) -> int:

@@ -228,7 +228,7 @@ def test_compact_vocabulary_trains_exactly_like_the_full_embedding(models, famil
     compact = copy.deepcopy(full)
     pad = tokenizer.pad_token_id
     encoded = [encode(tokenizer, data, split, 32) for split in (data.train, data.dev, data.test)]
-    renumbered = compact_vocabulary(compact, encoded, pad)
+    renumbered, restore = compact_vocabulary(compact, encoded, pad)
     used = sorted({i for enc in encoded for ids in enc.input_ids for i in ids} | set(range(pad + 1)))
     assert compact.get_input_embeddings().num_embeddings == len(used) < full.config.vocab_size
     assert [len(ids) for ids in renumbered[0].input_ids] == [len(ids) for ids in encoded[0].input_ids]
@@ -254,3 +254,10 @@ def test_compact_vocabulary_trains_exactly_like_the_full_embedding(models, famil
     for name, param in full_params.items():
         if name != word:
             torch.testing.assert_close(compact_params[name].grad, param.grad, msg=name)
+    with torch.no_grad():  # a trained compact table goes back into the full one at the tokenizer's ids
+        compact.get_input_embeddings().weight.add_(1.0)
+    restore()
+    restored = compact.get_input_embeddings().weight
+    assert restored.shape[0] == full.config.vocab_size
+    torch.testing.assert_close(restored[used], full.get_input_embeddings().weight[used] + 1.0)
+    torch.testing.assert_close(restored[unused], full.get_input_embeddings().weight[unused])

@@ -19,6 +19,12 @@ word's prediction is its first sub-token's. Words with no sub-token in the model
 `max_length`, or normalised away by the tokenizer) are predicted as the most frequent train tag,
 so scores always count every gold word.
 
+Task distillation (`Distillation`): the student also learns a fine-tuned teacher's predictions, softened by
+a temperature, on the train texts and on unlabelled in-language texts the teacher labelled (token tasks: per
+word, on the word's first sub-token, so teacher and student may segment differently). The loss is
+`alpha` × gold cross-entropy + (1 − `alpha`) × T² × KL(teacher ‖ student); unlabelled texts have only the
+second term. Epochs then pass over train and unlabelled texts together.
+
 A frozen encoder is scored by `engine.evaluate.probe` instead: a linear classifier fitted to
 convergence on cached features (training a task head by SGD on a frozen encoder under-fits badly:
 0.43 on Maltese UD POS after 2 epochs against 0.89 for the probe).
@@ -88,6 +94,7 @@ class FitStep:
     step: int
     steps: int
     loss: float
+    eta_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,14 +111,43 @@ class DevScore:
 @dataclass(frozen=True)
 class Encoded:
     """Model inputs of one split. Token tasks: `targets` per token (-100 where ignored) and each
-    word's first sub-token position (None when absent); text tasks: one target per example."""
+    word's first sub-token position (None when absent); text tasks: one target per example. `soft`: a
+    teacher's logits to learn, per example ([labels]) or per token ([tokens, labels], NaN rows where none)."""
 
     input_ids: list[list[int]]
     targets: list[Any]
     word_positions: list[list[int | None]] | None = None
+    soft: list[torch.Tensor] | None = None
 
 
-def finetune(
+@dataclass(frozen=True)
+class Distillation:
+    """A fine-tuned teacher's logits, columns in `TaskData.labels` order: `train[i]` for train example i, and
+    `unlabelled` inputs (texts, or word tuples for token tasks) with `unlabelled_logits`. Per example a
+    [labels] array (text tasks) or [words, labels] (token tasks; NaN rows for words the teacher cut)."""
+
+    train: Sequence[np.ndarray]
+    unlabelled: Sequence[str | tuple[str, ...]] = ()
+    unlabelled_logits: Sequence[np.ndarray] = ()
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+@dataclass
+class Fitted:
+    """A fine-tuned model (task head included, full vocabulary, eval mode) with its tokenizer and scores."""
+
+    result: SeedResult
+    model: nn.Module
+    tokenizer: Any
+
+
+def finetune(model_dir: Path, data: TaskData, seed: int, **options: Any) -> SeedResult:
+    """Fine-tune the model in `model_dir` on `data` and score it (see `fit`); the model is discarded."""
+    return fit(model_dir, data, seed, **options).result
+
+
+def fit(
     model_dir: Path,
     data: TaskData,
     seed: int,
@@ -122,10 +158,12 @@ def finetune(
     max_length: int = 128,
     patience: int | None = None,
     device: str | torch.device = "cpu",
+    distillation: Distillation | None = None,
     progress: Callable[[FitStep | DevScore], None] | None = None,
     token: CancelToken | None = None,
-) -> SeedResult:
-    """Fine-tune the model in `model_dir` on `data`; None arguments take the task's defaults (`engine.tasks`).
+) -> Fitted:
+    """Fine-tune the model in `model_dir` on `data` (learning from a teacher too with `distillation`); None
+    arguments take the task's defaults (`engine.tasks`).
 
     `progress` receives a `FitStep` after each optimiser step and a `DevScore` after each epoch.
     """
@@ -152,9 +190,13 @@ def finetune(
     model.to(device)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_set, dev, test = compact_vocabulary(model, [encode(tokenizer, data, split, max_length)
-                                                      for split in (data.train, data.dev, data.test)], pad_id)
+    splits = [encode(tokenizer, data, split, max_length) for split in (data.train, data.dev, data.test)]
+    if distillation is not None:
+        splits[0] = with_teacher(tokenizer, data, splits[0], distillation, max_length)
+    (train_set, dev, test), restore = compact_vocabulary(model, splits, pad_id)
     fallback = most_frequent_tag(data) if data.is_token_task else ""
+    temperature = distillation.temperature if distillation is not None else 1.0
+    alpha = distillation.alpha if distillation is not None else 1.0
     steps_per_epoch = len(length_grouped_batches(train_set.input_ids, batch_size, seed))
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     orders: dict[int, list[list[int]]] = {}
@@ -167,15 +209,28 @@ def finetune(
                                                        derive_seed(seed, "finetune", epoch + 1))
         indices = orders[epoch + 1][position]
         padded = {k: v.to(device) for k, v in pad_batch(train_set.input_ids, indices, pad_id).items()}
-        targets = batch_targets(train_set, indices, padded["input_ids"].shape[1]).to(device)
-        return TrainBatch({**padded, "labels": targets}, int(padded["attention_mask"].sum()))
+        width = padded["input_ids"].shape[1]
+        inputs = {**padded, "labels": batch_targets(train_set, indices, width).to(device)}
+        if train_set.soft is not None:
+            inputs["soft"] = batch_soft(train_set, indices, width).to(device)
+        return TrainBatch(inputs, int(padded["attention_mask"].sum()))
 
     def objective(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         targets = inputs["labels"]
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        if not (targets != IGNORE_INDEX).any():  # no labelled position: the loss would be NaN
+        losses = {}
+        if (targets != IGNORE_INDEX).any():  # else the loss would be NaN
+            losses["gold"] = loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        if "soft" in inputs:
+            soft = inputs["soft"]
+            taught = ~soft[..., 0].isnan()
+            if taught.any():
+                losses["teacher"] = temperature ** 2 * nn.functional.kl_div(
+                    nn.functional.log_softmax(logits[taught].float() / temperature, -1),
+                    nn.functional.log_softmax(soft[taught] / temperature, -1), reduction="batchmean", log_target=True)
+        if not losses:
             return None
-        return {"total": loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))}
+        return {"total": alpha * losses.get("gold", 0.0) + (1 - alpha) * losses.get("teacher", 0.0), **losses}
 
     def evaluate(enc: Encoded, examples: Sequence[Any]) -> dict[str, float]:
         return score(data.task, examples, predict(model, enc, data, fallback, batch_size, pad_id, device, token))
@@ -188,11 +243,14 @@ def finetune(
     observer = _EpochObserver(steps_per_epoch, epochs, metric, progress)
     state = train(model, objective, batch, lambda: evaluate(dev, data.dev), settings, observer,
                   precision=Precision(torch.device(device), None), token=token)
-    return SeedResult(
+    result = SeedResult(
         metrics=evaluate(test, data.test), dev_metrics=observer.best_dev, best_epoch=state.best_step // steps_per_epoch,
         epochs_run=state.step // steps_per_epoch, seconds=time.perf_counter() - started, train_size=len(data.train),
         dev_size=len(data.dev), test_size=len(data.test), labels=tuple(data.labels), learning_rate=learning_rate,
+        details={"unlabelled": len(distillation.unlabelled)} if distillation is not None else {},
     )
+    restore()
+    return Fitted(result, model.eval(), tokenizer)
 
 
 @dataclass
@@ -211,7 +269,7 @@ class _EpochObserver:
         if self.progress is not None:
             self.progress(FitStep(epoch=(state.step - 1) // self.steps_per_epoch + 1, epochs=self.epochs,
                                   step=state.step, steps=self.epochs * self.steps_per_epoch,
-                                  loss=losses.get("total", math.nan)))
+                                  loss=losses.get("total", math.nan), eta_seconds=eta_seconds))
 
     def validated(self, state: TrainState, values: dict[str, float]) -> None:
         if state.best_step == state.step:
@@ -223,9 +281,11 @@ class _EpochObserver:
         """Fine-tuning keeps no checkpoints."""
 
 
-def compact_vocabulary(model: nn.Module, splits: Sequence[Encoded], pad_id: int) -> list[Encoded]:
+def compact_vocabulary(model: nn.Module, splits: Sequence[Encoded],
+                       pad_id: int) -> tuple[list[Encoded], Callable[[], None]]:
     """Keep only the input-embedding rows that `splits` use, renumbering their ids (`pad_id` and every
-    id below it keep their numbers, so padding and position rules are unchanged).
+    id below it keep their numbers, so padding and position rules are unchanged); also returns `restore`,
+    which puts the full table back with the trained rows written into it (ids as the tokenizer gives them).
 
     A row no input uses gets no gradient, so the model trains and scores exactly as with every row,
     but backward, clipping and AdamW no longer sweep the whole vocabulary: for a 250k-piece teacher
@@ -235,7 +295,7 @@ def compact_vocabulary(model: nn.Module, splits: Sequence[Encoded], pad_id: int)
     low = max(pad_id, embeddings.padding_idx if embeddings.padding_idx is not None else 0) + 1
     used = sorted(set(range(low)).union(*(ids for enc in splits for ids in enc.input_ids)))
     if len(used) >= embeddings.num_embeddings:
-        return list(splits)
+        return list(splits), lambda: None
     compact = nn.Embedding(len(used), embeddings.embedding_dim, padding_idx=embeddings.padding_idx,
                            device=embeddings.weight.device, dtype=embeddings.weight.dtype)
     with torch.no_grad():
@@ -243,7 +303,13 @@ def compact_vocabulary(model: nn.Module, splits: Sequence[Encoded], pad_id: int)
     model.set_input_embeddings(compact)
     new_id = np.zeros(max(used) + 1, dtype=np.int64)
     new_id[used] = np.arange(len(used))
-    return [replace(enc, input_ids=[new_id[ids].tolist() for ids in enc.input_ids]) for enc in splits]
+
+    def restore() -> None:
+        with torch.no_grad():
+            embeddings.weight[used] = compact.weight.to(embeddings.weight.device)
+        model.set_input_embeddings(embeddings)
+
+    return [replace(enc, input_ids=[new_id[ids].tolist() for ids in enc.input_ids]) for enc in splits], restore
 
 
 def default_learning_rate(task: str, hidden: int) -> float:
@@ -274,6 +340,7 @@ def load_for_task(model_dir: Path, data: TaskData) -> tuple[Any, nn.Module]:
     model = auto.from_pretrained(
         model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)}, use_safetensors=True, trust_remote_code=False,
+        ignore_mismatched_sizes=True,  # a task model of the same kind given as the encoder gets a new head
     )
     return tokenizer, model
 
@@ -356,4 +423,82 @@ def batch_targets(enc: Encoded, indices: Sequence[int], width: int) -> torch.Ten
     out = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
     for r, i in enumerate(indices):
         out[r, : len(enc.targets[i])] = torch.as_tensor(enc.targets[i], dtype=torch.long)
+    return out
+
+
+def batch_soft(enc: Encoded, indices: Sequence[int], width: int) -> torch.Tensor:
+    """The teacher logits of a batch: [batch, labels], or [batch, width, labels] padded with NaN rows."""
+    rows = [enc.soft[i] for i in indices]
+    if enc.word_positions is None:
+        return torch.stack(rows)
+    out = torch.full((len(indices), width, rows[0].shape[-1]), math.nan)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = row
+    return out
+
+
+def with_teacher(tokenizer: Any, data: TaskData, train_set: Encoded, distillation: Distillation,
+                 max_length: int) -> Encoded:
+    """`train_set` with the teacher's logits attached, followed by the unlabelled inputs (no gold targets)."""
+    if len(distillation.train) != len(train_set.input_ids) or len(distillation.unlabelled) != len(
+            distillation.unlabelled_logits):
+        raise ValueError("the teacher's logits do not match the texts")
+    if not data.is_token_task:
+        extra = tokenizer(list(distillation.unlabelled), truncation=True, max_length=max_length,
+                          return_attention_mask=False, return_token_type_ids=False)["input_ids"] \
+            if distillation.unlabelled else []
+        soft = [torch.as_tensor(np.asarray(row), dtype=torch.float32)
+                for row in (*distillation.train, *distillation.unlabelled_logits)]
+        return Encoded([*train_set.input_ids, *map(list, extra)],
+                       [*train_set.targets, *[IGNORE_INDEX] * len(extra)], None, soft)
+    unlabelled = [list(words) for words in distillation.unlabelled]
+    extra = align_words(tokenizer, unlabelled, [[IGNORE_INDEX] * len(w) for w in unlabelled], max_length) \
+        if unlabelled else Encoded([], [], [])
+    ids = [*train_set.input_ids, *extra.input_ids]
+    positions = [*train_set.word_positions, *extra.word_positions]
+    soft = []
+    for row_ids, first, logits in zip(ids, positions, (*distillation.train, *distillation.unlabelled_logits),
+                                      strict=True):
+        row = torch.full((len(row_ids), np.shape(logits)[-1]), math.nan)
+        for word, pos in enumerate(first):
+            if pos is not None:
+                row[pos] = torch.as_tensor(logits[word], dtype=torch.float32)
+        soft.append(row)
+    return Encoded(ids, [*train_set.targets, *extra.targets], positions, soft)
+
+
+def teacher_logits(model: nn.Module, tokenizer: Any, inputs: Sequence[str | Sequence[str]], token_level: bool,
+                   max_length: int = 128, batch_size: int = 32, device: str | torch.device = "cpu",
+                   token: CancelToken | None = None) -> list[np.ndarray]:
+    """A task model's logits on `inputs`: per text [labels], or per word [words, labels] (texts given as
+    word sequences; a word's first sub-token's logits, NaN for words cut by `max_length`)."""
+    if not inputs:
+        return []
+    max_length = min(max_length, max_positions(model.config))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if token_level:
+        words = [list(w) for w in inputs]
+        enc = align_words(tokenizer, words, [[IGNORE_INDEX] * len(w) for w in words], max_length)
+    else:
+        ids = tokenizer(list(inputs), truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+        enc = Encoded([list(row) for row in ids], [IGNORE_INDEX] * len(ids))
+    model.eval().to(device)
+    out: list[np.ndarray] = [np.empty(0)] * len(enc.input_ids)
+    with torch.no_grad():
+        for indices in length_grouped_batches(enc.input_ids, batch_size, 0, shuffle=False):
+            if token is not None:
+                token.raise_if_cancelled()
+            batch = {k: v.to(device) for k, v in pad_batch(enc.input_ids, indices, pad_id).items()}
+            logits = model(**batch).logits.float().cpu().numpy()
+            for i, row in zip(indices, logits, strict=True):
+                if enc.word_positions is None:
+                    out[i] = row
+                else:
+                    first = enc.word_positions[i]
+                    words_out = np.full((len(first), row.shape[-1]), np.nan, dtype=np.float32)
+                    for w, pos in enumerate(first):
+                        if pos is not None:
+                            words_out[w] = row[pos]
+                    out[i] = words_out
     return out
