@@ -3,12 +3,18 @@
 Each stage's model is written to a temporary folder, verified by a reload in a fresh process,
 and only then renamed into `stages/NN-kind/model/`. Resume skips completed stages and continues
 the interrupted one from its last checkpoint.
+
+The recipe's `[[task_models]]` follow the stages as further steps (numbered after them): for a distilled
+one, the teacher fine-tuned on the task (`tasks/<task>/teacher/`, kept while its data and seed are the
+same), then the last stage's model fine-tuned into `tasks/<task>/model/`. Resume skips completed ones
+and redoes an interrupted one (the teacher's predictions are cached in `tasks/<task>/`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import platform
 import traceback
 from contextlib import nullcontext
@@ -19,9 +25,11 @@ import numpy as np
 import torch
 
 from engine import __version__
+from engine.configs import TaskModelConfig
 from engine.data.corpus import read_corpus, split_validation
+from engine.data.tasks import Columns, TaskData, load_task
 from engine.distributed import Distributed
-from engine.errors import Cancelled, MiniGlotError, ModelError, RecipeError
+from engine.errors import Cancelled, MiniGlotError, ModelError, RecipeError, TaskDataError
 from engine.estimate import stage_shapes
 from engine.events import (
     Artifact,
@@ -44,6 +52,7 @@ from engine.seeding import seed_everything
 from engine.shapes import Shape
 from engine.stages.base import StageContext
 from engine.stages.registry import spec_for
+from engine.taskmodel import TASK_FILE, build_task_model
 from engine.training.checkpoints import Checkpoints
 from engine.training.precision import Precision, pick_device
 from engine.verify import verify_folder
@@ -94,15 +103,41 @@ def _prepare(recipe: Recipe, dist: Distributed) -> tuple[torch.device, Precision
     device = pick_device(recipe.run.device, dist)
     precision = Precision.for_run(recipe.run.precision, device)
     train, validation = load_corpus(recipe)
+    for i, config in enumerate(recipe.task_models, start=1):
+        try:
+            _task_data(config)
+        except TaskDataError as exc:
+            raise TaskDataError(f"task_models[{i}] ({config.task}): {exc}") from None
     return device, precision, train, validation
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskStep:
+    """A step after the stages: fine-tuning the recipe's teacher on a task (for distillation), or building
+    the task model itself from the last stage's model."""
+
+    config: TaskModelConfig
+    teacher: bool
+
+    @property
+    def name(self) -> str:
+        return f"task:{self.config.task}" + (" teacher" if self.teacher else "")
+
+
+def task_steps(recipe: Recipe) -> list[TaskStep]:
+    """The steps of the recipe's task models, in order (each distilled one's teacher first)."""
+    return [TaskStep(config, teacher) for config in recipe.task_models
+            for teacher in ((True, False) if config.distill else (False,))]
 
 
 def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: EventSink, token: CancelToken,
                 dist: Distributed, prepared: tuple | None) -> None:
-    """The stages in order, each saved, verified and recorded; resumed stages are skipped."""
+    """The stages in order, each saved, verified and recorded, then the task models; completed ones are skipped."""
     run_dir, resumed = folder.path, prepared is None
     sink = FanOut(sink, JsonlSink(folder.events_file)) if dist.is_main else FanOut()  # only rank 0 writes
-    sink.emit(RunStarted(run_dir=str(run_dir), stages=tuple(s.kind for s in recipe.stages), resumed=resumed))
+    steps = task_steps(recipe)
+    names = [s.kind for s in recipe.stages] + [step.name for step in steps]  # indices 1, 2, …: stages, then tasks
+    sink.emit(RunStarted(run_dir=str(run_dir), stages=tuple(names), resumed=resumed))
     manifest.update(status="running", **({} if resumed else _provenance(recipe)))
     current_index = 0
     try:
@@ -117,7 +152,8 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             manifest.update(teacher={"source": recipe.teacher.source, "params": count_params(teacher.model),
                                      "shape": dataclasses.asdict(teacher_shape)},
                             corpus={"train_lines": len(train), "validation_lines": len(validation)},
-                            stages=[{"kind": s.kind, "status": "pending"} for s in recipe.stages])
+                            stages=[{"kind": s.kind, "status": "pending"} for s in recipe.stages],
+                            task_models=[{"task": c.task, "status": "pending"} for c in recipe.task_models])
         current, original, reference = teacher, teacher, teacher
         for index, stage in enumerate(recipe.stages, start=1):
             current_index = index
@@ -159,6 +195,10 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             teacher = current if _still_teacher(recipe, index) else teacher
             reference = current if spec_for(stage.kind).reference else reference
             sink.emit(StageFinished(index=index, stage=stage.kind, status="completed"))
+        final = folder.stage_dir(len(recipe.stages), recipe.stages[-1].kind) / "model"
+        if dist.is_main:
+            for current_index, step in enumerate(steps, start=len(recipe.stages) + 1):
+                _task_step(step, recipe, folder, manifest, final, sink, token, str(device), current_index)
         current_index = 0
         if recipe.evaluation is not None and dist.is_main:
             manifest.update(evaluation=_evaluate(recipe, run_dir, sink, token))
@@ -167,13 +207,14 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
         message = _explain(exc, run_dir)
         if status == "failed":
             sink.emit(Failure(message=message, traceback=traceback.format_exc(), index=current_index,
-                              stage=recipe.stages[current_index - 1].kind if current_index else ""))
-        if current_index:
+                              stage=names[current_index - 1] if current_index else ""))
+        if current_index > len(recipe.stages):
+            manifest.set_task_model(steps[current_index - len(recipe.stages) - 1].config.task, status=status)
+        elif current_index:
             manifest.set_stage(current_index, status=status)
         manifest.update(status=status, message=message)
         if current_index:
-            sink.emit(StageFinished(index=current_index, stage=recipe.stages[current_index - 1].kind,
-                                    status=status))
+            sink.emit(StageFinished(index=current_index, stage=names[current_index - 1], status=status))
         sink.emit(RunFinished(status=status, message=message))
         if isinstance(exc, KeyboardInterrupt):
             raise Cancelled("interrupted") from exc
@@ -182,6 +223,49 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
         dist.close()
     manifest.update(status="completed", message="")
     sink.emit(RunFinished(status="completed"))
+
+
+def _task_step(step: TaskStep, recipe: Recipe, folder: RunFolder, manifest: Manifest, encoder: Path,
+               sink: EventSink, token: CancelToken, device: str, index: int) -> None:
+    """One task-model step as stage `index`: the teacher fine-tuned on the task (kept when its folder records
+    the same data and seed), or the task model built from `encoder`; both skipped once the task model is."""
+    config, home = step.config, folder.task_dir(step.config.task)
+    teacher_dir, model_dir = home / "teacher", home / "model"
+    token.raise_if_cancelled()
+    if manifest.task_model(config.task).get("status") == "completed" and (model_dir / TASK_FILE).is_file():
+        sink.emit(StageFinished(index=index, stage=step.name, status="skipped"))
+        return
+    manifest.set_task_model(config.task, status="running")
+    if step.teacher:
+        facts = _task_facts(teacher_dir)
+        if facts.get("seed") == config.seed and facts.get("data_fingerprint") == _task_data(config).fingerprint():
+            sink.emit(StageFinished(index=index, stage=step.name, status="skipped"))
+        else:
+            facts = build_task_model(recipe.teacher.source, dataclasses.replace(config, distill=False), teacher_dir,
+                                     sink, device=device, index=index, name=step.name, token=token)
+        manifest.set_task_model(config.task, teacher_dir=str(teacher_dir.relative_to(folder.path)),
+                                teacher_test=facts["test"])
+        return
+    teacher = str(teacher_dir) if config.distill else None
+    facts = build_task_model(str(encoder), config, model_dir, sink, teacher=teacher, corpus=recipe.corpus.train,
+                             cache=home, device=device, index=index, name=step.name, token=token)
+    manifest.set_task_model(config.task, status="completed", model_dir=str(model_dir.relative_to(folder.path)),
+                            headline=facts["headline"], dev=facts["dev"], test=facts["test"], params=facts["params"],
+                            bytes=folder_bytes(model_dir))
+
+
+def _task_data(config: TaskModelConfig) -> TaskData:
+    return load_task(config.task, config.data, seed=config.seed,
+                     columns=Columns(config.text_column, config.label_column))
+
+
+def _task_facts(model_dir: Path) -> dict[str, Any]:
+    """What a task model folder's `miniglot_task.json` records; empty when it has none (not built, or damaged)."""
+    try:
+        facts = json.loads((model_dir / TASK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
 
 
 def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A recipe validates itself when built (ranges, names, unknown keys, stage order) and again against the
 teacher's shape before any work starts (`engine.estimate.stage_shapes`). The same objects feed the CLI,
 the GUI forms and the saved `recipe.toml` of every run. Its parts are the dataclasses of
-`engine.configs` and the stage configs of the registered stages.
+`engine.configs` and the stage configs of the registered stages; `[[task_models]]` (one per task) are
+trained from the last stage's model after the stages.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -23,6 +24,7 @@ from engine.configs import (
     LanguageConfig,
     RunConfig,
     Stage,
+    TaskModelConfig,
     TeacherConfig,
     check,
 )
@@ -43,6 +45,7 @@ class Recipe:
     stages: tuple[Stage, ...] = ()
     run: RunConfig = field(default_factory=RunConfig)
     evaluation: EvaluationConfig | None = None
+    task_models: tuple[TaskModelConfig, ...] = ()
     base_dir: str = field(default=".", compare=False)  # where relative corpus paths resolve
 
     def __post_init__(self) -> None:
@@ -54,6 +57,10 @@ class Recipe:
                 check(all(other.keeps_teacher and other is not spec for other in chosen[: i - 1]),
                       f"the {spec.kind} stage works on the teacher itself: it must come first (after "
                       f"{' or '.join(allowed) or 'nothing'} at most), once", f"stages[{i}]")
+        tasks = [config.task for config in self.task_models]
+        for i, task in enumerate(tasks, start=1):
+            check(task not in tasks[: i - 1], f"two [[task_models]] train task {task} (its folder is tasks/{task}): "
+                                              "keep one", f"task_models[{i}].task")
 
     # ---- dict / TOML / JSON ----
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +71,8 @@ class Recipe:
         out["stages"] = [{"kind": s.kind, **_plain(s)} for s in self.stages]
         if self.evaluation is not None:
             out["evaluation"] = _plain(self.evaluation)
+        if self.task_models:
+            out["task_models"] = [_plain(config) for config in self.task_models]
         return out
 
     def to_toml(self) -> str:
@@ -96,8 +105,11 @@ class Recipe:
         evaluation = self.evaluation
         if evaluation is not None:
             evaluation = dataclasses.replace(evaluation, data=tuple(map(absolute, evaluation.data)))
+        task_models = tuple(dataclasses.replace(config, data=absolute(config.data),
+                                                unlabelled=tuple(map(absolute, config.unlabelled)))
+                            for config in self.task_models)
         return dataclasses.replace(
-            self, base_dir=str(base), evaluation=evaluation,
+            self, base_dir=str(base), evaluation=evaluation, task_models=task_models,
             teacher=dataclasses.replace(self.teacher, source=absolute(self.teacher.source)),
             run=dataclasses.replace(self.run, runs_dir=absolute(self.run.runs_dir)),
             corpus=dataclasses.replace(corpus, train=tuple(map(absolute, corpus.train)), validation=validation))
@@ -108,11 +120,11 @@ class Recipe:
         data = dict(data)
         sections = {"teacher": TeacherConfig, "language": LanguageConfig, "corpus": CorpusConfig,
                     "run": RunConfig}
-        unknown = set(data) - set(sections) - {"stages", "evaluation"}
+        unknown = set(data) - set(sections) - {"stages", "evaluation", "task_models"}
         if unknown:
             name = sorted(unknown)[0]
             raise RecipeError(f"unknown table or key {name!r} at the top of the recipe; "
-                              f"known: {', '.join([*sections, 'stages', 'evaluation'])}", name)
+                              f"known: {', '.join([*sections, 'stages', 'evaluation', 'task_models'])}", name)
         built: dict[str, Any] = {name: _build(kind, data.get(name, {}), name, name)
                                  for name, kind in sections.items()}
         if "evaluation" in data:
@@ -126,7 +138,11 @@ class Recipe:
             kind = raw.pop("kind", None)
             config = spec_for(kind, f"{path}.kind").config
             stages.append(_build(config, raw, f"{path} ({kind})", path))
-        return cls(**built, stages=tuple(stages), base_dir=str(base_dir))
+        check(isinstance(data.get("task_models", []), list), "task_models must be a list of [[task_models]] tables",
+              "task_models")
+        task_models = tuple(_build(TaskModelConfig, raw, f"task_models[{i}]", f"task_models[{i}]")
+                            for i, raw in enumerate(data.get("task_models", []), start=1))
+        return cls(**built, stages=tuple(stages), task_models=task_models, base_dir=str(base_dir))
 
     @classmethod
     def from_toml(cls, text: str, base_dir: str | Path = ".") -> Recipe:
@@ -190,6 +206,10 @@ def _build(cls: type, raw: Any, where: str, path: str) -> Any:
     for key in raw:
         check(key in known, f"unknown key {key!r} in [{where}]; known keys: {', '.join(sorted(known))}",
               f"{path}.{key}")
+    missing = [f.name for f in fields(cls) if f.init and f.name not in raw
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise RecipeError(f"[{where}] needs {' and '.join(missing)}", f"{path}.{missing[0]}")
     values = {key: _coerce(value, hints[key], f"{where}.{key}", f"{path}.{key}") for key, value in raw.items()}
     try:
         return cls(**values)

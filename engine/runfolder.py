@@ -27,7 +27,9 @@ EVENTS = "events.jsonl"
 EVAL = "eval"  # the evaluation's results (engine.evaluate.runner): per task, model and seed, and the summary
 LOCK = ".lock"  # held (flock) by the one process writing the run; the OS releases it if that process dies
 LOCK_OWNER = ".lock.json"  # who holds it: pid, host, since
+TASKS = "tasks"  # the run's task models (engine.taskmodel): tasks/<task>/model, tasks/<task>/teacher
 LEFTOVER_PATTERNS = (".*.tmp", ".*.old")  # a killed writer's temporary files and folders
+TASK_LEFTOVERS = "*.partial*"  # a task model (or its cached teacher predictions) a killed writer left unfinished
 MODEL_CARD = "README.md"  # a model folder's card (engine.modelcard): not part of the model's identity
 
 
@@ -120,7 +122,7 @@ def stage_dir(run_dir: Path, index: int, kind: str) -> Path:
 
 
 class Manifest:
-    """`manifest.json`: status, teacher, stages with lineage, sizes and metrics; saved atomically."""
+    """`manifest.json`: status, teacher, stages with lineage, sizes and metrics, task models; saved atomically."""
 
     def __init__(self, run_dir: Path, data: dict[str, Any] | None = None) -> None:
         self.path = Path(run_dir) / MANIFEST
@@ -165,6 +167,15 @@ class Manifest:
         stages = self.data.get("stages") or []
         if 0 < index <= len(stages):
             stages[index - 1].update(fields)
+        self.save()
+
+    def task_model(self, task: str) -> dict[str, Any]:
+        """The entry of the task model for `task` (empty when not recorded)."""
+        return next((entry for entry in self.data.get("task_models") or [] if entry.get("task") == task), {})
+
+    def set_task_model(self, task: str, **fields: Any) -> None:
+        """Record `fields` (status, model_dir, test, …) for the task model of `task` and save."""
+        self.task_model(task).update(fields)
         self.save()
 
 
@@ -249,6 +260,10 @@ class RunFolder:
     def stage_dir(self, index: int, kind: str) -> Path:
         return stage_dir(self.path, index, kind)
 
+    def task_dir(self, task: str) -> Path:
+        """Where the run's task model for `task` lives (`model/`, `teacher/`, cached teacher predictions)."""
+        return self.path / TASKS / task
+
     def manifest(self) -> Manifest:
         """The manifest, for writing; RunFolderError when it is missing or damaged."""
         return Manifest.load(self.path)
@@ -282,7 +297,8 @@ class RunFolder:
         """Delete what killed writers left (temporary files and folders, replaced models); call under the lock."""
         found = [p for pattern in LEFTOVER_PATTERNS
                  for p in (*self.path.glob(pattern), *self.path.glob(f"stages/*/{pattern}"),
-                           *self.path.glob(f"stages/*/checkpoint/{pattern}"))]
+                           *self.path.glob(f"stages/*/checkpoint/{pattern}"), *self.path.glob(f"{TASKS}/*/{pattern}"))]
+        found += self.path.glob(f"{TASKS}/*/{TASK_LEFTOVERS}")
         for path in found:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

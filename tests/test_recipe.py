@@ -304,3 +304,70 @@ def test_a_run_name_that_cannot_name_a_folder_is_refused_before_anything_loads(n
 def test_a_folder_given_as_the_recipe_says_it_is_a_folder(tmp_path):
     with pytest.raises(RecipeError, match="is a folder: give the recipe file in it"):
         Recipe.load(tmp_path)
+
+
+TASK_MODELS = """
+[[task_models]]
+task = "ner"
+data = "data/ner"
+unlabelled = ["texts/*.txt", "hub:some/dataset:mt"]
+epochs = 3
+learning_rate = 3e-5
+seed = 1
+temperature = 3
+alpha = 0.25
+[[task_models]]
+task = "sentiment"
+data = "hub:some/reviews"
+distill = false
+text_column = "review"
+label_column = "stars"
+"""
+
+
+def test_task_models_round_trip_and_resolve_like_the_other_paths(tmp_path):
+    recipe = Recipe.from_toml(MINIMAL + DISTILL + TASK_MODELS, tmp_path)
+    ner, sentiment = recipe.task_models
+    assert (ner.task, ner.distill, ner.unlabelled, ner.epochs, ner.temperature, ner.alpha) == (
+        "ner", True, ("texts/*.txt", "hub:some/dataset:mt"), 3, 3.0, 0.25)
+    assert (sentiment.distill, sentiment.text_column, sentiment.label_column) == (False, "review", "stars")
+    assert load(recipe.to_toml()) == recipe and Recipe.from_dict(json.loads(recipe.to_json())) == recipe
+    recipe.resolved().save(tmp_path / "run" / "recipe.toml")  # as a run folder keeps it
+    saved = Recipe.load(tmp_path / "run" / "recipe.toml")
+    assert saved.task_models[0].data == str(tmp_path.resolve() / "data" / "ner")
+    assert saved.task_models[0].unlabelled == (str(tmp_path.resolve() / "texts" / "*.txt"), "hub:some/dataset:mt")
+    assert saved.task_models[1].data == "hub:some/reviews"
+    assert saved.differences(recipe) == []
+    fewer = recipe.replace(task_models=recipe.task_models[:1])
+    assert "task_models[2].task: 'sentiment' -> '(unset)'" in recipe.differences(fewer)
+    assert "task_models" not in load(MINIMAL + DISTILL).to_dict() and load(MINIMAL + DISTILL).task_models == ()
+    one = load(MINIMAL + DISTILL + '[[task_models]]\ntask = "pos"\ndata = "d"\nunlabelled = "u.txt"\n')
+    assert one.task_models[0].unlabelled == ("u.txt",)
+
+
+@pytest.mark.parametrize(("entry", "path", "needle"), [
+    ('task = "ner"\ndata = "d"\ncolour = 1', "task_models[1].colour", "unknown key 'colour' in [task_models[1]]"),
+    ('task = "ner"\ndata = "d"\nepochs = "3"', "task_models[1].epochs", "task_models[1].epochs must be a number"),
+    ('task = "ner"\ndata = "d"\ndistill = "yes"', "task_models[1].distill", "must be true or false, got 'yes'"),
+    ('task = "ner"\ndata = "d"\nunlabelled = [1]', "task_models[1].unlabelled", "must be a list of strings"),
+    ('task = "ner"\ndata = ["d"]', "task_models[1].data", "task_models[1].data must not be a list"),
+    ('data = "d"', "task_models[1].task", "[task_models[1]] needs task"),
+    ("", "task_models[1].task", "[task_models[1]] needs task and data"),
+    ('task = "chunking"\ndata = "d"', "task_models[1].task", "choose one of pos, ner, sentiment, topic"),
+    ('task = "ner"\ndata = " "', "task_models[1].data", "task_models.data is empty"),
+    ('task = "ner"\ndata = "d"\nalpha = 2', "task_models[1].alpha", "alpha must be in [0, 1]"),
+    ('task = "ner"\ndata = "d"\n[[task_models]]\ntask = "ner"\ndata = "e"', "task_models[2].task",
+     "two [[task_models]] train task ner (its folder is tasks/ner): keep one"),
+])
+def test_bad_task_models_name_the_entry_and_setting(entry, path, needle):
+    with pytest.raises(RecipeError) as caught:
+        load(MINIMAL + DISTILL + "[[task_models]]\n" + entry + "\n")
+    assert needle in str(caught.value) and caught.value.path == path
+
+
+def test_task_models_must_be_a_list_of_tables():
+    with pytest.raises(RecipeError, match=r"task_models must be a list of \[\[task_models\]\] tables"):
+        load('task_models = "ner"\n' + MINIMAL + DISTILL)
+    with pytest.raises(RecipeError, match=r"\[task_models\[1\]\] must be a table"):
+        load('task_models = ["ner"]\n' + MINIMAL + DISTILL)
+    assert "task_models" in error("tasks = 1\n" + MINIMAL + DISTILL)  # listed among the known tables
