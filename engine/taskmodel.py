@@ -62,8 +62,8 @@ def build_task_model(encoder: str, config: TaskModelConfig, out: Path, sink: Eve
 
     With `teacher` (a task model folder or source) and `config.distill`, the student also learns the
     teacher's predictions on the train texts and the unlabelled texts (`config.unlabelled`, else
-    `corpus`). Events go to `sink` as stage `index` named `name`. Returns the facts written to
-    `out/miniglot_task.json`.
+    `corpus`, else the corpus of the run `encoder` is a stage model of). Events go to `sink` as stage
+    `index` named `name`. Returns the facts written to `out/miniglot_task.json`.
     """
     token = token or CancelToken()
     kind = task_kind(config.task)
@@ -77,7 +77,7 @@ def build_task_model(encoder: str, config: TaskModelConfig, out: Path, sink: Eve
     distillation, teacher_test = None, None
     if teacher is not None and config.distill:
         sink.emit(Log(message=f"{name}: the teacher {teacher} labels the training texts"))
-        unlabelled = unlabelled_inputs(config.unlabelled or tuple(corpus), data)
+        unlabelled = unlabelled_inputs(config.unlabelled or tuple(corpus) or run_corpus(encoder_dir), data)
         distillation, teacher_test = teacher_predictions(teacher, data, unlabelled, cache, device, token)
         distillation = dataclasses.replace(distillation, temperature=config.temperature, alpha=config.alpha)
         sink.emit(Log(message=f"{name}: learning from the teacher on {len(data.train)} train and "
@@ -184,6 +184,16 @@ def unlabelled_inputs(sources: Sequence[str], data: TaskData) -> list[str | tupl
     if not data.is_token_task:
         return lines
     return [words for words in (tuple(WORDS.findall(line)) for line in lines) if words]
+
+
+def run_corpus(encoder_dir: Path) -> tuple[str, ...]:
+    """The training corpus of the MiniGlot run whose stage model `encoder_dir` is (else none)."""
+    from engine.recipe import Recipe
+
+    for parent in list(encoder_dir.parents)[:3]:
+        if (parent / "manifest.json").is_file() and (parent / "recipe.toml").is_file():
+            return Recipe.load(parent / "recipe.toml").corpus.train
+    return ()
 
 
 def lineage(encoder_dir: Path) -> dict:

@@ -12,6 +12,7 @@ import pytest
 from engine.data import tasks
 from engine.data.tasks import Columns, TextExample, TokenExample, load_task, to_iob2
 from engine.errors import TaskDataError
+from engine.tasks import task as task_kind
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -436,3 +437,11 @@ def test_real_maltese_sentiment() -> None:
     assert Counter(ex.label for ex in data.train) == {"0": 413, "1": 182}
     assert sum("\n" in ex.text for ex in data.train) == 2
     assert Counter(ex.label for ex in data.test)["0"] == 111
+
+
+def test_default_epochs_see_about_the_budget_within_two_and_the_tasks_maximum():
+    ner = task_kind("ner")
+    assert ner.epochs_for(701) == ner.epochs == 10  # SIB-200: the maximum
+    assert ner.epochs_for(6_900) == 2  # MasakhaNER: about 15k examples
+    assert ner.epochs_for(3_000) == 5
+    assert ner.epochs_for(100_000) == 2 and ner.epochs_for(0) == 10

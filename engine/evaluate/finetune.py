@@ -176,10 +176,9 @@ def fit(
     unknown = train_labels - set(data.labels)
     if unknown:
         raise TaskDataError(f"{data.source}: train labels missing from the label set: {sorted(unknown)}")
-    epochs = defaults.epochs if epochs is None else epochs
     batch_size = defaults.batch_size if batch_size is None else batch_size
     patience = defaults.patience if patience is None else patience
-    if epochs < 1 or batch_size < 1 or patience < 1:
+    if (epochs is not None and epochs < 1) or batch_size < 1 or patience < 1:
         raise ValueError("epochs, batch_size and patience must be >= 1")
 
     seed_everything(seed)
@@ -194,6 +193,7 @@ def fit(
     if distillation is not None:
         splits[0] = with_teacher(tokenizer, data, splits[0], distillation, max_length)
     (train_set, dev, test), restore = compact_vocabulary(model, splits, pad_id)
+    epochs = defaults.epochs_for(len(train_set.input_ids)) if epochs is None else epochs
     fallback = most_frequent_tag(data) if data.is_token_task else ""
     temperature = distillation.temperature if distillation is not None else 1.0
     alpha = distillation.alpha if distillation is not None else 1.0
