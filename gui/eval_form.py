@@ -26,6 +26,17 @@ from engine.tasks import TASKS
 from gui.layouts import with_browse
 
 
+def task_combo(task: str = "pos") -> QComboBox:
+    """The tasks to choose from, each with a tooltip saying what it is and which files it reads."""
+    combo = QComboBox()
+    combo.addItems(EVAL_TASKS)
+    for i, name in enumerate(EVAL_TASKS):
+        kind = TASKS[name]
+        combo.setItemData(i, f"{kind.title}: {', '.join(kind.formats)}", Qt.ItemDataRole.ToolTipRole)
+    combo.setCurrentText(task)
+    return combo
+
+
 class TaskTable(QTableWidget):
     """One row per task: its kind, its data (folder, file or hub id) and a Browse button."""
 
@@ -44,12 +55,7 @@ class TaskTable(QTableWidget):
     def add_row(self, task: str = "pos", data: str = "") -> None:
         row = self.rowCount()
         self.insertRow(row)
-        combo = QComboBox()
-        combo.addItems(EVAL_TASKS)
-        for i, name in enumerate(EVAL_TASKS):  # what each task is and which files it reads
-            kind = TASKS[name]
-            combo.setItemData(i, f"{kind.title}: {', '.join(kind.formats)}", Qt.ItemDataRole.ToolTipRole)
-        combo.setCurrentText(task)
+        combo = task_combo(task)
         edit = QLineEdit(data)
         edit.setPlaceholderText("folder, file or hub:<dataset id>")
         browse = QPushButton("Browse…")

@@ -11,15 +11,12 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
-    QTableWidget,
     QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
@@ -28,18 +25,9 @@ from PySide6.QtWidgets import (
 
 from engine.events import EvalResult
 from gui.eval_charts import ResultPlots
-from gui.layouts import splitter
+from gui.layouts import read_only_table, splitter
 
 DROP_ALERT_PTS = 5  # drops of this many points or more are shown in red
-
-
-def _read_only_table(columns: int) -> QTableWidget:
-    table = QTableWidget(0, columns)
-    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    table.verticalHeader().setVisible(False)
-    table.setShowGrid(False)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    return table
 
 
 class ResultsPanel(QWidget):
@@ -52,7 +40,7 @@ class ResultsPanel(QWidget):
         self.status = QLabel("No results yet: choose models and tasks, then run the evaluation.")
         self.status.setWordWrap(True)
         self.status.setStyleSheet("color: #374151;")
-        self.table = _read_only_table(0)
+        self.table = read_only_table(0)
         self.table.setAlternatingRowColors(True)
         self.table.setMinimumHeight(120)
 
@@ -60,7 +48,7 @@ class ResultsPanel(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.plots)
-        self.live = _read_only_table(4)
+        self.live = read_only_table(4)
         self.live.setHorizontalHeaderLabels(["Model", "Task", "Seed", "Test metrics"])
         self.live.horizontalHeader().setStretchLastSection(True)
         self.log = QPlainTextEdit(readOnly=True)

@@ -58,8 +58,8 @@ def error_label() -> QLabel:
     return label
 
 
-def note_label() -> QLabel:
-    label = QLabel()
+def note_label(text: str = "") -> QLabel:
+    label = QLabel(text)
     label.setWordWrap(True)
     label.setStyleSheet(NOTE_STYLE)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

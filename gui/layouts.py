@@ -1,11 +1,22 @@
-"""Layout helpers the tabs share: splitters, titled boxes with a row of buttons, fields with a Browse button."""
+"""Layout helpers the tabs share: splitters, titled boxes with a row of buttons, fields with buttons after them,
+read-only tables."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QPushButton, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 def splitter(orientation: Qt.Orientation, *widgets: QWidget, stretch: tuple[int, ...] = (),
@@ -41,11 +52,27 @@ def action_group(title: str, content: QWidget, actions: list[tuple[str, Callable
 
 def with_browse(field: QWidget, browse: Callable[[], None]) -> QWidget:
     """`field` with a "Browse…" button after it that calls `browse`."""
+    return with_buttons(field, [("Browse…", browse)])
+
+
+def with_buttons(field: QWidget, actions: list[tuple[str, Callable[[], None]]]) -> QWidget:
+    """`field` with one button after it per (text, slot)."""
     row = QWidget()
     layout = QHBoxLayout(row)
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(field, 1)
-    button = QPushButton("Browse…")
-    button.clicked.connect(browse)
-    layout.addWidget(button)
+    for text, slot in actions:
+        button = QPushButton(text)
+        button.clicked.connect(slot)
+        layout.addWidget(button)
     return row
+
+
+def read_only_table(columns: int) -> QTableWidget:
+    """A table for showing results: not editable, no row numbers or grid, columns sized to their contents."""
+    table = QTableWidget(0, columns)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    table.setShowGrid(False)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    return table

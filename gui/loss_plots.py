@@ -41,19 +41,25 @@ class Series:
         self.n += 1
         self.dirty = True
 
+    def clear(self) -> None:
+        self.n = 0
+        self.dirty = True
+
     def redraw(self) -> None:
         if self.dirty:
             self.item.setData(self.x[: self.n], self.y[: self.n], skipFiniteCheck=True)
             self.dirty = False
 
 
-def _plot(title: str, left: str) -> pg.PlotWidget:
-    widget = new_plot(title, left, "step")
+def curve_plot(title: str, left: str, bottom: str = "step", legend: bool = True) -> pg.PlotWidget:
+    """A plot for live curves: clipped to view, peak-downsampled, a legend at the top right when asked."""
+    widget = new_plot(title, left, bottom)
     widget.setMinimumSize(260, 200)
     item = widget.getPlotItem()
     item.setClipToView(True)
     item.setDownsampling(auto=True, mode="peak")
-    add_legend(item, (-10, 10))
+    if legend:
+        add_legend(item, (-10, 10))
     return widget
 
 
@@ -64,7 +70,7 @@ class CurvePanel(QWidget):
         super().__init__(parent)
         self.grid = plot_grid(self)
         self.loss_plots: dict[int, pg.PlotWidget] = {}
-        self.spare = [_plot("", "loss") for _ in range(2)]  # built ahead: a run's start stays quick
+        self.spare = [curve_plot("", "loss") for _ in range(2)]  # built ahead: a run's start stays quick
         for plot in self.spare:
             plot.setParent(self)
             plot.hide()
@@ -72,7 +78,7 @@ class CurvePanel(QWidget):
         self.series: dict[tuple[int, str, str, str], Series] = {}  # (stage index, phase, name, split)
         self.stage_kinds: dict[int, str] = {}
         self.colours: dict[str, str] = {}
-        self.lr_plot = _plot("Learning rate", "learning rate")
+        self.lr_plot = curve_plot("Learning rate", "learning rate")
         self.empty = QLabel(f"Curves appear here when a run trains ({', '.join(training_kinds())} stages).")
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty.setStyleSheet("color: #6b7280;")
@@ -135,7 +141,7 @@ class CurvePanel(QWidget):
     def _loss_plot(self, index: int) -> pg.PlotWidget:
         if index not in self.loss_plots:
             kind = self.stage_kinds.get(index, "stage")
-            plot = self.spare.pop() if self.spare else _plot("", "loss")
+            plot = self.spare.pop() if self.spare else curve_plot("", "loss")
             set_title(plot.getPlotItem(), f"Stage {index} · {kind} — loss")
             plot.show()
             self.loss_plots[index] = plot

@@ -1,4 +1,5 @@
-"""The main window: Setup | Training | Trade-offs | Evaluation | Runs, menus, shortcuts, status bar, settings."""
+"""The main window: Setup | Training | Trade-offs | Evaluation | Task model | Runs, menus, shortcuts, status bar,
+settings."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from gui.runs_model import RunsModel
 from gui.runs_tab import RunsTab
 from gui.setup_tab import SetupTab
 from gui.style import icon, show_error
+from gui.task_tab import TaskModelTab
 from gui.tradeoffs_tab import TradeoffsTab
 from gui.training_tab import TrainingTab
 from gui.worker import run_in_background, wait_for_all
@@ -86,13 +88,14 @@ class MainWindow(QMainWindow):
         self.training_tab = TrainingTab(self._recipe_for_run)
         self.tradeoffs_tab = TradeoffsTab(self.runs)
         self.evaluation_tab = EvaluationTab(self.runs)
+        self.task_tab = TaskModelTab(self.runs)
         self.runs_tab = RunsTab(self.runs)
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(False)
         for widget, title in ((self.setup_tab, "Setup"), (self.training_tab, "Training"),
                               (self.tradeoffs_tab, "Trade-offs"), (self.evaluation_tab, "Evaluation"),
-                              (self.runs_tab, "Runs")):
+                              (self.task_tab, "Task model"), (self.runs_tab, "Runs")):
             self.tabs.addTab(widget, title)
         self.setCentralWidget(self.tabs)
 
@@ -106,6 +109,7 @@ class MainWindow(QMainWindow):
         self.runs.runs_dir_changed.connect(lambda d: self.settings.setValue("runs_dir", str(Path(d).resolve())))
         self.setup_tab.valid_changed.connect(self.training_tab.set_can_start)
         self.evaluation_tab.evaluation_finished.connect(lambda _: self.tradeoffs_tab.refresh())
+        self.task_tab.export_requested.connect(self.open_export_dialog)
         self._build_menus()
         self._running_changed(False)
 
@@ -289,17 +293,21 @@ class MainWindow(QMainWindow):
 
     def _export_onnx_dialog(self) -> None:
         """The export dialog, preset to the shown run's last finished stage model."""
+        run_dir = self.training_tab.run_dir
+        models = list(_completed_stages(run_dir).values()) if run_dir else []
+        self.open_export_dialog(models[-1] if models else None)
+
+    def open_export_dialog(self, model_dir: Path | None) -> None:
+        """The export dialog for `model_dir` (a stage's or a task model's folder); one still exporting is shown."""
         from gui.export_dialog import ExportDialog
 
         current = self.export_dialog
         if current is not None and current.is_running():
             current.show()
             return
-        run_dir = self.training_tab.run_dir
-        models = list(_completed_stages(run_dir).values()) if run_dir else []
         if current is not None:
             current.deleteLater()
-        self.export_dialog = ExportDialog(models[-1] if models else None, self)
+        self.export_dialog = ExportDialog(model_dir, self)
         self.export_dialog.exported.connect(lambda report: self.show_message(f"Exported to {report['out']}"))
         self.export_dialog.open()
 
@@ -323,6 +331,10 @@ class MainWindow(QMainWindow):
 
     # ---- closing ----
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.task_tab.is_running() and not confirm(self, "A task model is training",
+                                                      "Cancel its training and quit? Its folder is not written."):
+            event.ignore()
+            return
         if self.training_tab.is_running():
             if not confirm(self, "A run is going", "Cancel the run and quit? Finished stages stay on disk; "
                                                    "the run can be resumed later."):
@@ -334,7 +346,9 @@ class MainWindow(QMainWindow):
                 self.training_tab.cancel_and_wait()
             finally:
                 QApplication.restoreOverrideCursor()
+        self.task_tab.cancel_and_wait()
         self.training_tab.curves.timer.stop()
+        self.task_tab.curves.timer.stop()
         self.evaluation_tab.cancel_and_wait()  # an evaluation keeps every finished fine-tuning; a new one continues
         wait_for_all(600_000)  # short background jobs always end; a QThread must not outlive its owner
         self.settings.setValue("geometry", self.saveGeometry())

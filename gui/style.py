@@ -20,6 +20,8 @@ STATUS_LABELS = {"pending": "pending", "running": "running", "completed": "done"
                  "failed": "failed", "cancelled": "cancelled"}
 # Colour-blind-safe categorical colours (Okabe–Ito), one per loss component.
 SERIES_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+# Light backgrounds for labelled spans of text (entities, tags), dark text stays readable on each.
+TAG_COLOURS = ["#bfdbfe", "#fde68a", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#e5e7eb"]
 
 STYLESHEET = f"""
 QMainWindow, QDialog {{ background: #f8fafc; }}

@@ -44,7 +44,7 @@ def test_opens_with_the_embedded_default_recipe(window):
     assert recipe.teacher.source == default.teacher.source and recipe.language == default.language
     assert [s.kind for s in recipe.stages] == [s.kind for s in default.stages]
     assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == \
-        ["Setup", "Training", "Trade-offs", "Evaluation", "Runs"]
+        ["Setup", "Training", "Trade-offs", "Evaluation", "Task model", "Runs"]
 
 
 def test_recipe_argument_takes_a_preset_name_and_never_saves_over_it(window, monkeypatch):
@@ -143,7 +143,8 @@ def test_screenshots_visit_every_tab(tmp_path, finished_run, qapp):
     out = tmp_path / "shots"
     assert app.main(["--screenshots", str(out), "--run", str(finished_run), "--recipe", str(DEFAULT_RECIPE)]) == 0
     names = sorted(p.name for p in out.glob("*.png"))
-    assert names == ["01-setup.png", "02-training.png", "03-trade-offs.png", "04-evaluation.png", "05-runs.png"]
+    assert names == ["01-setup.png", "02-training.png", "03-trade-offs.png", "04-evaluation.png", "05-task-model.png",
+                     "06-runs.png"]
     assert all(p.stat().st_size > 10_000 for p in out.glob("*.png"))
 
 
