@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Protocol
 
 from engine.errors import Cancelled
 
+TASK_LOSS = "task/loss"  # a task model's training loss Metric (a "/" name: plotted like the stages' losses)
+
 
 @dataclass(frozen=True)
 class Event:

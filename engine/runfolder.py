@@ -31,6 +31,7 @@ TASKS = "tasks"  # the run's task models (engine.taskmodel): tasks/<task>/model,
 LEFTOVER_PATTERNS = (".*.tmp", ".*.old")  # a killed writer's temporary files and folders
 TASK_LEFTOVERS = "*.partial*"  # a task model (or its cached teacher predictions) a killed writer left unfinished
 MODEL_CARD = "README.md"  # a model folder's card (engine.modelcard): not part of the model's identity
+TASK_FILE = "miniglot_task.json"  # a task model folder's facts (engine.taskmodel)
 
 
 def _process_umask() -> int:

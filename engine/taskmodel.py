@@ -41,14 +41,23 @@ from engine.evaluate.finetune import (
     teacher_logits,
 )
 from engine.evaluate.report import headline
-from engine.events import Artifact, CancelToken, EventSink, Log, Metric, Progress, StageFinished, StageStarted
+from engine.events import (
+    TASK_LOSS,
+    Artifact,
+    CancelToken,
+    EventSink,
+    Log,
+    Metric,
+    Progress,
+    StageFinished,
+    StageStarted,
+)
 from engine.modelcard import render_task_card
 from engine.models.loading import resolve_source
-from engine.runfolder import MODEL_CARD, atomic_write_text, folder_bytes, folder_fingerprint
+from engine.runfolder import MODEL_CARD, TASK_FILE, atomic_write_text, folder_bytes, folder_fingerprint
 from engine.tasks import task as task_kind
 from engine.verify import verify_task_folder
 
-TASK_FILE = "miniglot_task.json"  # the facts of a task model folder
 UNLABELLED_LIMIT = 20_000
 WORDS = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
 MAX_LENGTH = 128
@@ -114,14 +123,18 @@ def write_task_model(model: Any, tokenizer: Any, facts: dict, data: TaskData, ou
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    model.config.__dict__.pop("auto_map", None)  # stock classes only: no code to fetch from the hub
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    texts = [_text(example) for example in data.test[:8]]
-    verification = verify_task_folder(partial, model, tokenizer, texts)
-    facts = {**facts, "verification": verification}
-    atomic_write_text(partial / TASK_FILE, json.dumps(facts, indent=2, ensure_ascii=False))
-    atomic_write_text(partial / MODEL_CARD, render_task_card(facts))
+    try:
+        model.config.__dict__.pop("auto_map", None)  # stock classes only: no code to fetch from the hub
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        texts = [_text(example) for example in data.test[:8]]
+        verification = verify_task_folder(partial, model, tokenizer, texts)
+        facts = {**facts, "verification": verification}
+        atomic_write_text(partial / TASK_FILE, json.dumps(facts, indent=2, ensure_ascii=False))
+        atomic_write_text(partial / MODEL_CARD, render_task_card(facts))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
@@ -236,7 +249,7 @@ def _reporter(sink: EventSink, index: int, name: str):
         if isinstance(event, FitStep):
             sink.emit(Progress(index=index, stage=name, step=event.step, total=event.steps,
                                eta_seconds=event.eta_seconds))
-            sink.emit(Metric(index=index, stage=name, name="loss", value=event.loss, step=event.step))
+            sink.emit(Metric(index=index, stage=name, name=TASK_LOSS, value=event.loss, step=event.step))
         else:
             sink.emit(Metric(index=index, stage=name, name=event.metric, value=event.value, step=event.epoch,
                              split="dev"))

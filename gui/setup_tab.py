@@ -206,7 +206,8 @@ class SetupTab(QWidget):
         if problems:
             return None, problems
         recipe = attempt(None, lambda: Recipe(teacher=teacher, language=language, corpus=corpus,
-                                              stages=tuple(stages), run=run, base_dir=self._base.base_dir))
+                                              stages=tuple(stages), run=run, evaluation=self._base.evaluation,
+                                              task_models=self._base.task_models, base_dir=self._base.base_dir))
         shape = self.teacher_shape()
         if recipe is not None and shape is not None:
             attempt(None, lambda: estimate(recipe, shape))

@@ -8,7 +8,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QWidget
 
-from engine.events import Metric
+from engine.events import TASK_LOSS, Metric
 from gui.loss_plots import REDRAW_MS, Series, curve_plot
 from gui.plots import plot_grid, set_title
 from gui.style import SERIES_COLOURS
@@ -54,7 +54,7 @@ class TaskCurves(QWidget):
         """A step's training loss or an epoch's dev score; False for any other metric (the final scores)."""
         if event.value is None or not math.isfinite(event.value):
             return False
-        if event.split == "train" and event.name == "loss":
+        if event.split == "train" and event.name == TASK_LOSS:
             self.loss.append(event.step, event.value)
         elif event.split == "dev" and event.step > 0:
             self.dev.append(event.step, 100 * event.value)

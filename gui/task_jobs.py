@@ -71,7 +71,7 @@ def read_task_model(folder: Path) -> TaskModel | None:
 
 def read_facts(folder: Path) -> dict[str, Any] | None:
     """`folder`'s `miniglot_task.json`; None when it has none (a packaged or hub teacher, say)."""
-    from engine.taskmodel import TASK_FILE
+    from engine.runfolder import TASK_FILE
 
     path = Path(folder) / TASK_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -87,7 +87,7 @@ class Labeller:
         self._token_level = False
 
     def __call__(self, folder: Path, text: str) -> Prediction:
-        from engine.taskmodel import TASK_FILE
+        from engine.runfolder import TASK_FILE
 
         facts_file = Path(folder).resolve() / TASK_FILE
         key, load_seconds = (str(facts_file), facts_file.stat().st_mtime_ns), 0.0

@@ -67,6 +67,17 @@ def test_set_recipe_then_recipe_round_trips(tab, name):
     assert tab.language_combo.currentText().startswith(recipe.language.code)
 
 
+def test_evaluation_and_task_models_survive_the_form(tab):
+    from engine.configs import EvaluationConfig, TaskModelConfig
+
+    recipe = Recipe.load(RECIPES / "offline-default.toml").replace(
+        evaluation=EvaluationConfig(tasks=("pos",), data=("/data/ud",), seeds=1),
+        task_models=(TaskModelConfig("ner", "/data/ner"),))
+    tab.set_recipe(recipe)
+    assert tab.recipe().evaluation == recipe.evaluation
+    assert tab.recipe().task_models == recipe.task_models
+
+
 def test_paper_preset_budget_is_instant_from_known_shape(tab):
     tab.set_recipe(Recipe.load(RECIPES / "mbert-maximum.toml"))
 
