@@ -1,5 +1,5 @@
-"""Benchmark: ONNX export of a run's final student (or packaged multilingual-e5-small) — sizes, CPU latency
-of PyTorch fp32 vs ONNX fp32 vs ONNX int8, and how closely int8 follows PyTorch.
+"""Benchmark: ONNX export of a run's final student, a task model (or packaged multilingual-e5-small) — sizes,
+CPU latency of PyTorch fp32 vs ONNX fp32 vs ONNX int8, and how closely int8 follows PyTorch.
 
 Exports with `engine.export.export_onnx` (fp32 and int8; the fp32 model is checked against PyTorch on
 corpus sentences), then times the three variants round-robin (torch, onnx, int8, torch, …) on the same
@@ -10,7 +10,10 @@ token-level cosine similarity of last_hidden_state and top-1 nearest-neighbour a
 sentence embeddings (each sentence's nearest other sentence is the same under both). Last, a validation
 task (`--task`/`--data`, default Swahili NER from ../shared/data when present): a linear probe fitted on
 PyTorch's last-layer features of the train split predicts the test split from PyTorch's and from each ONNX
-variant's features; the JSON gives both scores and how often the argmax agrees.
+variant's features; the JSON gives both scores and how often the argmax agrees. A task model (a
+`miniglot-cli finetune` folder) is exported with its head and timed the same way; instead of the embedding
+comparison and the probe, each variant's head scores the task's headline metric on its own test set (task,
+data and seed from its miniglot_task.json), with int8 − PyTorch in points.
 
 Prints one JSON line, then a short summary.
 """
@@ -43,13 +46,17 @@ def main() -> None:
     import torch
 
     from engine.data.corpus import read_corpus
-    from engine.export import INT8_FILE, ONNX_FILE, export_onnx
-    from engine.models.loading import load_model
+    from engine.export import INT8_FILE, ONNX_FILE, export_onnx, load_for_export
     from engine.runfolder import RunFolder
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    source = final_student(RunFolder.open(args.run_dir)) if args.run_dir else TEACHER
+    if args.model is None:
+        source = TEACHER
+    elif (args.model / "config.json").is_file():
+        source = str(args.model)
+    else:
+        source = final_student(RunFolder.open(args.model))
     corpus = args.text or (str(SHARED_TEXT) if SHARED_TEXT.is_dir() else BIBLE)
     lines = [line for line in read_corpus([corpus]) if 3 <= len(line.split()) <= 60]
     random.Random(0).shuffle(lines)
@@ -58,18 +65,24 @@ def main() -> None:
         started = time.perf_counter()
         report = export_onnx(source, out, int8=True, texts=lines[:8], threads=threads)
         export_seconds = time.perf_counter() - started
-        loaded = load_model(Path(report["model_dir"]))
-        runners = {"torch": torch_runner(loaded.adapter.base(loaded.model)),
-                   "onnx": onnx_runner(out / ONNX_FILE, threads), "int8": onnx_runner(out / INT8_FILE, threads)}
-        tokenize = tokenizer_for(loaded.tokenizer, report["inputs"], args.max_length)
+        model_dir, output = Path(report["model_dir"]), report["output"]
+        tokenizer, model, _, head = load_for_export(model_dir)
+        runners = {"torch": torch_runner(model, output), "onnx": onnx_runner(out / ONNX_FILE, threads, output),
+                   "int8": onnx_runner(out / INT8_FILE, threads, output)}
+        tokenize = tokenizer_for(tokenizer, report["inputs"], args.max_length)
         latency = {f"batch{size}": time_round_robin(runners, tokenize, lines, size, args.repeats, args.warmup)
                    for size in (1, 8)}
-        agreement = compare_embeddings(runners, tokenize, lines[-args.sentences:])
-        data = args.data or (SHARED_TASK if SHARED_TASK.is_dir() else None)
-        task = {"skipped": f"no task data (--data; {SHARED_TASK} is absent)"}
-        if data:
-            task = task_agreement(runners, loaded.tokenizer, report["inputs"], args.task, data, args.max_length,
-                                  args.task_train)
+        if head is not None:
+            measured = {"head_task": head_scores(runners, tokenizer, report["inputs"], model_dir, head["labels"],
+                                                 args.max_length)}
+        else:
+            agreement = compare_embeddings(runners, tokenize, lines[-args.sentences:])
+            data = args.data or (SHARED_TASK if SHARED_TASK.is_dir() else None)
+            task = {"skipped": f"no task data (--data; {SHARED_TASK} is absent)"}
+            if data:
+                task = task_agreement(runners, tokenizer, report["inputs"], args.task, data, args.max_length,
+                                      args.task_train)
+            measured = {"int8_agreement": agreement["int8"], "fp32_agreement": agreement["onnx"], "task": task}
     sizes = report["bytes"]
     result = {
         "source": source, "model_dir": report["model_dir"], "corpus": corpus, "threads": threads,
@@ -81,7 +94,7 @@ def main() -> None:
         "export_check": {"fp32_max_abs_diff": report["fp32"]["max_abs_diff"],
                          "int8_max_abs_diff": report["int8"]["max_abs_diff"],
                          "int8_cosine_mean": report["int8"]["cosine_mean"]},
-        "int8_agreement": agreement["int8"], "fp32_agreement": agreement["onnx"], "task": task,
+        "output": output, **measured,
         "export_seconds": round(export_seconds, 1), "opset": report["opset"], "versions": report["versions"],
     }
     print(json.dumps(result), flush=True)
@@ -90,9 +103,9 @@ def main() -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", nargs="?", type=Path,
-                        help="a MiniGlot run folder: its last finished stage is exported (default: the packaged "
-                             "multilingual-e5-small teacher)")
+    parser.add_argument("model", nargs="?", type=Path, metavar="RUN_DIR|MODEL_DIR",
+                        help="a MiniGlot run folder (its last finished stage is exported) or a model folder, e.g. a "
+                             "task model (default: the packaged multilingual-e5-small teacher)")
     parser.add_argument("--text", help="sentences to time and compare on (default: ../shared/data/text_swh if "
                                        "present, else the packaged Chichewa Bible)")
     parser.add_argument("--out", type=Path, help="keep the export in this folder (default: a temporary one)")
@@ -102,7 +115,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--threads", type=int, help="threads for torch and ONNX Runtime alike (default: torch's)")
     parser.add_argument("--task", default="ner", choices=("pos", "ner", "sentiment", "topic"),
-                        help="validation task for the argmax agreement (default ner)")
+                        help="validation task of an encoder's probe (default ner; a task model scores its own task)")
     parser.add_argument("--data", type=Path, help=f"its data (default: {SHARED_TASK} when present)")
     parser.add_argument("--task-train", type=int, default=2000, help="train examples the probe is fitted on")
     return parser.parse_args()
@@ -115,21 +128,21 @@ def final_student(run) -> str:
     return str(models[-1])
 
 
-def torch_runner(base):
+def torch_runner(model, output: str):
     import torch
 
     def run(batch: dict) -> object:
         with torch.inference_mode():
-            return base(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+            return getattr(model(**{k: torch.from_numpy(v) for k, v in batch.items()}), output).numpy()
 
     return run
 
 
-def onnx_runner(path: Path, threads: int):
-    from engine.export import OUTPUT, onnx_session
+def onnx_runner(path: Path, threads: int, output: str):
+    from engine.export import onnx_session
 
     session = onnx_session(path, threads, spinning=False)
-    return lambda batch: session.run([OUTPUT], batch)[0]
+    return lambda batch: session.run([output], batch)[0]
 
 
 def tokenizer_for(tokenizer, names: list[str], max_length: int):
@@ -228,6 +241,50 @@ def task_agreement(runners: dict, tokenizer, names: list[str], task: str, data_p
     return result
 
 
+def head_scores(runners: dict, tokenizer, names: list[str], model_dir: Path, labels: list[str], max_length: int,
+                batch: int = 32) -> dict:
+    """Each variant's headline metric on the task model's test set, as `miniglot-cli finetune` scores it (a
+    word's first sub-token predicts its tag; words cut off get the most frequent train tag)."""
+    import numpy as np
+
+    from engine.data.batches import pad_batch
+    from engine.data.tasks import load_task
+    from engine.evaluate.finetune import encode, most_frequent_tag, score, words_from_tokens
+    from engine.export import TASK_FILE
+
+    if not (model_dir / TASK_FILE).is_file():
+        sys.exit(f"{model_dir} has no {TASK_FILE}: bench/export.py scores task models that miniglot-cli finetune wrote")
+    facts = json.loads((model_dir / TASK_FILE).read_text(encoding="utf-8"))
+    data = load_task(facts["task"], facts["data"], seed=facts["seed"])
+    enc = encode(tokenizer, data, data.test, max_length)
+    fallback = most_frequent_tag(data) if data.is_token_task else ""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(enc.input_ids)), key=lambda i: len(enc.input_ids[i]))
+    predictions: dict[str, list] = {name: [None] * len(order) for name in runners}
+    for start in range(0, len(order), batch):
+        indices = order[start:start + batch]
+        feeds = {k: v.numpy() for k, v in pad_batch(enc.input_ids, indices, pad).items()}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        for name, run in runners.items():
+            for i, row in zip(indices, run(feeds).argmax(-1).tolist(), strict=True):
+                predictions[name][i] = (labels[row] if enc.word_positions is None
+                                        else words_from_tokens(row, enc.word_positions[i], labels, fallback))
+    metric = facts["headline"]
+    flat = {name: [p for example in preds for p in (example if data.is_token_task else [example])]
+            for name, preds in predictions.items()}
+    result = {"task": data.task, "data": data.source, "metric": metric, "test_examples": len(data.test),
+              "rows": len(flat["torch"]), "recorded": facts["test"][metric],
+              "data_unchanged": data.fingerprint() == facts["data_fingerprint"]}
+    for name, preds in predictions.items():
+        result[name] = {"score": score(data.task, data.test, preds)[metric],
+                        "argmax_agreement": float(np.mean([a == b for a, b in zip(flat[name], flat["torch"],
+                                                                                   strict=True)]))}
+    for name in VARIANTS[1:]:
+        result[f"{name}_minus_torch_points"] = round(100 * (result[name]["score"] - result["torch"]["score"]), 2)
+    return result
+
+
 def _neighbours(embeddings):
     """Index of each row's most cosine-similar other row."""
     import numpy as np
@@ -251,6 +308,15 @@ def summary(r: dict) -> str:
         speed = r["speedup"][batch]
         lines.append(f"{batch:12} {row['torch']:8.1f} {row['onnx']:8.1f} {row['int8']:8.1f} "
                      f"{speed['onnx']:7.2f} {speed['int8']:7.2f}")
+    if "head_task" in r:
+        t = r["head_task"]
+        lines.append(f"{t['task']} head on {t['rows']:,} test rows ({t['metric']}; recorded at fine-tuning "
+                     f"{t['recorded']:.4f}{'' if t['data_unchanged'] else ', but the data changed since'}): "
+                     f"torch {t['torch']['score']:.4f}, onnx {t['onnx']['score']:.4f} "
+                     f"(agrees {t['onnx']['argmax_agreement']:.2%}), int8 {t['int8']['score']:.4f} "
+                     f"(agrees {t['int8']['argmax_agreement']:.2%}); int8 - torch {t['int8_minus_torch_points']:+.2f} "
+                     f"points; fp32 onnx max abs diff {r['export_check']['fp32_max_abs_diff']:.1e}")
+        return "\n".join(lines)
     q = r["int8_agreement"]
     lines.append(f"int8 vs torch on {q['sentences']} sentences: token cosine mean {q['token_cosine_mean']:.4f} "
                  f"(1st percentile {q['token_cosine_p1']:.4f}), nearest-neighbour agreement "

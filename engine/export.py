@@ -1,10 +1,14 @@
-"""Export an encoder folder to ONNX (optionally int8 too), checked against PyTorch on real sentences.
+"""Export an encoder or a task model folder to ONNX (optionally int8 too), checked against PyTorch on real text.
 
-The exported graph is the encoder alone (no MLM head, no pooler): inputs `input_ids`, `attention_mask`
-(and `token_type_ids` when the tokenizer emits them) with dynamic batch and sequence axes, output
-`last_hidden_state`. torch's exporter (torch.export + onnxscript) writes `model.onnx`; ONNX Runtime runs
-it and writes `model.int8.onnx` by dynamic quantization (int8 weights, activations quantized on the fly).
-The folder also gets the tokenizer and config, so it is self-contained, and `export.json`, the report.
+Inputs `input_ids`, `attention_mask` (and `token_type_ids` when the tokenizer emits them) with dynamic batch
+and sequence axes. An encoder is exported alone (no MLM head, no pooler), output `last_hidden_state`. A task
+model (config.architectures ending in ForTokenClassification / ForSequenceClassification, as
+`miniglot-cli finetune` writes) is exported whole, output `logits` ([batch, sequence, labels] or
+[batch, labels], columns in config.id2label order), and its `miniglot_task.json` is copied too; the folder is
+laid out as optimum's ORTModelFor…Classification loads one (`model.onnx`, `config.json`, tokenizer, `logits`).
+torch's exporter (torch.export + onnxscript) writes `model.onnx`; ONNX Runtime runs it and writes
+`model.int8.onnx` by dynamic quantization (int8 weights, activations quantized on the fly). The folder also
+gets the tokenizer and config, so it is self-contained, and `export.json`, the report.
 Everything is written to a temporary folder first: a failed export leaves nothing behind.
 """
 
@@ -30,7 +34,11 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 REPORT_FILE = "export.json"
 OUTPUT = "last_hidden_state"
-FP32_TOLERANCE = 1e-4  # max abs difference of last_hidden_state, as for every stage model (DESIGN.md §2)
+TASK_OUTPUT = "logits"
+TASK_FILE = "miniglot_task.json"  # engine.taskmodel.TASK_FILE (that module is a layer above this one)
+HEADS = {"ForTokenClassification": ("token", ("batch", "sequence", "labels")),
+         "ForSequenceClassification": ("text", ("batch", "labels"))}  # architecture suffix: level, logits axes
+FP32_TOLERANCE = 1e-4  # max abs difference of the output, as for every stage model (DESIGN.md §2)
 MAX_TOKENS = 128  # check sentences are cut to this many tokens (the graph takes any length the model does)
 EXTERNAL_DATA_BYTES = 1 << 30  # larger models keep their weights in `<file>.data` (protobuf's 2 GB limit)
 REQUIRED = ("onnx", "onnxscript", "onnxruntime")
@@ -78,28 +86,32 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
 
     `out` may not exist, be empty, or hold an earlier export (which is replaced). The fp32 model must
     match PyTorch within FP32_TOLERANCE on `texts` (padded together and one at a time), else
-    VerificationError; the int8 model's difference and cosine similarity are reported, not bounded.
+    VerificationError; the int8 model's difference and cosine similarity are reported, not bounded. A task
+    model's report also has `head` (what `logits` hold) and each comparison its `argmax_agreement`.
     """
-    from engine.models.loading import load_model, resolve_source
+    from engine.models.loading import resolve_source
 
     started = time.perf_counter()
     model_dir = resolve_source(str(source))
     out = Path(out).expanduser().resolve() if out is not None else default_out(source).resolve()
     _check_out(out)
     require_onnx()
-    loaded = load_model(model_dir)
+    tokenizer, model, config, head = load_for_export(model_dir)
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise ModelError("export needs at least one non-empty sentence to check the model with")
-    tokenizer, encoder = loaded.tokenizer, _encoder_module(loaded.adapter.base(loaded.model).float().eval())
+    output = OUTPUT if head is None else TASK_OUTPUT
+    module = _output_module(model.float().eval(), output)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in
                                                 tokenizer.model_input_names else [])
-    external = _parameter_bytes(encoder) > EXTERNAL_DATA_BYTES
+    external = _parameter_bytes(module) > EXTERNAL_DATA_BYTES
     with atomic_dir(out) as tmp:
-        _export(encoder, tokenizer, names, texts, tmp / ONNX_FILE, external)
+        _export(module, tokenizer, names, texts, tmp / ONNX_FILE, output, external)
         tokenizer.save_pretrained(tmp)
         shutil.copy2(model_dir / "config.json", tmp / "config.json")
-        fp32 = compare(encoder, tokenizer, tmp, ONNX_FILE, names, texts, threads)
+        if (model_dir / TASK_FILE).is_file():
+            shutil.copy2(model_dir / TASK_FILE, tmp / TASK_FILE)
+        fp32 = compare(module, tokenizer, tmp, ONNX_FILE, names, texts, threads, output)
         if not fp32["max_abs_diff"] <= FP32_TOLERANCE:
             raise VerificationError(
                 f"{model_dir}: the ONNX model differs from PyTorch by {fp32['max_abs_diff']:.1e} "
@@ -109,14 +121,16 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
             quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, external)
         report = {
             "source": str(source), "model_dir": str(model_dir), "out": str(out),
-            "model_type": loaded.config.model_type, "inputs": names, "output": OUTPUT,
+            "model_type": config.model_type, "inputs": names, "output": output,
             "opset": _opset(tmp / ONNX_FILE), "sentences": len(texts), "tolerance": FP32_TOLERANCE,
-            "bytes": {"torch": _parameter_bytes(encoder), "onnx": _file_bytes(tmp / ONNX_FILE)},
+            "bytes": {"torch": _parameter_bytes(module), "onnx": _file_bytes(tmp / ONNX_FILE)},
             "fp32": fp32, "versions": _versions(),
         }
+        if head is not None:
+            report["head"] = head
         if int8:
             report["bytes"]["int8"] = _file_bytes(tmp / INT8_FILE)
-            report["int8"] = compare(encoder, tokenizer, tmp, INT8_FILE, names, texts, threads)
+            report["int8"] = compare(module, tokenizer, tmp, INT8_FILE, names, texts, threads, output)
         report["seconds"] = round(time.perf_counter() - started, 1)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
@@ -126,13 +140,59 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     """The export's files, sizes and agreement with PyTorch, for people (CLI and GUI)."""
     sizes = report["bytes"]
     fp32 = report["fp32"]
-    lines = [f"{ONNX_FILE}: {sizes['onnx'] / 1e6:.1f} MB (PyTorch fp32 encoder {sizes['torch'] / 1e6:.1f} MB), "
+    head = report.get("head")
+    kind = "encoder" if head is None else "model"
+    lines = [f"{ONNX_FILE}: {sizes['onnx'] / 1e6:.1f} MB (PyTorch fp32 {kind} {sizes['torch'] / 1e6:.1f} MB), "
              f"max abs diff vs PyTorch {fp32['max_abs_diff']:.1e} on {report['sentences']} sentences"]
     if "int8" in report:
         q = report["int8"]
+        agrees = f", argmax agrees {q['argmax_agreement']:.1%}" if head is not None else ""
         lines.append(f"{INT8_FILE}: {sizes['int8'] / 1e6:.1f} MB, max abs diff {q['max_abs_diff']:.3f}, "
-                     f"cosine {q['cosine_mean']:.4f} (min {q['cosine_min']:.4f})")
+                     f"cosine {q['cosine_mean']:.4f} (min {q['cosine_min']:.4f}){agrees}")
+    if head is not None:
+        labels = head["labels"]
+        shown = ", ".join(labels[:6]) + (", …" if len(labels) > 6 else "")
+        task = f", task {head['task']}" if head.get("task") else ""
+        lines.append(f"output {report['output']} [{', '.join(head['axes'])}]: {head['architecture']}{task}, "
+                     f"{len(labels)} labels ({shown})")
     return lines
+
+
+def load_for_export(model_dir: Path) -> tuple[Any, Any, Any, dict[str, Any] | None]:
+    """The folder's tokenizer, the model to export, its config, and its `head` (None: an encoder, whose
+    base model alone is exported). Task models load as their stock `AutoModelFor…Classification`."""
+    from engine.models.loading import fast_tokenizer, inspect_folder, load_model
+
+    info = inspect_folder(model_dir)
+    head = task_head(info.config, model_dir)
+    if head is None:
+        loaded = load_model(model_dir)
+        return loaded.tokenizer, loaded.adapter.base(loaded.model), loaded.config, None
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    auto = AutoModelForTokenClassification if head["level"] == "token" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(model_dir, use_safetensors=info.safetensors, trust_remote_code=False)
+    return fast_tokenizer(model_dir), model, model.config, head
+
+
+def task_head(config: Any, model_dir: Path) -> dict[str, Any] | None:
+    """What a task model's `logits` hold: `architecture`, `level` (token | text), `axes`, `labels` (the
+    columns, config.id2label order), and `task` and `headline` from its miniglot_task.json when it has one;
+    None when `config` is not a token- or text-classification model."""
+    architecture = next((a for a in config.architectures or () if a.endswith(tuple(HEADS))), None)
+    if architecture is None:
+        return None
+    level, axes = next(HEADS[suffix] for suffix in HEADS if architecture.endswith(suffix))
+    head = {"architecture": architecture, "level": level, "axes": list(axes),
+            "labels": [config.id2label[i] for i in range(config.num_labels)]}
+    facts = model_dir / TASK_FILE
+    if facts.is_file():
+        try:
+            known = json.loads(facts.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{facts} is damaged ({exc}); fine-tune the model again") from None
+        head |= {"task": known.get("task"), "headline": known.get("headline")}
+    return head
 
 
 def onnx_session(path: Path, threads: int | None = None, spinning: bool = True) -> Any:
@@ -161,12 +221,14 @@ def quantize_int8(fp32: Path, int8: Path, external: bool = False) -> None:
                          use_external_data_format=external)
 
 
-def compare(encoder: Any, tokenizer: Any, folder: Path, file: str, names: list[str], texts: Sequence[str],
-            threads: int | None = None) -> dict[str, float]:
-    """`folder/file` against PyTorch on `texts` (padded together, then one at a time), real tokens only.
+def compare(module: Any, tokenizer: Any, folder: Path, file: str, names: list[str], texts: Sequence[str],
+            threads: int | None = None, output: str = OUTPUT) -> dict[str, float]:
+    """`folder/file`'s `output` against PyTorch's on `texts` (padded together, then one at a time), real
+    tokens only (per text for [batch, labels] logits).
 
     The ONNX side tokenizes with the tokenizer saved in `folder`, which must give the same ids.
-    Returns `max_abs_diff` and the token-level cosine similarity (`cosine_mean`, `cosine_min`).
+    Returns `max_abs_diff` and the row cosine similarity (`cosine_mean`, `cosine_min`); for `logits`, also
+    `argmax_agreement` (the fraction of rows whose top label is the same).
     """
     import numpy as np
     import torch
@@ -174,7 +236,7 @@ def compare(encoder: Any, tokenizer: Any, folder: Path, file: str, names: list[s
 
     session = onnx_session(folder / file, threads)
     saved = AutoTokenizer.from_pretrained(folder)
-    diffs, cosines = [], []
+    diffs, cosines, agrees = [], [], []
     for batch in [list(texts)] + [[t] for t in texts]:
         enc = tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np")
         again = saved(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np")
@@ -182,33 +244,38 @@ def compare(encoder: Any, tokenizer: Any, folder: Path, file: str, names: list[s
         if not np.array_equal(feed["input_ids"], enc["input_ids"]):
             raise VerificationError(f"{folder}: the saved tokenizer segments text differently from the model's")
         with torch.inference_mode():
-            expected = encoder(*(torch.from_numpy(enc[name]).long() for name in names)).numpy()
-        got = session.run([OUTPUT], feed)[0]
+            expected = module(*(torch.from_numpy(enc[name]).long() for name in names)).numpy()
+        got = session.run([output], feed)[0]
         mask = enc["attention_mask"].astype(bool)
-        a, b = expected[mask], got[mask]
+        a, b = (expected[mask], got[mask]) if expected.ndim == 3 else (expected, got)
         diffs.append(float(np.abs(a - b).max()))
         cosines.append((a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12))
+        agrees.append(a.argmax(-1) == b.argmax(-1))
     cosine = np.concatenate(cosines)
-    return {"max_abs_diff": max(diffs), "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())}
+    result = {"max_abs_diff": max(diffs), "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())}
+    if output == TASK_OUTPUT:
+        result["argmax_agreement"] = float(np.concatenate(agrees).mean())
+    return result
 
 
-def _encoder_module(base: Any) -> Any:
-    """The exported module: the encoder's `last_hidden_state` from positional inputs."""
+def _output_module(model: Any, output: str) -> Any:
+    """The exported module: `model`'s `output` (last_hidden_state or logits) from positional inputs."""
     import torch
 
-    class Encoder(torch.nn.Module):
+    class Exported(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.base = base
+            self.base = model
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-            return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            return getattr(self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs), output)
 
-    return Encoder().eval()
+    return Exported().eval()
 
 
-def _export(encoder: Any, tokenizer: Any, names: list[str], texts: Sequence[str], path: Path, external: bool) -> None:
+def _export(module: Any, tokenizer: Any, names: list[str], texts: Sequence[str], path: Path, output: str,
+            external: bool) -> None:
     import torch
 
     sample = (list(texts) * 2)[:2]  # two rows of different lengths: neither axis is specialised to 0 or 1
@@ -217,11 +284,11 @@ def _export(encoder: Any, tokenizer: Any, names: list[str], texts: Sequence[str]
     axes = {0: "batch", 1: "sequence"}
     try:
         with _quiet(), _no_tqdm_monitor(), torch.no_grad():
-            program = torch.onnx.export(encoder, args, input_names=names, output_names=[OUTPUT],
+            program = torch.onnx.export(module, args, input_names=names, output_names=[output],
                                         dynamic_shapes=tuple(axes for _ in names), dynamo=True, verbose=False)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"torch.onnx could not export this {type(encoder.base).__name__}: {first}") from exc
+        raise ModelError(f"torch.onnx could not export this {type(module.base).__name__}: {first}") from exc
     graph = program.model.graph
     for value in [*graph.initializers.values(), *graph.inputs]:
         value.metadata_props.clear()

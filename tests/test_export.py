@@ -1,6 +1,7 @@
 """ONNX export: tiny BERT and XLM-R encoders export to a self-contained folder, run in ONNX Runtime like
-PyTorch on new text at other batch sizes and lengths, the int8 copy keeps the MLM head's predictions, and
-`miniglot-cli export` answers with exit codes and one-line errors."""
+PyTorch on new text at other batch sizes and lengths, the int8 copy keeps the MLM head's predictions, task
+models (a token and a text one) export with their head (`logits`) and their facts, and `miniglot-cli export`
+answers with exit codes and one-line errors."""
 
 from __future__ import annotations
 
@@ -13,13 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_taskmodel import write_ner, write_sentiment
 from tiny import sentences
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
-from engine import export
+from engine import export, taskmodel
 from engine.cli import main
+from engine.configs import TaskModelConfig
 from engine.errors import VerificationError
-from engine.export import INT8_FILE, ONNX_FILE, REPORT_FILE, export_onnx, onnx_session
+from engine.events import Collect
+from engine.export import INT8_FILE, ONNX_FILE, REPORT_FILE, TASK_FILE, export_onnx, onnx_session
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = sentences(12, seed=7)  # not the texts the export checked itself with
@@ -70,6 +80,7 @@ def test_export_writes_a_self_contained_checked_folder(exported, tiny_models):
     assert report["bytes"]["onnx"] == (out / ONNX_FILE).stat().st_size
     assert report["bytes"]["int8"] < 0.5 * report["bytes"]["onnx"]
     assert set(report["versions"]) == {"torch", "transformers", "onnx", "onnxscript", "onnxruntime"}
+    assert report["output"] == "last_hidden_state" and "head" not in report and "argmax_agreement" not in report["int8"]
 
 
 def test_onnx_matches_pytorch_at_other_batch_sizes_and_lengths(exported, tiny_models):
@@ -90,6 +101,88 @@ def test_int8_keeps_the_mlm_heads_predictions(exported, tiny_models):
     agreement = (int8_logits.argmax(-1) == logits.argmax(-1))[mask].mean()
     assert agreement >= 0.9, f"int8 changes {1 - agreement:.0%} of the MLM head's top predictions"
     assert 0 < report["int8"]["max_abs_diff"] and report["int8"]["cosine_mean"] > 0.99
+
+
+@pytest.fixture(scope="module", params=["ner", "sentiment"])
+def task_export(request, tiny_models, tmp_path_factory) -> tuple[str, Path, Path, dict, list[str]]:
+    """(task, task model, export folder, report, CLI output) of a tiny task model (NER on BERT, sentiment on
+    XLM-R) fine-tuned by `engine.taskmodel` and exported with int8 by `miniglot-cli export`."""
+    task = request.param
+    root = tmp_path_factory.mktemp(task)
+    write, family = (write_ner, "bert") if task == "ner" else (write_sentiment, "xlm-roberta")
+    data = write(root / "data", n_train=120)
+    model = root / "model"
+    taskmodel.build_task_model(str(tiny_models[family]), TaskModelConfig(task, str(data), epochs=4,
+                                                                          learning_rate=3e-3), model, Collect())
+    out = root / "onnx"
+    stdout = run_cli(["export", str(model), "--onnx", "--int8", "--out", str(out)])
+    return task, model, out, json.loads((out / REPORT_FILE).read_text()), stdout
+
+
+def run_cli(argv: list[str]) -> list[str]:
+    """`miniglot-cli argv` in this process; its stdout lines (exit 0 asserted)."""
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    buffer = StringIO()
+    with redirect_stdout(buffer):
+        assert main(argv) == 0
+    return buffer.getvalue().splitlines()
+
+
+def task_logits(model_dir: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's task logits for `texts` padded together (stock Auto class), and the attention mask."""
+    level = AutoConfig.from_pretrained(model_dir).architectures[0].endswith("ForTokenClassification")
+    auto = AutoModelForTokenClassification if level else AutoModelForSequenceClassification
+    enc = AutoTokenizer.from_pretrained(model_dir)(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = auto.from_pretrained(model_dir).eval()(**enc).logits.numpy()
+    return logits, enc["attention_mask"].numpy().astype(bool)
+
+
+def onnx_logits(folder: Path, file: str, texts: list[str]) -> np.ndarray:
+    session = onnx_session(folder / file, threads=1)
+    enc = AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="np")
+    return session.run(["logits"], {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+
+
+def test_task_model_exports_with_its_head_and_facts(task_export):
+    task, model, out, report, stdout = task_export
+    files = {p.name for p in out.iterdir()}
+    assert {ONNX_FILE, INT8_FILE, REPORT_FILE, TASK_FILE, "config.json", "tokenizer.json"} <= files
+    assert json.loads((out / TASK_FILE).read_text()) == json.loads((model / TASK_FILE).read_text())
+    config = AutoConfig.from_pretrained(out)
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    architecture, level, axes = ((config.architectures[0], "token", ["batch", "sequence", "labels"]) if task == "ner"
+                                 else (config.architectures[0], "text", ["batch", "labels"]))
+    assert report["output"] == "logits" and [o.name for o in onnx_session(out / ONNX_FILE).get_outputs()] == ["logits"]
+    assert report["head"] == {"architecture": architecture, "level": level, "axes": axes, "labels": labels,
+                              "task": task, "headline": "f1" if task == "ner" else "macro_f1"}
+    assert report["fp32"]["max_abs_diff"] <= 1e-4 and report["fp32"]["argmax_agreement"] == 1.0
+    assert 0 <= report["int8"]["argmax_agreement"] <= 1 and report["bytes"]["int8"] < report["bytes"]["onnx"]
+    assert stdout[0] == str(out.resolve()) and len(stdout) == 4
+    assert f"output logits [{', '.join(axes)}]: {architecture}, task {task}, {len(labels)} labels" in stdout[3]
+    assert "argmax agrees" in stdout[2]
+
+
+def test_task_logits_match_pytorch_at_other_batch_sizes_and_int8_runs(task_export):
+    _, model, out, _, _ = task_export
+    for texts in (TEXTS[:5], TEXTS[5:6], TEXTS[6:]):
+        expected, mask = task_logits(model, texts)
+        got = onnx_logits(out, ONNX_FILE, texts)
+        assert got.shape == expected.shape
+        rows = mask if expected.ndim == 3 else slice(None)
+        assert np.abs(got - expected)[rows].max() <= 1e-4
+    expected, mask = task_logits(model, TEXTS)
+    int8 = onnx_logits(out, INT8_FILE, TEXTS)
+    assert int8.shape == expected.shape and np.isfinite(int8).all()
+    rows = mask if expected.ndim == 3 else slice(None)
+    assert np.abs(int8 - expected)[rows].max() < 1.0  # quantized, not broken
+
+
+def test_task_conventions_match_the_task_model_module():
+    assert TASK_FILE == taskmodel.TASK_FILE
+    assert set(export.HEADS) == set(taskmodel.ARCHITECTURE_SUFFIX.values())
 
 
 def test_failed_check_leaves_nothing(tiny_models, tmp_path, monkeypatch):
