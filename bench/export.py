@@ -248,14 +248,16 @@ def head_scores(runners: dict, tokenizer, names: list[str], model_dir: Path, lab
     import numpy as np
 
     from engine.data.batches import pad_batch
-    from engine.data.tasks import load_task
+    from engine.data.tasks import Columns, load_task
     from engine.evaluate.finetune import encode, most_frequent_tag, score, words_from_tokens
-    from engine.export import TASK_FILE
+    from engine.runfolder import TASK_FILE
 
     if not (model_dir / TASK_FILE).is_file():
         sys.exit(f"{model_dir} has no {TASK_FILE}: bench/export.py scores task models that miniglot-cli finetune wrote")
     facts = json.loads((model_dir / TASK_FILE).read_text(encoding="utf-8"))
-    data = load_task(facts["task"], facts["data"], seed=facts["seed"])
+    columns = facts.get("columns") or {}
+    data = load_task(facts["task"], facts["data"], seed=facts["seed"],
+                     columns=Columns(columns.get("text", ""), columns.get("label", "")))
     enc = encode(tokenizer, data, data.test, max_length)
     fallback = most_frequent_tag(data) if data.is_token_task else ""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

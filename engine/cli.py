@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     finetune.add_argument("--json", action="store_true", help="print the result as one JSON object")
     finetune.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    export = commands.add_parser("export", help="write a model folder as ONNX (optionally int8 too), checked "
-                                                "against PyTorch")
+    export = commands.add_parser("export", help="write a model folder (an encoder, or a task model with its "
+                                                "head) as ONNX (optionally int8 too), checked against PyTorch")
     export.add_argument("model", help="model folder (e.g. a stage's model/), packaged:<name> or hub:<id>")
     export.add_argument("--onnx", action="store_true", help="export to ONNX (the one format so far)")
     export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 quantization)")

@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelError, VerificationError
-from engine.runfolder import atomic_dir
+from engine.runfolder import TASK_FILE, atomic_dir
+from engine.tasks import HEAD_SUFFIX
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 REPORT_FILE = "export.json"
 OUTPUT = "last_hidden_state"
 TASK_OUTPUT = "logits"
-TASK_FILE = "miniglot_task.json"  # engine.taskmodel.TASK_FILE (that module is a layer above this one)
-HEADS = {"ForTokenClassification": ("token", ("batch", "sequence", "labels")),
-         "ForSequenceClassification": ("text", ("batch", "labels"))}  # architecture suffix: level, logits axes
+HEADS = {HEAD_SUFFIX[True]: ("token", ("batch", "sequence", "labels")),
+         HEAD_SUFFIX[False]: ("text", ("batch", "labels"))}  # architecture suffix: level, logits axes
 FP32_TOLERANCE = 1e-4  # max abs difference of the output, as for every stage model (DESIGN.md §2)
 MAX_TOKENS = 128  # check sentences are cut to this many tokens (the graph takes any length the model does)
 EXTERNAL_DATA_BYTES = 1 << 30  # larger models keep their weights in `<file>.data` (protobuf's 2 GB limit)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from engine.configs import TaskModelConfig
-from engine.data.corpus import derive_seed, read_corpus
+from engine.data.corpus import HUB_PREFIX, derive_seed, read_corpus
 from engine.data.tasks import Columns, TaskData, TokenExample, load_task
 from engine.errors import ModelError, TaskDataError
 from engine.evaluate.finetune import (
@@ -55,13 +55,13 @@ from engine.events import (
 from engine.modelcard import render_task_card
 from engine.models.loading import resolve_source
 from engine.runfolder import MODEL_CARD, TASK_FILE, atomic_write_text, folder_bytes, folder_fingerprint
+from engine.tasks import HEAD_SUFFIX
 from engine.tasks import task as task_kind
 from engine.verify import verify_task_folder
 
 UNLABELLED_LIMIT = 20_000
 WORDS = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
 MAX_LENGTH = 128
-ARCHITECTURE_SUFFIX = {True: "ForTokenClassification", False: "ForSequenceClassification"}
 
 
 def build_task_model(encoder: str, config: TaskModelConfig, out: Path, sink: EventSink, *,
@@ -97,7 +97,8 @@ def build_task_model(encoder: str, config: TaskModelConfig, out: Path, sink: Eve
     result = fitted.result
     facts = {
         "out": str(out), "task": config.task, "headline": headline(config.task), "labels": list(data.labels),
-        "dev": result.dev_metrics, "test": result.metrics, "data": data.source,
+        "dev": result.dev_metrics, "test": result.metrics, "data": _where(config.data),
+        "columns": {"text": config.text_column, "label": config.label_column},
         "data_fingerprint": data.fingerprint(), "sizes": {"train": result.train_size, "dev": result.dev_size,
                                                           "test": result.test_size},
         "encoder": encoder, "lineage": lineage(encoder_dir), "seed": config.seed, "epochs_run": result.epochs_run,
@@ -179,7 +180,7 @@ def load_task_model(source: str, task: str) -> tuple[Any, Any]:
     path = resolve_source(source)
     token_level = task_kind(task).token_level
     architectures = _check_kind(path, source, token_level, task, "the teacher")
-    if not any(a.endswith(ARCHITECTURE_SUFFIX[token_level]) for a in architectures):
+    if not any(a.endswith(HEAD_SUFFIX[token_level]) for a in architectures):
         raise ModelError(f"the teacher {source} is not a task model (architectures {architectures or 'unknown'}); "
                          f"fine-tune it first: miniglot-cli finetune {source} --task {task} --data … --out …")
     auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
@@ -231,7 +232,7 @@ def _check_kind(path: Path, source: str, token_level: bool, task: str, role: str
     except (OSError, json.JSONDecodeError):
         return []  # inspect_folder, when the folder is loaded, says what is wrong
     architectures = list(config.get("architectures") or ())
-    other = ARCHITECTURE_SUFFIX[not token_level]
+    other = HEAD_SUFFIX[not token_level]
     if any(a.endswith(other) for a in architectures):
         kinds = "text-classification" if token_level else "token-classification"
         raise ModelError(f"{role} {source} is a {kinds} model ({architectures[0]}); task {task} needs "
@@ -254,6 +255,11 @@ def _reporter(sink: EventSink, index: int, name: str):
             sink.emit(Metric(index=index, stage=name, name=event.metric, value=event.value, step=event.epoch,
                              split="dev"))
     return report
+
+
+def _where(data: str) -> str:
+    """A data source as recorded: local paths absolute, so the facts stay true from any folder."""
+    return data if data.startswith(HUB_PREFIX) else str(Path(data).expanduser().resolve())
 
 
 def _inputs(example: Any) -> str | tuple[str, ...]:

@@ -50,6 +50,8 @@ class Task:
         return "token-classification" if self.token_level else "text-classification"
 
 
+HEAD_SUFFIX = {True: "ForTokenClassification", False: "ForSequenceClassification"}  # by token_level: the
+# architecture name's end of a task model (BertForTokenClassification, XLMRobertaForSequenceClassification, …)
 TABLES = (".csv", ".tsv", ".jsonl")  # classification data: a text and a label column
 TASKS: dict[str, Task] = {task.name: task for task in (
     Task("pos", "part-of-speech tagging (UPOS)", True, "conllu", (".conllu", ".conll"), "tags", "accuracy",

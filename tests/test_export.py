@@ -29,7 +29,8 @@ from engine.cli import main
 from engine.configs import TaskModelConfig
 from engine.errors import VerificationError
 from engine.events import Collect
-from engine.export import INT8_FILE, ONNX_FILE, REPORT_FILE, TASK_FILE, export_onnx, onnx_session
+from engine.export import INT8_FILE, ONNX_FILE, REPORT_FILE, export_onnx, onnx_session
+from engine.runfolder import TASK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = sentences(12, seed=7)  # not the texts the export checked itself with
@@ -178,11 +179,6 @@ def test_task_logits_match_pytorch_at_other_batch_sizes_and_int8_runs(task_expor
     assert int8.shape == expected.shape and np.isfinite(int8).all()
     rows = mask if expected.ndim == 3 else slice(None)
     assert np.abs(int8 - expected)[rows].max() < 1.0  # quantized, not broken
-
-
-def test_task_conventions_match_the_task_model_module():
-    assert TASK_FILE == taskmodel.TASK_FILE
-    assert set(export.HEADS) == set(taskmodel.ARCHITECTURE_SUFFIX.values())
 
 
 def test_failed_check_leaves_nothing(tiny_models, tmp_path, monkeypatch):
