@@ -202,7 +202,7 @@ def task_agreement(runners: dict, tokenizer, names: list[str], task: str, data_p
     import torch
 
     from engine.data.tasks import load_task
-    from engine.evaluate.finetune import encode, most_frequent_tag
+    from engine.evaluate.encoding import encode, most_frequent_tag
     from engine.evaluate.probe import LAYER_L2, extract, fit_logistic, score_split
     from engine.evaluate.report import headline
 
@@ -249,7 +249,8 @@ def head_scores(runners: dict, tokenizer, names: list[str], model_dir: Path, lab
 
     from engine.data.batches import pad_batch
     from engine.data.tasks import Columns, load_task
-    from engine.evaluate.finetune import encode, most_frequent_tag, score, words_from_tokens
+    from engine.evaluate.encoding import encode, most_frequent_tag, words_from_tokens
+    from engine.evaluate.finetune import score
     from engine.runfolder import TASK_FILE
 
     if not (model_dir / TASK_FILE).is_file():

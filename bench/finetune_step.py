@@ -39,7 +39,8 @@ def main() -> None:
 
     from engine.data.batches import length_grouped_batches, pad_batch
     from engine.data.tasks import load_task
-    from engine.evaluate.finetune import WEIGHT_DECAY, batch_targets, compact_vocabulary, encode, load_for_task
+    from engine.evaluate.encoding import batch_targets, compact_vocabulary, encode
+    from engine.evaluate.finetune import WEIGHT_DECAY, load_for_task
     from engine.models.loading import resolve_source
     from engine.training.optim import adamw
 

@@ -31,16 +31,10 @@ from engine.configs import TaskModelConfig
 from engine.data.corpus import HUB_PREFIX, derive_seed, read_corpus
 from engine.data.tasks import Columns, TaskData, TokenExample, load_task
 from engine.errors import ModelError, TaskDataError
-from engine.evaluate.finetune import (
-    DevScore,
-    Distillation,
-    FitStep,
-    fit,
-    most_frequent_tag,
-    score,
-    teacher_logits,
-)
+from engine.evaluate.encoding import most_frequent_tag
+from engine.evaluate.finetune import DevScore, FitStep, fit, score
 from engine.evaluate.report import headline
+from engine.evaluate.teacher_targets import Distillation, teacher_logits
 from engine.events import (
     TASK_LOSS,
     Artifact,

@@ -14,18 +14,8 @@ from tiny import tiny_model_dir
 from engine.data.batches import pad_batch
 from engine.data.tasks import TaskData, TextExample, TokenExample
 from engine.errors import Cancelled, ModelError, TaskDataError
-from engine.evaluate.finetune import (
-    DevScore,
-    FitStep,
-    align_words,
-    compact_vocabulary,
-    default_learning_rate,
-    encode,
-    finetune,
-    load_for_task,
-    most_frequent_tag,
-    words_from_tokens,
-)
+from engine.evaluate.encoding import align_words, compact_vocabulary, encode, most_frequent_tag, words_from_tokens
+from engine.evaluate.finetune import DevScore, FitStep, default_learning_rate, finetune, load_for_task
 from engine.events import CancelToken
 
 FILLER = ["ra", "ne", "si", "po", "ha", "wu", "ja", "bo", "de", "kali", "mutora", "nesipo", "hawuja"]

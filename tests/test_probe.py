@@ -10,7 +10,8 @@ from tiny import tiny_model_dir
 
 from engine.data.tasks import TaskData, TokenExample
 from engine.errors import Cancelled
-from engine.evaluate.finetune import DevScore, encode, load_tokenizer
+from engine.evaluate.encoding import encode
+from engine.evaluate.finetune import DevScore, load_tokenizer
 from engine.evaluate.probe import L2_GRID, LAYER_L2, extract, fit_logistic, probe, probe_layers, training_subset
 from engine.events import CancelToken
 

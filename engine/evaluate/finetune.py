@@ -14,10 +14,7 @@ rows the task's texts use (the same training, a fraction of the optimiser's work
 vocabulary). After each epoch the dev set is scored; the best epoch's weights are restored (early
 stopping after `patience` epochs without improvement) and the test set is scored.
 
-Token tasks (pos, ner) label the first sub-token of each word and ignore the others (-100); a
-word's prediction is its first sub-token's. Words with no sub-token in the model input (cut by
-`max_length`, or normalised away by the tokenizer) are predicted as the most frequent train tag,
-so scores always count every gold word.
+Inputs and targets: `engine.evaluate.encoding`; the teacher's targets: `engine.evaluate.teacher_targets`.
 
 Task distillation (`Distillation`): the student also learns a fine-tuned teacher's predictions, softened by
 a temperature, on the train texts and on unlabelled in-language texts the teacher labelled (token tasks: per
@@ -37,13 +34,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -51,8 +46,18 @@ from engine.data.batches import IGNORE_INDEX, length_grouped_batches, pad_batch
 from engine.data.corpus import derive_seed
 from engine.data.tasks import TaskData
 from engine.errors import ModelError, TaskDataError
+from engine.evaluate.encoding import (
+    Encoded,
+    batch_soft,
+    batch_targets,
+    compact_vocabulary,
+    encode,
+    most_frequent_tag,
+    words_from_tokens,
+)
 from engine.evaluate.metrics import classification_metrics, ner_metrics, pos_metrics
 from engine.evaluate.report import headline
+from engine.evaluate.teacher_targets import Distillation, with_teacher
 from engine.events import CancelToken
 from engine.models.loading import fast_tokenizer, inspect_folder, max_positions
 from engine.seeding import seed_everything
@@ -106,31 +111,6 @@ class DevScore:
     epoch: int = 0  # fine-tuning: the epoch, from 1; probes: 0
     layer: int = 0  # probes: the layer fitted, from 1; fine-tuning: 0
     l2: float = 0.0
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Model inputs of one split. Token tasks: `targets` per token (-100 where ignored) and each
-    word's first sub-token position (None when absent); text tasks: one target per example. `soft`: a
-    teacher's logits to learn, per example ([labels]) or per token ([tokens, labels], NaN rows where none)."""
-
-    input_ids: list[list[int]]
-    targets: list[Any]
-    word_positions: list[list[int | None]] | None = None
-    soft: list[torch.Tensor] | None = None
-
-
-@dataclass(frozen=True)
-class Distillation:
-    """A fine-tuned teacher's logits, columns in `TaskData.labels` order: `train[i]` for train example i, and
-    `unlabelled` inputs (texts, or word tuples for token tasks) with `unlabelled_logits`. Per example a
-    [labels] array (text tasks) or [words, labels] (token tasks; NaN rows for words the teacher cut)."""
-
-    train: Sequence[np.ndarray]
-    unlabelled: Sequence[str | tuple[str, ...]] = ()
-    unlabelled_logits: Sequence[np.ndarray] = ()
-    temperature: float = 2.0
-    alpha: float = 0.5
 
 
 @dataclass
@@ -281,37 +261,6 @@ class _EpochObserver:
         """Fine-tuning keeps no checkpoints."""
 
 
-def compact_vocabulary(model: nn.Module, splits: Sequence[Encoded],
-                       pad_id: int) -> tuple[list[Encoded], Callable[[], None]]:
-    """Keep only the input-embedding rows that `splits` use, renumbering their ids (`pad_id` and every
-    id below it keep their numbers, so padding and position rules are unchanged); also returns `restore`,
-    which puts the full table back with the trained rows written into it (ids as the tokenizer gives them).
-
-    A row no input uses gets no gradient, so the model trains and scores exactly as with every row,
-    but backward, clipping and AdamW no longer sweep the whole vocabulary: for a 250k-piece teacher
-    that is 96M of its 118M parameters.
-    """
-    embeddings = model.get_input_embeddings()
-    low = max(pad_id, embeddings.padding_idx if embeddings.padding_idx is not None else 0) + 1
-    used = sorted(set(range(low)).union(*(ids for enc in splits for ids in enc.input_ids)))
-    if len(used) >= embeddings.num_embeddings:
-        return list(splits), lambda: None
-    compact = nn.Embedding(len(used), embeddings.embedding_dim, padding_idx=embeddings.padding_idx,
-                           device=embeddings.weight.device, dtype=embeddings.weight.dtype)
-    with torch.no_grad():
-        compact.weight.copy_(embeddings.weight[used])
-    model.set_input_embeddings(compact)
-    new_id = np.zeros(max(used) + 1, dtype=np.int64)
-    new_id[used] = np.arange(len(used))
-
-    def restore() -> None:
-        with torch.no_grad():
-            embeddings.weight[used] = compact.weight.to(embeddings.weight.device)
-        model.set_input_embeddings(embeddings)
-
-    return [replace(enc, input_ids=[new_id[ids].tolist() for ids in enc.input_ids]) for enc in splits], restore
-
-
 def default_learning_rate(task: str, hidden: int) -> float:
     """The task's default rate scaled by 768 / `hidden` (see the module docstring)."""
     return task_kind(task).learning_rate * REFERENCE_HIDDEN / hidden
@@ -345,50 +294,6 @@ def load_for_task(model_dir: Path, data: TaskData) -> tuple[Any, nn.Module]:
     return tokenizer, model
 
 
-def encode(tokenizer: Any, data: TaskData, examples: Sequence[Any], max_length: int) -> Encoded:
-    """Token ids and targets of `examples`; labels outside `data.labels` get target -100 (dev and test
-    are scored on label strings, and `finetune` rejects such labels in train)."""
-    label_id = {label: i for i, label in enumerate(data.labels)}
-    if not data.is_token_task:
-        enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=max_length,
-                        return_attention_mask=False, return_token_type_ids=False)
-        targets = [label_id.get(ex.label, IGNORE_INDEX) for ex in examples]
-        return Encoded([list(ids) for ids in enc["input_ids"]], targets)
-    words = [list(ex.words) for ex in examples]
-    tags = [[label_id.get(t, IGNORE_INDEX) for t in ex.tags] for ex in examples]
-    return align_words(tokenizer, words, tags, max_length)
-
-
-def align_words(tokenizer: Any, words: list[list[str]], tags: list[list[int]], max_length: int) -> Encoded:
-    """Sub-word ids with each word's tag on its first sub-token only (others -100)."""
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                    return_attention_mask=False, return_token_type_ids=False)
-    targets, positions = [], []
-    for i, sentence_tags in enumerate(tags):
-        word_ids = enc.word_ids(i)
-        first: list[int | None] = [None] * len(sentence_tags)
-        row = [IGNORE_INDEX] * len(word_ids)
-        for pos, w in enumerate(word_ids):
-            if w is not None and first[w] is None:
-                first[w] = pos
-                row[pos] = sentence_tags[w]
-        targets.append(row)
-        positions.append(first)
-    return Encoded([list(ids) for ids in enc["input_ids"]], targets, positions)
-
-
-def words_from_tokens(token_preds: Sequence[int], positions: Sequence[int | None], labels: Sequence[str],
-                      fallback: str) -> list[str]:
-    """One tag per word: its first sub-token's prediction, or `fallback` when it has no sub-token."""
-    return [fallback if pos is None else labels[token_preds[pos]] for pos in positions]
-
-
-def most_frequent_tag(data: TaskData) -> str:
-    """The most frequent train tag (ties: first in `data.labels`)."""
-    counts = Counter(t for ex in data.train for t in ex.tags)
-    return max(data.labels, key=lambda label: (counts[label], -data.labels.index(label)))
-
-
 def predict(model: nn.Module, enc: Encoded, data: TaskData, fallback: str, batch_size: int, pad_id: int,
             device: str | torch.device, token: CancelToken | None = None) -> list[Any]:
     """Predicted label per example (text tasks) or per word (token tasks), in input order."""
@@ -414,91 +319,3 @@ def score(task: str, examples: Sequence[Any], predictions: list[Any]) -> dict[st
     if scoring == "labels":
         return classification_metrics([ex.label for ex in examples], predictions)
     return {"tags": pos_metrics, "entities": ner_metrics}[scoring]([ex.tags for ex in examples], predictions)
-
-
-def batch_targets(enc: Encoded, indices: Sequence[int], width: int) -> torch.Tensor:
-    """The targets of a batch of `indices`: one per text, or per token padded to `width` with -100."""
-    if enc.word_positions is None:
-        return torch.tensor([enc.targets[i] for i in indices], dtype=torch.long)
-    out = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
-    for r, i in enumerate(indices):
-        out[r, : len(enc.targets[i])] = torch.as_tensor(enc.targets[i], dtype=torch.long)
-    return out
-
-
-def batch_soft(enc: Encoded, indices: Sequence[int], width: int) -> torch.Tensor:
-    """The teacher logits of a batch: [batch, labels], or [batch, width, labels] padded with NaN rows."""
-    rows = [enc.soft[i] for i in indices]
-    if enc.word_positions is None:
-        return torch.stack(rows)
-    out = torch.full((len(indices), width, rows[0].shape[-1]), math.nan)
-    for r, row in enumerate(rows):
-        out[r, : len(row)] = row
-    return out
-
-
-def with_teacher(tokenizer: Any, data: TaskData, train_set: Encoded, distillation: Distillation,
-                 max_length: int) -> Encoded:
-    """`train_set` with the teacher's logits attached, followed by the unlabelled inputs (no gold targets)."""
-    if len(distillation.train) != len(train_set.input_ids) or len(distillation.unlabelled) != len(
-            distillation.unlabelled_logits):
-        raise ValueError("the teacher's logits do not match the texts")
-    if not data.is_token_task:
-        extra = tokenizer(list(distillation.unlabelled), truncation=True, max_length=max_length,
-                          return_attention_mask=False, return_token_type_ids=False)["input_ids"] \
-            if distillation.unlabelled else []
-        soft = [torch.as_tensor(np.asarray(row), dtype=torch.float32)
-                for row in (*distillation.train, *distillation.unlabelled_logits)]
-        return Encoded([*train_set.input_ids, *map(list, extra)],
-                       [*train_set.targets, *[IGNORE_INDEX] * len(extra)], None, soft)
-    unlabelled = [list(words) for words in distillation.unlabelled]
-    extra = align_words(tokenizer, unlabelled, [[IGNORE_INDEX] * len(w) for w in unlabelled], max_length) \
-        if unlabelled else Encoded([], [], [])
-    ids = [*train_set.input_ids, *extra.input_ids]
-    positions = [*train_set.word_positions, *extra.word_positions]
-    soft = []
-    for row_ids, first, logits in zip(ids, positions, (*distillation.train, *distillation.unlabelled_logits),
-                                      strict=True):
-        row = torch.full((len(row_ids), np.shape(logits)[-1]), math.nan)
-        for word, pos in enumerate(first):
-            if pos is not None:
-                row[pos] = torch.as_tensor(logits[word], dtype=torch.float32)
-        soft.append(row)
-    return Encoded(ids, [*train_set.targets, *extra.targets], positions, soft)
-
-
-def teacher_logits(model: nn.Module, tokenizer: Any, inputs: Sequence[str | Sequence[str]], token_level: bool,
-                   max_length: int = 128, batch_size: int = 32, device: str | torch.device = "cpu",
-                   token: CancelToken | None = None) -> list[np.ndarray]:
-    """A task model's logits on `inputs`: per text [labels], or per word [words, labels] (texts given as
-    word sequences; a word's first sub-token's logits, NaN for words cut by `max_length`)."""
-    if not inputs:
-        return []
-    max_length = min(max_length, max_positions(model.config))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if token_level:
-        words = [list(w) for w in inputs]
-        enc = align_words(tokenizer, words, [[IGNORE_INDEX] * len(w) for w in words], max_length)
-    else:
-        ids = tokenizer(list(inputs), truncation=True, max_length=max_length, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]
-        enc = Encoded([list(row) for row in ids], [IGNORE_INDEX] * len(ids))
-    model.eval().to(device)
-    out: list[np.ndarray] = [np.empty(0)] * len(enc.input_ids)
-    with torch.no_grad():
-        for indices in length_grouped_batches(enc.input_ids, batch_size, 0, shuffle=False):
-            if token is not None:
-                token.raise_if_cancelled()
-            batch = {k: v.to(device) for k, v in pad_batch(enc.input_ids, indices, pad_id).items()}
-            logits = model(**batch).logits.float().cpu().numpy()
-            for i, row in zip(indices, logits, strict=True):
-                if enc.word_positions is None:
-                    out[i] = row
-                else:
-                    first = enc.word_positions[i]
-                    words_out = np.full((len(first), row.shape[-1]), np.nan, dtype=np.float32)
-                    for w, pos in enumerate(first):
-                        if pos is not None:
-                            words_out[w] = row[pos]
-                    out[i] = words_out
-    return out

@@ -27,15 +27,8 @@ from torch import Tensor
 
 from engine.data.batches import IGNORE_INDEX, length_grouped_batches, pad_batch
 from engine.data.tasks import TaskData
-from engine.evaluate.finetune import (
-    DevScore,
-    SeedResult,
-    encode,
-    load_tokenizer,
-    most_frequent_tag,
-    score,
-    words_from_tokens,
-)
+from engine.evaluate.encoding import encode, most_frequent_tag, words_from_tokens
+from engine.evaluate.finetune import DevScore, SeedResult, load_tokenizer, score
 from engine.evaluate.report import headline
 from engine.events import CancelToken
 from engine.models.loading import max_positions

@@ -151,10 +151,10 @@ def result_key(config: EvaluationConfig, model_print: str, data_print: str, task
 def code_fingerprint() -> str:
     """A hash of the source of the modules that produce a score (readers, training, probes, metrics)."""
     from engine.data import batches, tasks
-    from engine.evaluate import finetune, metrics, probe
+    from engine.evaluate import encoding, finetune, metrics, probe
 
     digest = hashlib.sha256()
-    for module in (batches, tasks, finetune, metrics, probe):
+    for module in (batches, tasks, encoding, finetune, metrics, probe):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
