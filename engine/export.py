@@ -89,7 +89,7 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
     VerificationError; the int8 model's difference and cosine similarity are reported, not bounded. A task
     model's report also has `head` (what `logits` hold) and each comparison its `argmax_agreement`.
     """
-    from engine.models.loading import resolve_source
+    from engine.models.loading import resolve_source, weight_bytes
 
     started = time.perf_counter()
     model_dir = resolve_source(str(source))
@@ -104,7 +104,7 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
     module = _output_module(model.float().eval(), output)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in
                                                 tokenizer.model_input_names else [])
-    external = _parameter_bytes(module) > EXTERNAL_DATA_BYTES
+    external = weight_bytes(module) > EXTERNAL_DATA_BYTES
     with atomic_dir(out) as tmp:
         _export(module, tokenizer, names, texts, tmp / ONNX_FILE, output, external)
         tokenizer.save_pretrained(tmp)
@@ -123,7 +123,7 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
             "source": str(source), "model_dir": str(model_dir), "out": str(out),
             "model_type": config.model_type, "inputs": names, "output": output,
             "opset": _opset(tmp / ONNX_FILE), "sentences": len(texts), "tolerance": FP32_TOLERANCE,
-            "bytes": {"torch": _parameter_bytes(module), "onnx": _file_bytes(tmp / ONNX_FILE)},
+            "bytes": {"torch": weight_bytes(module), "onnx": _file_bytes(tmp / ONNX_FILE)},
             "fp32": fp32, "versions": _versions(),
         }
         if head is not None:
@@ -305,10 +305,6 @@ def _check_out(out: Path) -> None:
         raise ModelError(f"{out} is a file: give a folder for the export (--out DIR)")
     if out.is_dir() and any(out.iterdir()) and not (out / REPORT_FILE).is_file():
         raise ModelError(f"{out} exists and is not an earlier export: choose an empty or new folder (--out DIR)")
-
-
-def _parameter_bytes(module: Any) -> int:
-    return sum(p.numel() * p.element_size() for p in {id(p): p for p in module.parameters()}.values())
 
 
 def _file_bytes(path: Path) -> int:

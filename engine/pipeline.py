@@ -13,7 +13,6 @@ and redoes an interrupted one (the teacher's predictions are cached in `tasks/<t
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import platform
 import traceback
@@ -45,9 +44,9 @@ from engine.events import (
     StageStarted,
 )
 from engine.modelcard import write_card
-from engine.models.loading import LoadedModel, load_model, load_teacher, source_shape
+from engine.models.loading import LoadedModel, load_model, load_teacher, source_shape, weight_bytes
 from engine.recipe import Recipe
-from engine.runfolder import Manifest, RunFolder, atomic_dir, folder_bytes
+from engine.runfolder import FULL_DISK, DiskFull, Manifest, RunFolder, atomic_dir, folder_bytes, saving
 from engine.seeding import seed_everything
 from engine.shapes import Shape
 from engine.stages.base import StageContext
@@ -179,9 +178,10 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             manifest.set_stage(index, quality=quality)  # the model card states the stage's fidelity
             if dist.is_main:
                 with atomic_dir(model_dir) as tmp:
-                    output.model.model.save_pretrained(tmp, safe_serialization=True)
-                    output.model.tokenizer.save_pretrained(tmp)
-                    write_card(tmp, recipe, manifest, index, params)
+                    with saving(model_dir, weight_bytes(output.model.model)):
+                        output.model.model.save_pretrained(tmp, safe_serialization=True)
+                        output.model.tokenizer.save_pretrained(tmp)
+                        write_card(tmp, recipe, manifest, index, params)
                     check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
             dist.barrier()
             size = folder_bytes(model_dir)
@@ -218,6 +218,8 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
         sink.emit(RunFinished(status=status, message=message))
         if isinstance(exc, KeyboardInterrupt):
             raise Cancelled("interrupted") from exc
+        if isinstance(exc, OSError) and exc.errno in FULL_DISK:
+            raise DiskFull(message) from exc
         raise
     finally:
         dist.close()
@@ -305,9 +307,10 @@ def _explain(exc: BaseException, run_dir: Path) -> str:
         return str(exc)
     if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C / SIGTERM: stopped at once, mid-step
         return f"interrupted at once (a second signal); continue with miniglot-cli run --resume {run_dir}"
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return (f"the disk is full (writing {exc.filename or run_dir}); free some space, then continue with "
-                f"miniglot-cli run --resume {run_dir}")
+    if isinstance(exc, OSError) and exc.errno in FULL_DISK:
+        told = str(exc) if isinstance(exc, DiskFull) else \
+            f"the disk is full (writing {exc.filename or run_dir}); free some space"
+        return f"{told}, then continue with miniglot-cli run --resume {run_dir}"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -7,6 +7,7 @@ temporary name and renamed into place, with the permissions the process's umask 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ LEFTOVER_PATTERNS = (".*.tmp", ".*.old")  # a killed writer's temporary files an
 TASK_LEFTOVERS = "*.partial*"  # a task model (or its cached teacher predictions) a killed writer left unfinished
 MODEL_CARD = "README.md"  # a model folder's card (engine.modelcard): not part of the model's identity
 TASK_FILE = "miniglot_task.json"  # a task model folder's facts (engine.taskmodel)
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # no space left, quota exceeded
 
 
 def _process_umask() -> int:
@@ -80,6 +82,44 @@ def atomic_dir(path: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class DiskFull(OSError):
+    """A save that found the disk full, in one line: the folder, the space it needs, what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextmanager
+def saving(folder: Path, needs: int):
+    """Raise DiskFull, naming `folder` and the `needs` bytes its save takes, when a write inside fails on a full disk.
+
+    Libraries tell a full disk in their own words (safetensors: `SafetensorError … No space left on device`;
+    torch.save: `unexpected pos …`), so a failed write that leaves less than `needs` bytes free is one too.
+    """
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        free = free_bytes(folder)
+        told = getattr(exc, "errno", None) in FULL_DISK or any(os.strerror(e) in str(exc) for e in FULL_DISK)
+        if not (told or free < needs):
+            raise
+        raise DiskFull(f"the disk is full: saving {folder} needs about {needs / 1e6:,.1f} MB "
+                       f"({free / 1e6:,.1f} MB free); free some space") from exc
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds `path` (or its nearest existing parent folder)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def _umask_permissions(folder: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -232,14 +231,16 @@ def test_inspect_json(tmp_path, tiny_models):
 
 
 def test_full_disk_while_saving_a_stage(tmp_path, tiny_models, corpus, monkeypatch, capsys):
-    """In-process: the safetensors write fails with ENOSPC part-way; the CLI says so and leaves no half model."""
+    """In-process: the safetensors write fails part-way as on a full disk; the CLI says in one line which folder
+    and how much space it needs, leaves no half model, and the run resumes."""
     import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
 
     from engine import cli as cli_module
 
     def full_disk(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 100)  # a partial file, as a real full disk leaves
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(modeling_utils, "safe_save_file", full_disk)
     write(tmp_path / "r.toml", recipe_toml(tiny_models["bert"], corpus, DISTILL, verify=False))
@@ -248,13 +249,14 @@ def test_full_disk_while_saving_a_stage(tmp_path, tiny_models, corpus, monkeypat
         code = cli_module.main(["run", "--quiet", str(tmp_path / "r.toml")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1
-        assert err[-1].startswith("miniglot-cli: ") and "model.safetensors" in err[-1]
-        assert "No space left on device" in err[-1] or "disk is full" in err[-1]
-        assert_nothing_corrupt(tmp_path)
         (run_dir,) = (tmp_path / "runs").iterdir()
+        assert len(err) == 1 and err[0].startswith(
+            f"miniglot-cli: the disk is full: saving {run_dir / 'stages' / '01-distill' / 'model'} needs about ")
+        assert err[0].endswith(f"free); free some space, then continue with miniglot-cli run --resume {run_dir}")
+        assert_nothing_corrupt(tmp_path)
         manifest = json.loads((run_dir / "manifest.json").read_text())
         assert manifest["status"] == "failed" and manifest["stages"][0]["status"] == "failed"
-        assert "disk is full" in manifest["message"] and f"--resume {run_dir}" in manifest["message"]
+        assert manifest["message"] == err[0].removeprefix("miniglot-cli: ")
         # space freed: the run resumes and completes
         monkeypatch.undo()
         assert cli_module.main(["run", "--quiet", "--resume", str(run_dir)]) == 0

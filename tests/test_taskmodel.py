@@ -199,3 +199,24 @@ def test_cli_json_names_the_folder_and_scores(tmp_path, encoder, capsys):
                 str(tmp_path / "busy"), "--quiet"]) == 1
     assert "not a MiniGlot task model" in capsys.readouterr().err
     assert (tmp_path / "busy" / "mine.txt").read_text() == "keep"
+
+
+def test_a_full_disk_while_a_task_model_is_saved_names_the_folder_and_leaves_nothing(tmp_path, encoder, monkeypatch):
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from engine.runfolder import DiskFull
+    from engine.taskmodel import write_task_model
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_disk)
+    model = AutoModelForSequenceClassification.from_pretrained(encoder, num_labels=2)
+    data = load_task("sentiment", str(write_sentiment(tmp_path / "data")), seed=0)
+    out = tmp_path / "model"
+    with pytest.raises(DiskFull, match=f"^the disk is full: saving {out} needs about .* MB free\\); free some space$"):
+        write_task_model(model, AutoTokenizer.from_pretrained(encoder), {}, data, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

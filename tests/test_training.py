@@ -166,3 +166,30 @@ def test_a_batch_with_nothing_to_learn_skips_the_update_but_not_the_schedule():
     train(net, objective, batch, lambda: {"total": 0.0}, settings, _Recorder(),
           precision=Precision(torch.device("cpu"), None))
     assert not torch.equal(net.weight, before["weight"])
+
+
+def test_a_full_disk_while_a_checkpoint_is_saved_names_the_folder_and_the_space(tmp_path, monkeypatch):
+    """torch.save tells a full disk as `unexpected pos`: with less space free than the checkpoint needs, it is
+    one line naming the folder and the space, and nothing half-written stays; other failures pass through."""
+    from pathlib import Path
+
+    from engine import runfolder
+    from engine.runfolder import DiskFull
+    from engine.training.checkpoints import Checkpoints
+
+    def cut_short(state, path):
+        Path(path).write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    monkeypatch.setattr(runfolder, "free_bytes", lambda path: 300_000)
+    checkpoints = Checkpoints(tmp_path / "checkpoint")
+    tensors = {"student": {"weight": torch.zeros(500_000)}}  # 2 MB
+    with pytest.raises(DiskFull) as caught:
+        checkpoints.save("distill", tensors, {"step": 3, "optimizer": {"exp_avg": [torch.zeros(250_000)]}})
+    assert str(caught.value) == (f"the disk is full: saving {tmp_path / 'checkpoint'} needs about 3.0 MB "
+                                 "(0.3 MB free); free some space")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "checkpoint"]
+    monkeypatch.setattr(runfolder, "free_bytes", lambda path: 10**12)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        checkpoints.save("distill", tensors, {"step": 3})

@@ -204,6 +204,11 @@ def load_teacher(source: str, allow_pickle: bool = False) -> LoadedModel:
     return load_model(resolve_source(source), allow_pickle, source)
 
 
+def weight_bytes(model: Any) -> int:
+    """The bytes of a model's parameters, tied weights counted once (about what its safetensors take)."""
+    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+
+
 def max_positions(config: Any) -> int:
     """Longest input the position embeddings allow (RoBERTa-style models offset positions by pad id + 1)."""
     offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.runfolder import atomic_dir
+from engine.runfolder import atomic_dir, saving
 
 STATE = "state.pt"
 
@@ -24,7 +24,7 @@ class Checkpoints:
         self.folder = Path(folder)
 
     def save(self, name: str, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> None:
-        with atomic_dir(self.folder / name) as tmp:
+        with atomic_dir(self.folder / name) as tmp, saving(self.folder, _bytes(tensors) + _bytes(state)):
             for group, values in tensors.items():
                 save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in values.items()},
                           str(tmp / f"{group}.safetensors"))
@@ -39,3 +39,14 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _bytes(value: Any) -> int:
+    """The bytes of the tensors in `value` (nested dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_bytes(v) for v in value)
+    return 0
