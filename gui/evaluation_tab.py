@@ -38,13 +38,15 @@ from gui.eval_results import ResultsPanel
 from gui.layouts import action_group, splitter
 from gui.runs_model import RunsModel
 from gui.style import show_error
-from gui.worker import CANCELLED, COMPLETED, Outcome, Worker
+from gui.worker import CANCELLED, COMPLETED, JobHost, Outcome, Worker
 
 IDLE = "no evaluation running"
 
 
-class EvaluationTab(QWidget):
+class EvaluationTab(JobHost, QWidget):
     """Choose models, tasks and options; run in the background; show and export the results."""
+
+    cancelling = "Cancelling after the current fine-tuning step…"
 
     evaluation_finished = Signal(object)  # output folder, after a completed evaluation
     running_changed = Signal(bool)
@@ -55,8 +57,6 @@ class EvaluationTab(QWidget):
         self.extra_runs: list[Path] = []
         self.other_models: list[Path] = []
         self.checked: set[tuple[str, str]] = set()  # (run, name) of ticked models
-        self.worker: Worker | None = None
-        self.started = 0.0
         self.job = ""  # the progress line of the job now running, which its dev scores extend
 
         self.results = ResultsPanel(lambda: self.options.output_dir() or Path.cwd())
@@ -212,9 +212,6 @@ class EvaluationTab(QWidget):
             then(Path(folder))
 
     # ---- running ----
-    def is_running(self) -> bool:
-        return self.worker is not None and self.worker.is_running()
-
     def start(self) -> Worker | None:
         """Start the evaluation of the ticked models on the task rows; None (with a message) if not ready."""
         if self.is_running():
@@ -239,24 +236,7 @@ class EvaluationTab(QWidget):
         self.progress.setValue(0)
         self.eta.setText("Loading the task data and models…")
         self.results.status.setText(f"Evaluating {len(models)} models on {', '.join(t for t, _ in tasks)} → {out}")
-        self.worker = Worker(run_evaluation, models, config, out)
-        self.worker.event.connect(self.handle)
-        self.worker.failed.connect(self._failed)
-        self.worker.finished.connect(lambda outcome, out=out: self._finished(outcome, out))
-        self.started = time.monotonic()
-        self.worker.start()
-        self._set_running(True)
-        return self.worker
-
-    def cancel(self) -> None:
-        if self.is_running():
-            self.worker.cancel()
-            self.eta.setText("Cancelling after the current fine-tuning step…")
-
-    def cancel_and_wait(self, msecs: int = 60_000) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
-            self.worker.wait(msecs)
+        return self.run_job(run_evaluation, models, config, out, target=out)
 
     def handle(self, event: Event) -> None:
         """An event from the evaluation (GUI thread)."""

@@ -30,7 +30,7 @@ from gui.task_curves import TaskCurves, metric_title
 from gui.task_form import TaskModelForm
 from gui.task_jobs import Labeller, Prediction, TaskModel, read_task_model, train_task_model
 from gui.task_results import ScoresTable, TryItPanel
-from gui.worker import CANCELLED, COMPLETED, BackgroundTask, Outcome, Worker, run_in_background
+from gui.worker import CANCELLED, COMPLETED, BackgroundTask, JobHost, Outcome, Worker, run_in_background
 
 TRAIN_SHORTCUT = "Ctrl+Return"  # Ctrl+Enter
 IDLE = "no training running"
@@ -42,7 +42,7 @@ ABOUT = ("The task model is a stock Hugging Face folder (model, tokenizer, model
 ERROR_COLOUR = "#b91c1c"
 
 
-class TaskModelTab(QWidget):
+class TaskModelTab(JobHost, QWidget):
     """Choose encoder, task, data and teacher; train in the background; show, try and export the result."""
 
     running_changed = Signal(bool)
@@ -52,12 +52,10 @@ class TaskModelTab(QWidget):
     def __init__(self, runs: RunsModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.runs = runs
-        self.worker: Worker | None = None
         self.model: TaskModel | None = None  # the task model shown (scores, Try it, Export)
         self.labeller = Labeller()
         self.labelling: BackgroundTask | None = None
         self.waiting = ""  # a sentence typed while the one before was being labelled
-        self.started = 0.0
         self.dev_score = ""  # the latest epoch's dev score, for the progress line
 
         self.curves = TaskCurves()
@@ -147,9 +145,6 @@ class TaskModelTab(QWidget):
         self.export_button.setEnabled(model is not None and not self.is_running())
 
     # ---- training ----
-    def is_running(self) -> bool:
-        return self.worker is not None and self.worker.is_running()
-
     def start(self) -> Worker | None:
         """Train the task model the form asks for; None (with the reason shown) when it cannot start."""
         if self.is_running():
@@ -166,24 +161,7 @@ class TaskModelTab(QWidget):
         self.progress.setFormat("step %v / %m")
         self.eta.setText("Loading the data and the encoder…")
         self._say(f"Training a {job.config.task} model → {job.out}")
-        self.worker = Worker(train_task_model, job, compute_threads())
-        self.worker.event.connect(self.handle)
-        self.worker.failed.connect(self._failed)
-        self.worker.finished.connect(lambda outcome, out=job.out: self._finished(outcome, out))
-        self.started = time.monotonic()
-        self.worker.start()
-        self._set_running(True)
-        return self.worker
-
-    def cancel(self) -> None:
-        if self.is_running():
-            self.worker.cancel()
-            self.eta.setText("Cancelling after the current step…")
-
-    def cancel_and_wait(self, msecs: int = 60_000) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
-            self.worker.wait(msecs)
+        return self.run_job(train_task_model, job, compute_threads(), target=job.out)
 
     def handle(self, event: Event) -> None:
         """An event from the training (GUI thread)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -183,6 +184,40 @@ class Worker(QObject):
         # `_LIVE` may hold the last reference: drop it from the event loop, not inside this slot,
         # which runs in this object's own event handler
         QTimer.singleShot(0, lambda: _release(self))
+
+
+class JobHost:
+    """Mixed into a tab that runs one engine job at a time on a `Worker`: the tab's `handle(event)`,
+    `_failed(error)`, `_finished(outcome, target)` and `_set_running(running)` hear it, and its `eta` label
+    says when a cancel is pending."""
+
+    worker: Worker | None = None
+    started = 0.0
+    cancelling = "Cancelling after the current step…"
+
+    def is_running(self) -> bool:
+        return self.worker is not None and self.worker.is_running()
+
+    def run_job(self, job: Callable[..., Any], *args: Any, target: Path) -> Worker:
+        """Start `job(sink, token, *args)`; `_finished` gets `target` (what the job writes) with the outcome."""
+        self.worker = Worker(job, *args)
+        self.worker.event.connect(self.handle)
+        self.worker.failed.connect(self._failed)
+        self.worker.finished.connect(lambda outcome: self._finished(outcome, target))
+        self.started = time.monotonic()
+        self.worker.start()
+        self._set_running(True)
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.is_running():
+            self.worker.cancel()
+            self.eta.setText(self.cancelling)
+
+    def cancel_and_wait(self, msecs: int = 60_000) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            self.worker.wait(msecs)
 
 
 class RunWorker(Worker):
