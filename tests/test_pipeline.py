@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -258,6 +259,42 @@ def test_sigkill_during_distill_then_resume_matches_an_uninterrupted_run(tmp_pat
     assert got["distill_best_step"] == want["distill_best_step"]
     assert got["distill_best_validation_loss"] == pytest.approx(want["distill_best_validation_loss"], abs=1e-5)
     assert got["distill_final_train_loss"] == pytest.approx(want["distill_final_train_loss"], abs=1e-5)
+
+
+def cancel_at(token: CancelToken, step: int):
+    """A sink that cancels `token` when the first stage reports `step`."""
+
+    class CancelAtStep(Collect):
+        def emit(self, event):
+            super().emit(event)
+            if isinstance(event, Progress) and event.index == 1 and event.step == step:
+                token.cancel()
+
+    return CancelAtStep()
+
+
+@pytest.mark.parametrize("damaged", ["state.pt", "model.safetensors"])
+def test_a_damaged_checkpoint_names_the_file_and_how_to_restart_the_stage(tmp_path, tiny_models, corpus, damaged):
+    from engine.errors import RunFolderError
+
+    token = CancelToken()
+    recipe = Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, RESUME_STAGES, verify=False), tmp_path)
+    with pytest.raises(Cancelled):
+        pipeline.run(recipe, cancel_at(token, 7), token)
+    run_dir = next((tmp_path / "runs").iterdir())
+    checkpoint = run_dir / "stages" / "01-distill" / "checkpoint"
+    file = checkpoint / "distill" / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # a copy cut short
+    sink = Collect()
+    with pytest.raises(RunFolderError) as caught:
+        pipeline.run(None, sink, resume=run_dir)
+    message = str(caught.value)
+    assert message.startswith(f"the checkpoint {file} is damaged (") and "\n" not in message
+    assert message.endswith(f"; delete {checkpoint} to restart this stage from its first step, then resume")
+    assert Manifest.load(run_dir).data["message"] == message == sink.of(Failure)[0].message
+    shutil.rmtree(checkpoint)
+    pipeline.run(None, Collect(), resume=run_dir)
+    assert Manifest.load(run_dir).data["status"] == "completed"
 
 
 def test_full_disk_fails_the_stage_cleanly_and_says_what_to_do(tmp_path, tiny_models, corpus, monkeypatch):

@@ -193,3 +193,20 @@ def test_a_full_disk_while_a_checkpoint_is_saved_names_the_folder_and_the_space(
     monkeypatch.setattr(runfolder, "free_bytes", lambda path: 10**12)
     with pytest.raises(RuntimeError, match="unexpected pos"):
         checkpoints.save("distill", tensors, {"step": 3})
+
+
+@pytest.mark.parametrize(("damaged", "keep"), [("state.pt", 100), ("state.pt", 0), ("model.safetensors", 100),
+                                             ("model.safetensors", 4)])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, damaged, keep):
+    from engine.errors import RunFolderError
+    from engine.training.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(tmp_path / "checkpoint")
+    checkpoints.save("distill", {"model": {"weight": torch.ones(64, 64)}}, {"step": 3, "rng": torch.arange(9)})
+    file = tmp_path / "checkpoint" / "distill" / damaged
+    file.write_bytes(file.read_bytes()[:keep])
+    with pytest.raises(RunFolderError) as caught:
+        checkpoints.load("distill")
+    assert str(caught.value).startswith(f"the checkpoint {file} is damaged (")
+    assert str(caught.value).endswith(f"delete {tmp_path / 'checkpoint'} to restart this stage from its first step, "
+                                      "then resume")

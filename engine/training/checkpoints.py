@@ -5,13 +5,16 @@ The pipeline owns the folder; a training loop asks it to save and, on resume, to
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from engine.errors import RunFolderError
 from engine.runfolder import atomic_dir, saving
 
 STATE = "state.pt"
@@ -31,11 +34,21 @@ class Checkpoints:
             torch.save(state, tmp / STATE)
 
     def load(self, name: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None:
+        """The checkpoint `name` (tensors by group, state), None when there is none; a RunFolderError naming
+        the file when it is damaged (a truncated copy, a disk error)."""
         path = self.folder / name
         if not (path / STATE).is_file():
             return None
-        tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
-        return tensors, torch.load(path / STATE, weights_only=True)
+        tensors, file = {}, path / STATE
+        try:
+            for file in sorted(path.glob("*.safetensors")):
+                tensors[file.stem] = load_file(str(file))
+            file = path / STATE
+            return tensors, torch.load(file, weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]  # torch's goes on
+            raise RunFolderError(f"the checkpoint {file} is damaged ({reason}); delete {self.folder} to restart "
+                                 "this stage from its first step, then resume") from None
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
