@@ -89,7 +89,7 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
     VerificationError; the int8 model's difference and cosine similarity are reported, not bounded. A task
     model's report also has `head` (what `logits` hold) and each comparison its `argmax_agreement`.
     """
-    from engine.models.loading import resolve_source, weight_bytes
+    from engine.models.loading import resolve_source, strip_remote_code, weight_bytes
 
     started = time.perf_counter()
     model_dir = resolve_source(str(source))
@@ -109,6 +109,7 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
         _export(module, tokenizer, names, texts, tmp / ONNX_FILE, output, external)
         tokenizer.save_pretrained(tmp)
         shutil.copy2(model_dir / "config.json", tmp / "config.json")
+        strip_remote_code(tmp)
         if (model_dir / TASK_FILE).is_file():
             shutil.copy2(model_dir / TASK_FILE, tmp / TASK_FILE)
         fp32 = compare(module, tokenizer, tmp, ONNX_FILE, names, texts, threads, output)

@@ -44,7 +44,14 @@ from engine.events import (
     StageStarted,
 )
 from engine.modelcard import write_card
-from engine.models.loading import LoadedModel, load_model, load_teacher, source_shape, weight_bytes
+from engine.models.loading import (
+    LoadedModel,
+    load_model,
+    load_teacher,
+    source_shape,
+    strip_remote_code,
+    weight_bytes,
+)
 from engine.recipe import Recipe
 from engine.runfolder import FULL_DISK, DiskFull, Manifest, RunFolder, atomic_dir, folder_bytes, saving
 from engine.seeding import seed_everything
@@ -181,6 +188,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                     with saving(model_dir, weight_bytes(output.model.model)):
                         output.model.model.save_pretrained(tmp, safe_serialization=True)
                         output.model.tokenizer.save_pretrained(tmp)
+                        strip_remote_code(tmp)
                         write_card(tmp, recipe, manifest, index, params)
                     check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
             dist.barrier()

@@ -47,7 +47,7 @@ from engine.events import (
     StageStarted,
 )
 from engine.modelcard import render_task_card
-from engine.models.loading import resolve_source, weight_bytes
+from engine.models.loading import resolve_source, strip_remote_code, weight_bytes
 from engine.runfolder import MODEL_CARD, TASK_FILE, atomic_write_text, folder_bytes, folder_fingerprint, saving
 from engine.tasks import HEAD_SUFFIX
 from engine.tasks import task as task_kind
@@ -119,10 +119,10 @@ def write_task_model(model: Any, tokenizer: Any, facts: dict, data: TaskData, ou
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        model.config.__dict__.pop("auto_map", None)  # stock classes only: no code to fetch from the hub
         with saving(out, weight_bytes(model)):
             model.save_pretrained(partial, safe_serialization=True)
             tokenizer.save_pretrained(partial)
+        strip_remote_code(partial)
         texts = [_text(example) for example in data.test[:8]]
         verification = verify_task_folder(partial, model, tokenizer, texts)
         facts = {**facts, "verification": verification}

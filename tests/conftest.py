@@ -28,6 +28,22 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def remote_code_teacher(tiny_models, tmp_path_factory) -> Path:
+    """The tiny BERT as a hub repository with its own code would have it: `auto_map` in config.json and
+    tokenizer_config.json (its model_type is stock, so it loads without that code)."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("remote-code") / "bert"
+    shutil.copytree(tiny_models["bert"], folder)
+    for name, auto_map in (("config.json", {"AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel"}),
+                           ("tokenizer_config.json", {"AutoTokenizer": ["tokenization_x.XTokenizer", None]})):
+        data = json.loads((folder / name).read_text(encoding="utf-8"))
+        (folder / name).write_text(json.dumps({**data, "auto_map": auto_map}), encoding="utf-8")
+    return folder
+
+
 @pytest.fixture()
 def swap_runner(monkeypatch):
     """`swap_runner(kind, run)`: the registered stage `kind` runs `run` instead, until the test ends or

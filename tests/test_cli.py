@@ -268,6 +268,20 @@ def test_full_disk_while_saving_a_stage(tmp_path, tiny_models, corpus, monkeypat
     assert list(run_dir.rglob("*.tmp")) == []
 
 
+def test_an_unknown_architecture_with_its_own_code_is_refused_without_advice_to_trust_it(tmp_path, corpus):
+    write(tmp_path / "custom" / "config.json", json.dumps(
+        {"model_type": "my-encoder", "auto_map": {"AutoConfig": "configuration_my.MyConfig",
+                                                  "AutoModel": "modeling_my.MyModel"}}))
+    write(tmp_path / "r.toml", recipe_toml(tmp_path / "custom", corpus, DISTILL))
+    for args in (["inspect", "custom"], ["run", "r.toml"]):
+        done = cli(tmp_path, *args)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            "miniglot-cli: unsupported architecture 'my-encoder' (a model with its own code, which MiniGlot never "
+            "runs): MiniGlot compresses bert, xlm-roberta, roberta encoders (mBERT, MiniLM, E5, XLM-R, RoBERTa)"]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_tokenizer_larger_than_the_embedding_table_is_refused_before_a_run_starts(tmp_path, tiny_models, corpus):
     import shutil
 

@@ -84,6 +84,12 @@ def test_export_writes_a_self_contained_checked_folder(exported, tiny_models):
     assert report["output"] == "last_hidden_state" and "head" not in report and "argmax_agreement" not in report["int8"]
 
 
+def test_an_export_keeps_no_remote_code(remote_code_teacher, tmp_path):
+    export_onnx(remote_code_teacher, tmp_path / "onnx", threads=1)
+    for name in ("config.json", "tokenizer_config.json"):
+        assert "auto_map" not in json.loads((tmp_path / "onnx" / name).read_text()), name
+
+
 def test_onnx_matches_pytorch_at_other_batch_sizes_and_lengths(exported, tiny_models):
     family, out, _ = exported
     for texts in (TEXTS[:5], TEXTS[5:6], TEXTS[6:]):

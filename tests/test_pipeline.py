@@ -261,6 +261,16 @@ def test_sigkill_during_distill_then_resume_matches_an_uninterrupted_run(tmp_pat
     assert got["distill_final_train_loss"] == pytest.approx(want["distill_final_train_loss"], abs=1e-5)
 
 
+def test_a_teachers_remote_code_is_in_no_student(tmp_path, remote_code_teacher, corpus):
+    """A teacher's `auto_map` (its own code on the hub) is dropped from every stage's config and tokenizer."""
+    stages = ('[[stages]]\nkind = "distill"\nlayers = 2\nmax_steps = 2\nbatch_size = 8\n'
+              '[[stages]]\nkind = "trim_vocab"\nsize = 150\n')
+    run_dir, _ = run_recipe(tmp_path, recipe_toml(remote_code_teacher, corpus, stages))
+    for stage in check_stage_folders(run_dir):
+        for name in ("config.json", "tokenizer_config.json"):
+            assert "auto_map" not in json.loads((run_dir / stage["model_dir"] / name).read_text()), (stage, name)
+
+
 def cancel_at(token: CancelToken, step: int):
     """A sink that cancels `token` when the first stage reports `step`."""
 

@@ -220,3 +220,10 @@ def test_a_full_disk_while_a_task_model_is_saved_names_the_folder_and_leaves_not
     with pytest.raises(DiskFull, match=f"^the disk is full: saving {out} needs about .* MB free\\); free some space$"):
         write_task_model(model, AutoTokenizer.from_pretrained(encoder), {}, data, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_task_model_keeps_no_remote_code(tmp_path, remote_code_teacher):
+    config = TaskModelConfig(task="sentiment", data=str(write_sentiment(tmp_path / "data")), epochs=1)
+    build_task_model(str(remote_code_teacher), config, tmp_path / "model", Collect())
+    for name in ("config.json", "tokenizer_config.json"):
+        assert "auto_map" not in json.loads((tmp_path / "model" / name).read_text()), name

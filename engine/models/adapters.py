@@ -117,12 +117,14 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (BertAdapter(), RobertaAdapter())
 SUPPORTED_MODEL_TYPES = tuple(t for a in ADAPTERS for t in a.model_types)
 
 
-def adapter_for(model_type: str) -> FamilyAdapter:
-    """The adapter for a config's `model_type`, or a ModelError naming what is supported."""
+def adapter_for(model_type: str, remote_code: bool = False) -> FamilyAdapter:
+    """The adapter for a config's `model_type`, or a ModelError naming what is supported (and, for a model
+    with its own code, that MiniGlot does not run it)."""
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
+    own = " (a model with its own code, which MiniGlot never runs)" if remote_code else ""
     raise ModelError(
-        f"unsupported architecture {model_type!r}: MiniGlot compresses "
+        f"unsupported architecture {model_type!r}{own}: MiniGlot compresses "
         f"{', '.join(SUPPORTED_MODEL_TYPES)} encoders (mBERT, MiniLM, E5, XLM-R, RoBERTa)"
     )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from engine.shapes import Shape
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
+REMOTE_CODE = "auto_map"  # config.json / tokenizer_config.json: classes in the hub repository's own code
 
 
 @dataclass
@@ -111,6 +112,7 @@ def inspect_folder(path: Path, allow_pickle: bool = False) -> FolderInfo:
     from transformers import AutoConfig
 
     path = Path(path)
+    _refuse_unknown_remote_code(path)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
@@ -141,6 +143,27 @@ def inspect_folder(path: Path, allow_pickle: bool = False) -> FolderInfo:
     for shard in pickles:
         names.update(torch.load(shard, map_location="meta", weights_only=True).keys())
     return FolderInfo(path, config, frozenset(names), False)
+
+
+def _refuse_unknown_remote_code(path: Path) -> None:
+    """An architecture MiniGlot does not know whose config names its own code: refused before transformers
+    reads it, which would advise trusting remote code (MiniGlot never runs a model's own code)."""
+    try:
+        declared = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # AutoConfig says what is wrong
+    if isinstance(declared, dict) and REMOTE_CODE in declared:
+        adapter_for(str(declared.get("model_type", "")), remote_code=True)
+
+
+def strip_remote_code(folder: Path) -> None:
+    """Drop `auto_map` from a written folder's config.json and tokenizer_config.json: a student keeps stock
+    classes, so it must not point at a teacher's own code on the hub."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = Path(folder) / name
+        data = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        if isinstance(data, dict) and data.pop(REMOTE_CODE, None) is not None:
+            file.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_model(path: Path, allow_pickle: bool = False, source: str = "") -> LoadedModel:
