@@ -144,7 +144,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
     steps = task_steps(recipe)
     names = [s.kind for s in recipe.stages] + [step.name for step in steps]  # indices 1, 2, …: stages, then tasks
     sink.emit(RunStarted(run_dir=str(run_dir), stages=tuple(names), resumed=resumed))
-    manifest.update(status="running", **({} if resumed else _provenance(recipe)))
+    manifest.update(status="running", message="", **({} if resumed else _provenance(recipe)))
     current_index = 0
     try:
         seed_everything(recipe.run.seed)

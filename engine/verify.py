@@ -3,7 +3,9 @@
 The parent computes outputs on held-out text, then a fresh Python process loads the folder with
 stock `AutoModel`/`AutoModelForMaskedLM` + `AutoTokenizer` and compares: same token ids, every id
 inside the embedding table, no weight left to random initialisation (the pooler excepted: it is a
-task head that only BERT's NSP pre-training uses), and outputs within `tolerance`.
+task head that only BERT's NSP pre-training uses), and outputs within `tolerance`. The process ends with
+the one that started it (on Linux, even when that one is SIGKILLed), and its scratch folder is hidden beside
+the checked folder, so a killed run leaves nothing outside its run folder.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ TOLERANCE = 1e-4
 SAMPLE = 8
 MAX_LENGTH = 128  # or the model's positions, when it has fewer
 FROZEN_CHILD_ENV = "MINIGLOT_VERIFY_CHILD"  # packaging/bundle_boot.py dispatches on it
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance: float = TOLERANCE) -> dict:
@@ -40,7 +45,7 @@ def verify_folder(folder: Path, loaded: LoadedModel, texts: list[str], tolerance
                                             attention_mask=enc["attention_mask"]).last_hidden_state
         head = loaded.adapter.mlm_module(model)
         logits = head(hidden) if head is not None else None
-    with tempfile.TemporaryDirectory(prefix="miniglot-verify-") as tmp:
+    with _scratch(folder) as tmp:
         expected = Path(tmp) / "expected.npz"
         arrays = {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy(),
                   "hidden": hidden.numpy()}
@@ -60,10 +65,33 @@ def verify_task_folder(folder: Path, model: Any, tokenizer: Any, texts: list[str
     model = copy.deepcopy(model).to("cpu").float().eval()
     with torch.no_grad():
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-    with tempfile.TemporaryDirectory(prefix="miniglot-verify-") as tmp:
+    with _scratch(folder) as tmp:
         np.savez(Path(tmp) / "expected.npz", input_ids=enc["input_ids"].numpy(),
                  attention_mask=enc["attention_mask"].numpy(), task_logits=logits.numpy())
         return _reload(folder, tmp, texts, tolerance)
+
+
+def _scratch(folder: Path) -> tempfile.TemporaryDirectory:
+    """The check's scratch folder, hidden beside `folder`: inside the run folder for a run's models, where a
+    resume sweeps it if the run is killed mid-check (`RunFolder.remove_leftovers`)."""
+    return tempfile.TemporaryDirectory(prefix=".verify-", suffix=".tmp", dir=Path(folder).parent)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, what the check's process runs before it starts: the kernel kills it when the thread that
+    started it ends, even by SIGKILL, so a killed run leaves no check running. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _reload(folder: Path, tmp: str, texts: list[str], tolerance: float) -> dict:
@@ -76,7 +104,8 @@ def _reload(folder: Path, tmp: str, texts: list[str], tolerance: float) -> dict:
         command, env[FROZEN_CHILD_ENV] = [sys.executable, *command[3:]], "1"
     # its own session: a Ctrl-C or SIGTERM sent to the run's process group cancels the run, not the check
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                          cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+                          cwd=Path(__file__).resolve().parent.parent, start_new_session=True,
+                          preexec_fn=_die_with_parent())
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):

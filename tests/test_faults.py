@@ -103,6 +103,60 @@ def test_sigkill_then_resume_gives_the_uninterrupted_model(tmp_path, uninterrupt
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
 
 
+def gone(pid: int, within: float) -> bool:
+    """Whether process `pid` ends (or is a zombie no one has reaped yet) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel ends the check with its parent on Linux")
+def test_sigkill_during_the_reload_check_ends_the_check_and_leaves_nothing_outside_the_run(tmp_path, tiny_models,
+                                                                                          corpus):
+    """A run cancelled (its manifest says so), resumed, then SIGKILLed while stage 1's reload check runs: the
+    check's process dies with it, its scratch folder is inside the run folder, where the next resume sweeps it,
+    and the manifest does not repeat the earlier cancellation."""
+    from engine import pipeline
+    from engine.errors import Cancelled
+    from engine.events import CancelToken, Progress
+    from engine.recipe import Recipe
+
+    token = CancelToken()
+
+    class CancelAtStep:
+        def emit(self, event):
+            if isinstance(event, Progress) and event.step == 2:
+                token.cancel()
+
+    with pytest.raises(Cancelled):
+        pipeline.run(Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, STAGES), tmp_path), CancelAtStep(),
+                     token)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "manifest.json").read_text())["message"] == "cancelled by the user"
+    killed = child(tmp_path, run_dir, "in-reload-1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    check = json.loads((tmp_path / "check.json").read_text())
+    try:
+        assert gone(check["pid"], within=10), "the reload check outlived the run that started it"
+    finally:
+        if not gone(check["pid"], within=0):
+            os.kill(check["pid"], signal.SIGKILL)
+    assert Path(check["scratch"]).is_dir() and Path(check["scratch"]).is_relative_to(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "running" and manifest["message"] == ""  # nobody could record the kill
+
+    resumed = cli(tmp_path, "run", "--quiet", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert leftovers(run_dir) == [] and not Path(check["scratch"]).exists()
+
+
 def test_resume_with_a_relative_path(tmp_path, tiny_models, corpus):
     """The reload check runs in another folder: the run folder must reach it as an absolute path."""
     (tmp_path / "r.toml").write_text(recipe_toml(tiny_models["bert"], corpus, STAGES))
