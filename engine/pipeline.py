@@ -25,7 +25,7 @@ import torch
 
 from engine import __version__
 from engine.configs import TaskModelConfig
-from engine.data.corpus import read_corpus, split_validation
+from engine.data.corpus import long_lines_warning, read_corpus, split_validation
 from engine.data.tasks import Columns, TaskData, load_task
 from engine.distributed import Distributed
 from engine.errors import Cancelled, MiniGlotError, ModelError, RecipeError, TaskDataError
@@ -154,6 +154,8 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
         sink.emit(Log(message=f"teacher {recipe.teacher.source}: {teacher_shape.describe()}, "
                               f"{count_params(teacher.model):,} parameters; corpus {len(train):,} training "
                               f"and {len(validation):,} validation lines; device {device}, {precision.name}"))
+        if warning := long_lines_warning(train, teacher.tokenizer, recipe.corpus.max_length, recipe.run.seed):
+            sink.emit(Log(message=warning, level="warning"))
         if not resumed:
             manifest.update(teacher={"source": recipe.teacher.source, "params": count_params(teacher.model),
                                      "shape": dataclasses.asdict(teacher_shape)},

@@ -184,3 +184,19 @@ def test_corpus_stats(tmp_path: Path) -> None:
     stats = corpus_stats(["a b a", "b"], tokenizer)
     assert stats == CorpusStats(lines=2, characters=6, whitespace_tokens=4, tokens=4)
     assert corpus_stats(["a b"]).tokens is None
+
+
+def test_a_megabyte_line_is_warned_about_and_sentences_are_not(tiny_models) -> None:
+    from tiny import sentences
+    from transformers import AutoTokenizer
+
+    from engine.data.corpus import long_lines_warning
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    text = sentences(400)
+    book = [" ".join(text * 25)]  # about a megabyte on one line
+    warning = long_lines_warning(book, tokenizer, 128, seed=0)
+    assert warning is not None and warning.startswith(
+        f"the corpus lines are much longer than corpus.max_length = 128 tokens (the longest sampled line has "
+        f"{len(book[0]):,} characters): each line is cut to its first 128 tokens, so about 100% of the text")
+    assert long_lines_warning(text, tokenizer, 128, seed=0) is None

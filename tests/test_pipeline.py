@@ -271,6 +271,27 @@ def test_a_teachers_remote_code_is_in_no_student(tmp_path, remote_code_teacher, 
             assert "auto_map" not in json.loads((run_dir / stage["model_dir"] / name).read_text()), (stage, name)
 
 
+def test_lines_much_longer_than_max_length_are_warned_about(tmp_path, tiny_models, corpus):
+    """A corpus of a few paragraph-long lines trains on each line's first tokens only: the run says so; a
+    corpus of sentences says nothing."""
+    from tiny import sentences
+
+    from engine.events import Log
+
+    text = sentences(400, seed=1)
+    paragraphs = tmp_path / "paragraphs.txt"
+    paragraphs.write_text("\n".join(" ".join(text[i:i + 40]) for i in range(0, 400, 40)) + "\n", encoding="utf-8")
+    stages = '[[stages]]\nkind = "distill"\nlayers = 2\nmax_steps = 1\nbatch_size = 4\n'
+    warnings = {}
+    for name, lines in (("paragraphs", paragraphs), ("sentences", corpus)):
+        _, sink = run_recipe(tmp_path / name, recipe_toml(tiny_models["bert"], lines, stages, verify=False))
+        warnings[name] = [e.message for e in sink.of(Log) if e.level == "warning"]
+    (warning,) = warnings["paragraphs"]
+    assert warning.startswith("the corpus lines are much longer than corpus.max_length = 48 tokens")
+    assert "split the text into sentences or short paragraphs, one per line" in warning
+    assert warnings["sentences"] == []
+
+
 def cancel_at(token: CancelToken, step: int):
     """A sink that cancels `token` when the first stage reports `step`."""
 

