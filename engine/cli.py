@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -303,9 +304,19 @@ def _stages(args) -> int:
             number = ",.0f" if field["kind"] in ("int", "optional_int") else "g"
             span = f" ({field['low']:{number}}–{field['high']:{number}})" if field["high"] else ""
             span = f" ({' | '.join(field['choices'])})" if field["choices"] else span
-            print(f"    {name} = {field['default']!r}{span}: {field['tip'].splitlines()[0]}")
+            print(f"    {name} = {field['default']!r}{span}: {_whole_sentences(field['tip'])}")
         print()
     return 0
+
+
+def _whole_sentences(tip: str) -> str:
+    """A tip's first line, carried on to the end of the sentence it breaks off in."""
+    line, _, rest = tip.partition("\n")
+    if not rest.strip() or line.rstrip().endswith((".", "!", "?")):
+        return line
+    rest = " ".join(rest.split())
+    end = re.search(r"[.!?](\s|$)", rest)
+    return f"{line} {rest[:end.start() + 1] if end else rest}"
 
 
 def _export(args) -> int:

@@ -299,3 +299,15 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused_before_a_run_sta
     inspected = cli(tmp_path, "inspect", str(teacher))
     assert inspected.returncode == 1 and f"only {rows} embedding rows" in inspected.stderr
     assert cli(tmp_path, "inspect", str(tiny_models["bert"])).returncode == 0
+
+
+def test_stages_lists_each_settings_tip_in_whole_sentences(capsys):
+    from engine import cli as cli_module
+    from engine.stages.registry import spec_for, specs
+
+    assert cli_module.main(["stages"]) == 0
+    settings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]
+    assert len(settings) == sum(len(spec.fields) for spec in specs())
+    assert [line for line in settings if not line.endswith((".", "!", "?"))] == []
+    fill = " ".join(next(f for f in spec_for("trim_vocab").fields if f.name == "fill").tip.split())
+    assert any(line.endswith(": " + fill.split(". ")[0].rstrip(".") + ".") for line in settings)
