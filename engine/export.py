@@ -14,10 +14,12 @@ Everything is written to a temporary folder first: a failed export leaves nothin
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.metadata
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelError, VerificationError
-from engine.runfolder import TASK_FILE, atomic_dir
+from engine.runfolder import TASK_FILE, RunFolder, atomic_dir
 from engine.tasks import HEAD_SUFFIX
 
 ONNX_FILE = "model.onnx"
@@ -92,9 +94,10 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
     from engine.models.loading import resolve_source, strip_remote_code, weight_bytes
 
     started = time.perf_counter()
+    _refuse_run_folder(source)
     model_dir = resolve_source(str(source))
     out = Path(out).expanduser().resolve() if out is not None else default_out(source).resolve()
-    _check_out(out)
+    _check_out(out, default_out(source).name)
     require_onnx()
     tokenizer, model, config, head = load_for_export(model_dir)
     texts = [t for t in texts if t.strip()]
@@ -105,7 +108,7 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in
                                                 tokenizer.model_input_names else [])
     external = weight_bytes(module) > EXTERNAL_DATA_BYTES
-    with atomic_dir(out) as tmp:
+    with _replacing(out, default_out(source).name) as tmp:
         _export(module, tokenizer, names, texts, tmp / ONNX_FILE, output, external)
         tokenizer.save_pretrained(tmp)
         shutil.copy2(model_dir / "config.json", tmp / "config.json")
@@ -300,12 +303,45 @@ def _export(module: Any, tokenizer: Any, names: list[str], texts: Sequence[str],
     program.save(str(path), external_data=external)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to replace anything but an empty folder or an earlier export (never the model itself)."""
+def _refuse_run_folder(source: str | Path) -> None:
+    """A run folder given as the model: say which model folders it holds."""
+    run = RunFolder(Path(str(source)).expanduser())
+    if (run.path / "config.json").is_file() or not run.is_run():
+        return
+    models = [p.relative_to(run.path).as_posix() for p in run.model_folders()]
+    if not models:
+        raise ModelError(f"{run.path} is a run folder with no model yet: export a stage's model folder "
+                         "(stages/NN-kind/model) once that stage has completed")
+    raise ModelError(f"{run.path} is a run folder, not a model folder: export one of the models in it "
+                     f"({', '.join(models)})")
+
+
+def _check_out(out: Path, name: str) -> None:
+    """Refuse to replace anything but an empty folder or an earlier export (never the model itself), and a
+    mount point (a folder that cannot be replaced); `name` is the folder to suggest inside it."""
     if out.exists() and not out.is_dir():
         raise ModelError(f"{out} is a file: give a folder for the export (--out DIR)")
     if out.is_dir() and any(out.iterdir()) and not (out / REPORT_FILE).is_file():
         raise ModelError(f"{out} exists and is not an earlier export: choose an empty or new folder (--out DIR)")
+    if out.is_dir() and os.path.ismount(out):
+        raise ModelError(_unreplaceable(out, name))
+
+
+@contextmanager
+def _replacing(out: Path, name: str):
+    """`atomic_dir(out)`; a folder the OS will not let go of (a bind mount) is told in one line."""
+    try:
+        with atomic_dir(out) as tmp:
+            yield tmp
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        raise ModelError(_unreplaceable(out, name)) from None
+
+
+def _unreplaceable(out: Path, name: str) -> str:
+    return (f"{out} is a mount point (or in use), which an export cannot replace: export into a new folder "
+            f"inside it (--out {out / name})")
 
 
 def _file_bytes(path: Path) -> int:

@@ -331,6 +331,11 @@ class RunFolder:
                                          dict(stage.get("quality") or {})))
         return models
 
+    def model_folders(self) -> list[Path]:
+        """Every model folder written in the run (stages' `model/`, then task models'), whatever the manifest says."""
+        return sorted(p.parent for p in (*self.path.glob("stages/*/model/config.json"),
+                                         *self.path.glob(f"{TASKS}/*/model/config.json")))
+
     def lock(self) -> RunLock:
         return RunLock(self.path)
 

@@ -231,13 +231,37 @@ def occupied_out(tmp: Path, models) -> tuple[list[str], int, str]:
     return [str(models["bert"]), "--onnx", "--out", str(tmp / "mine")], 1, "is not an earlier export"
 
 
-@pytest.mark.parametrize("case", [not_a_model, unsupported, no_format, occupied_out])
+def run_folder(tmp: Path, models) -> tuple[list[str], int, str]:
+    run = tmp / "runs" / "20260101-000000"
+    for model in ("stages/01-distill/model", "stages/02-prune/model", "tasks/ner/model"):
+        (run / model).mkdir(parents=True)
+        (run / model / "config.json").write_text("{}")
+    (run / "stages" / "03-shrink" / ".model.x.tmp").mkdir(parents=True)  # a killed stage's: not a model
+    (run / "manifest.json").write_text('{"status": "running", "stages": []}')
+    return [str(run), "--onnx"], 1, (f"{run} is a run folder, not a model folder: export one of the models in it "
+                                     "(stages/01-distill/model, stages/02-prune/model, tasks/ner/model)")
+
+
+@pytest.mark.parametrize("case", [not_a_model, unsupported, no_format, occupied_out, run_folder])
 def test_cli_errors_are_one_line(case, tiny_models, tmp_path, capsys):
     argv, code, needle = case(tmp_path, tiny_models)
     assert main(["export", *argv]) == code
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and needle in captured.err, captured.err
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_mount_point_as_the_output_is_refused_before_exporting(tiny_models, tmp_path, capsys, monkeypatch):
+    """A mount point cannot be replaced (the OS says "Device or resource busy" after the whole export)."""
+    usb, real = tmp_path / "usb", os.path.ismount
+    usb.mkdir()
+    monkeypatch.setattr(export.os.path, "ismount", lambda path: Path(path) == usb or real(path))
+    monkeypatch.setattr(export, "require_onnx", lambda: pytest.fail("the export started"))
+    assert main(["export", str(tiny_models["bert"]), "--onnx", "--out", str(usb)]) == 1
+    assert capsys.readouterr().err == (
+        f"miniglot-cli: {usb} is a mount point (or in use), which an export cannot replace: export into a new "
+        f"folder inside it (--out {usb / (tiny_models['bert'].name + '-onnx')})\n")
+    assert list(tmp_path.iterdir()) == [usb] and not list(usb.iterdir())
 
 
 def test_cli_names_the_missing_libraries(tiny_models, tmp_path, capsys, monkeypatch):
