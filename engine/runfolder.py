@@ -26,7 +26,7 @@ RECIPE = "recipe.toml"
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
 EVAL = "eval"  # the evaluation's results (engine.evaluate.runner): per task, model and seed, and the summary
-LOCK = ".lock"  # held (flock) by the one process writing the run; the OS releases it if that process dies
+LOCK = ".lock"  # held (flock) by the one process writing the run, then removed; the OS releases it if that process dies
 LOCK_OWNER = ".lock.json"  # who holds it: pid, host, since
 TASKS = "tasks"  # the run's task models (engine.taskmodel): tasks/<task>/model, tasks/<task>/teacher
 LEFTOVER_PATTERNS = (".*.tmp", ".*.old")  # a killed writer's temporary files and folders
@@ -357,7 +357,9 @@ class RunLock:
     """The right to write one run folder, held by one process at a time (a context manager).
 
     An OS file lock (released by the kernel when the holder dies, even by SIGKILL), with the holder's
-    pid and host beside it so a refused writer can say who is writing.
+    pid and host beside it so a refused writer can say who is writing. Both files go when the holder
+    lets go: the lock file is unlinked while still held, so a writer that opened it meanwhile finds an
+    unlinked file and is refused (filelock checks), and the next one creates a fresh file.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -380,6 +382,7 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         (self.run_dir / LOCK_OWNER).unlink(missing_ok=True)
+        (self.run_dir / LOCK).unlink(missing_ok=True)
         self._lock.release()
 
     def owner(self) -> str:

@@ -61,7 +61,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def leftovers(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.rglob("*") if p.name.endswith((".tmp", ".old", ".lock.json"))
+    return sorted(p for p in run_dir.rglob("*") if p.name.endswith((".tmp", ".old", ".lock", ".lock.json"))
                   or p.name == "checkpoint")
 
 

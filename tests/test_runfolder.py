@@ -17,7 +17,7 @@ from engine import pipeline
 from engine.errors import RecipeError, RunFolderError
 from engine.events import Collect
 from engine.recipe import Recipe
-from engine.runfolder import LOCK_OWNER, RunFolder, atomic_write_text
+from engine.runfolder import LOCK, LOCK_OWNER, RunFolder, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DISTILL = '[[stages]]\nkind = "distill"\nlayers = 2\nmax_steps = 2\nbatch_size = 8\n'
@@ -34,6 +34,16 @@ def test_a_second_lock_is_refused_with_the_holders_pid_and_host(tmp_path):
     assert not (tmp_path / LOCK_OWNER).exists()
     with RunFolder(tmp_path).lock():  # released: the next writer gets it
         pass
+
+
+def test_a_writer_that_lets_go_leaves_no_lock_file(tmp_path):
+    """The README's promise: `.lock` and `.lock.json` exist only while a run writes."""
+    with RunFolder(tmp_path).lock():
+        assert {p.name for p in tmp_path.iterdir()} == {LOCK, LOCK_OWNER}
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError), RunFolder(tmp_path).lock():  # a run that fails lets go as well
+        raise ValueError
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_lock_held_by_another_process_is_refused_and_freed_when_it_dies(tmp_path):
