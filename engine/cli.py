@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except MiniGlotError as exc:
         print(f"miniglot-cli: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader stopped early (`miniglot-cli stages | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"miniglot-cli: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1

@@ -311,3 +311,11 @@ def test_stages_lists_each_settings_tip_in_whole_sentences(capsys):
     assert [line for line in settings if not line.endswith((".", "!", "?"))] == []
     fill = " ".join(next(f for f in spec_for("trim_vocab").fields if f.name == "fill").tip.split())
     assert any(line.endswith(": " + fill.split(". ")[0].rstrip(".") + ".") for line in settings)
+
+
+def test_a_reader_that_stops_early_gets_no_broken_pipe_message():
+    # `true` reads nothing and exits long before the listing is written: every write meets a closed pipe
+    listing = subprocess.run(f"{sys.executable} -m engine.cli stages | true; echo ${{PIPESTATUS[0]}}", shell=True,
+                             executable="/bin/bash", capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    assert listing.stdout.strip() == "0" and listing.stderr == "", listing.stderr
