@@ -38,6 +38,7 @@ from gui.worker import run_in_background, wait_for_all
 
 ORGANISATION = "MiniGlot"
 APPLICATION = "MiniGlot"
+TAB_TITLES = ("Setup", "Training", "Trade-offs", "Evaluation", "Task model", "Runs")
 
 METHOD_SUMMARY = """
 <h3>How MiniGlot compresses a model</h3>
@@ -93,9 +94,8 @@ class MainWindow(QMainWindow):
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(False)
-        for widget, title in ((self.setup_tab, "Setup"), (self.training_tab, "Training"),
-                              (self.tradeoffs_tab, "Trade-offs"), (self.evaluation_tab, "Evaluation"),
-                              (self.task_tab, "Task model"), (self.runs_tab, "Runs")):
+        for widget, title in zip((self.setup_tab, self.training_tab, self.tradeoffs_tab, self.evaluation_tab,
+                                  self.task_tab, self.runs_tab), TAB_TITLES, strict=True):
             self.tabs.addTab(widget, title)
         self.setCentralWidget(self.tabs)
 

@@ -157,7 +157,7 @@ def open_and_close_window(tmp: Path, run_dir: Path) -> None:
 
     from gui import style
     from gui.event_loop import idle_workers
-    from gui.main_window import APPLICATION, ORGANISATION, MainWindow
+    from gui.main_window import APPLICATION, ORGANISATION, TAB_TITLES, MainWindow
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
     app = QApplication.instance() or QApplication([sys.argv[0]])
@@ -170,6 +170,6 @@ def open_and_close_window(tmp: Path, run_dir: Path) -> None:
     window.show()
     if not idle_workers(WINDOW_WAIT_S):  # e.g. the Setup tab inspecting the teacher
         raise SelfTestError(f"the window's background jobs did not end within {WINDOW_WAIT_S:.0f} s")
-    if window.tabs.count() != 5 or not window.close():
+    if window.tabs.count() != len(TAB_TITLES) or not window.close():
         raise SelfTestError("the main window did not close")
     app.processEvents()
