@@ -103,3 +103,14 @@ size = 150
 def four_stages(loss: str = "mse", selection: str = "last_k", init: str = "teacher",
                 shrink_init: str = "truncation") -> str:
     return FOUR_STAGES.format(loss=loss, selection=selection, init=init, shrink_init=shrink_init)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy 2-core machine is not oversubscribed."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

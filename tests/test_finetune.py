@@ -22,13 +22,7 @@ FILLER = ["ra", "ne", "si", "po", "ha", "wu", "ja", "bo", "de", "kali", "mutora"
 KEYWORDS = {"good": ["kamuli", "topo"], "bad": ["deboja", "wuha"], "meh": ["limura", "sine"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine is not oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

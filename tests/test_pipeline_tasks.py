@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import recipe_toml
 from test_taskmodel import write_ner, write_sentiment
 from tiny import tiny_model_dir, write_corpus
@@ -45,12 +44,7 @@ pipeline.run(Recipe.load(sys.argv[1]), KillInStep())
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
