@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -236,8 +237,12 @@ def _check_kind(path: Path, source: str, token_level: bool, task: str, role: str
 
 
 def _check_out(out: Path) -> None:
+    """Refuse to replace anything but an empty folder or an earlier task model, and a mount point."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / TASK_FILE).is_file())):
         raise TaskDataError(f"{out} exists and is not a MiniGlot task model; choose another --out")
+    if os.path.ismount(out):
+        raise TaskDataError(f"{out} is a mount point, which a task model cannot replace: write it into a new "
+                            f"folder inside it (--out {out / 'task-model'})")
 
 
 def _reporter(sink: EventSink, index: int, name: str):

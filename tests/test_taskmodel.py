@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -221,3 +222,15 @@ def test_a_task_model_keeps_no_remote_code(tmp_path, remote_code_teacher):
     build_task_model(str(remote_code_teacher), config, tmp_path / "model", Collect())
     for name in ("config.json", "tokenizer_config.json"):
         assert "auto_map" not in json.loads((tmp_path / "model" / name).read_text()), name
+
+
+def test_a_mount_point_as_the_output_is_refused_before_training(tmp_path, encoder, monkeypatch, capsys):
+    data = write_sentiment(tmp_path / "data", n_train=20)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == mount or real(path))
+    assert cli(["finetune", str(encoder), "--task", "sentiment", "--data", str(data), "--out", str(mount),
+                "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a mount point" in err and str(mount / "task-model") in err
