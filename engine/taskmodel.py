@@ -141,22 +141,24 @@ def write_task_model(model: Any, tokenizer: Any, facts: dict, data: TaskData, ou
 def teacher_predictions(teacher: str, data: TaskData, unlabelled: Sequence[str | tuple[str, ...]],
                         cache: Path | None, device: str, token: CancelToken) -> tuple[Distillation, dict]:
     """The teacher task model's logits (columns in `data.labels` order) on the train and unlabelled inputs,
-    and its test scores; from `cache` when the same teacher, data and texts were labelled before."""
-    tokenizer, model = load_task_model(teacher, data.task)
-    missing = [label for label in data.labels if label not in model.config.label2id]
+    and its test scores; from `cache` when the same teacher, data and texts were labelled before (then the
+    teacher's weights are not loaded)."""
+    path, config = task_model_config(teacher, data.task)
+    missing = [label for label in data.labels if label not in config.label2id]
     if missing:
         raise TaskDataError(f"the teacher {teacher} does not know the labels {missing} of {data.source}; "
-                            f"it predicts {sorted(model.config.label2id)}: give a teacher fine-tuned on this data")
-    columns = [model.config.label2id[label] for label in data.labels]
+                            f"it predicts {sorted(config.label2id)}: give a teacher fine-tuned on this data")
+    columns = [config.label2id[label] for label in data.labels]
     groups = {"train": [_inputs(ex) for ex in data.train], "unlabelled": list(unlabelled),
               "test": [_inputs(ex) for ex in data.test]}
-    key = hashlib.sha256(json.dumps([folder_fingerprint(resolve_source(teacher)), data.fingerprint(),
+    key = hashlib.sha256(json.dumps([folder_fingerprint(path), data.fingerprint(),
                                      list(map(list, unlabelled)) if data.is_token_task else list(unlabelled),
                                      MAX_LENGTH]).encode()).hexdigest()[:16]
     cached = cache / f"teacher-logits-{key}.npz" if cache is not None else None
     if cached is not None and cached.is_file():
         logits = _load_ragged(cached)
     else:
+        tokenizer, model = load_task_model(path, data.is_token_task)
         logits = {group: [row[..., columns] for row in teacher_logits(model, tokenizer, inputs, data.is_token_task,
                                                                        MAX_LENGTH, device=device, token=token)]
                   for group, inputs in groups.items()}
@@ -167,11 +169,9 @@ def teacher_predictions(teacher: str, data: TaskData, unlabelled: Sequence[str |
             score(data.task, data.test, predictions))
 
 
-def load_task_model(source: str, task: str) -> tuple[Any, Any]:
-    """A task model's tokenizer and model, refused with a one-line error when it is not a model of `task`'s kind."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    from engine.evaluate.finetune import load_tokenizer
+def task_model_config(source: str, task: str) -> tuple[Path, Any]:
+    """A task model's folder and config, refused with a one-line error when it is not a model of `task`'s kind."""
+    from transformers import AutoConfig
 
     path = resolve_source(source)
     token_level = task_kind(task).token_level
@@ -179,6 +179,15 @@ def load_task_model(source: str, task: str) -> tuple[Any, Any]:
     if not any(a.endswith(HEAD_SUFFIX[token_level]) for a in architectures):
         raise ModelError(f"the teacher {source} is not a task model (architectures {architectures or 'unknown'}); "
                          f"fine-tune it first: miniglot-cli finetune {source} --task {task} --data … --out …")
+    return path, AutoConfig.from_pretrained(path, trust_remote_code=False)
+
+
+def load_task_model(path: Path, token_level: bool) -> tuple[Any, Any]:
+    """The tokenizer and model of the task model folder `path` (checked by `task_model_config`)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from engine.evaluate.finetune import load_tokenizer
+
     auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     return load_tokenizer(path), auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
 
