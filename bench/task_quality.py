@@ -77,13 +77,16 @@ def score_task(args: argparse.Namespace, name: str, run_dir: Path, out: Path, si
     headline = ""
     for seed in range(args.seeds):
         base = TaskModelConfig(task=task, data=str(SHARED / data), distill=False, seed=seed,
-                               temperature=args.temperature, alpha=args.alpha)
+                               temperature=args.temperature, alpha=args.alpha,
+                               unlabelled_ratio=args.unlabelled_ratio)
         jobs = {"teacher": (teacher_source, base, None),
                 "plain": (student, base, None),
                 "distilled": (student, dataclasses.replace(base, distill=True, unlabelled=tuple(unlabelled)),
                               str(out / name / f"teacher-{seed}"))}
         for variant, (encoder, config, teacher) in jobs.items():
-            target = out / name / f"{variant}-{seed}"
+            settings = (f"-a{args.alpha:g}-t{args.temperature:g}-r{args.unlabelled_ratio:g}"
+                        if variant == "distilled" else "")
+            target = out / name / f"{variant}{settings}-{seed}"
             record = target.with_suffix(".json")  # an interrupted benchmark reruns with --out and continues
             if record.is_file():
                 row = json.loads(record.read_text())
@@ -91,7 +94,8 @@ def score_task(args: argparse.Namespace, name: str, run_dir: Path, out: Path, si
                 cpu = time.process_time()
                 facts = build_task_model(encoder, config, target, sink, teacher=teacher, cache=out / name)
                 row = {"task": name, "variant": variant, "seed": seed, "metric": facts["headline"],
-                       "test": facts["test"][facts["headline"]], "epochs": facts["epochs_run"],
+                       "test": facts["test"][facts["headline"]],
+                       "dev": facts["dev"][facts["headline"]], "epochs": facts["epochs_run"],
                        "cpu_minutes": round((time.process_time() - cpu) / 60, 2)}
                 record.write_text(json.dumps(row))
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -100,6 +104,8 @@ def score_task(args: argparse.Namespace, name: str, run_dir: Path, out: Path, si
             scores[variant].append(row["test"])
     means = {v: statistics.mean(s) for v, s in scores.items()}
     return {"task": name, "metric": headline, "scores": scores, "mean": means,
+            "distillation": {"alpha": args.alpha, "temperature": args.temperature,
+                             "unlabelled_ratio": args.unlabelled_ratio},
             "retained": {v: means[v] / means["teacher"] for v in ("plain", "distilled")},
             "cpu_minutes": {v: round(m / args.seeds, 2) for v, m in minutes.items()},
             "student": student, "unlabelled": unlabelled}
@@ -135,6 +141,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=None, help="default: TaskModelConfig's")
     parser.add_argument("--alpha", type=float, default=None, help="default: TaskModelConfig's")
+    parser.add_argument("--unlabelled-ratio", type=float, default=None, help="default: TaskModelConfig's")
     parser.add_argument("--out", type=Path, help="where everything goes (default bench/out/task-quality-*)")
     parser.add_argument("--verbose", action="store_true", help="training progress on stderr")
     args = parser.parse_args()
@@ -142,6 +149,8 @@ def parse_args() -> argparse.Namespace:
 
     args.temperature = TaskModelConfig.temperature if args.temperature is None else args.temperature
     args.alpha = TaskModelConfig.alpha if args.alpha is None else args.alpha
+    if args.unlabelled_ratio is None:
+        args.unlabelled_ratio = TaskModelConfig.unlabelled_ratio
     return args
 
 

@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="softens the teacher's predictions")
     finetune.add_argument("--alpha", type=float, default=TaskModelConfig.alpha,
                           help="weight of the gold labels (1 - alpha on the teacher's predictions)")
+    finetune.add_argument("--unlabelled-ratio", type=float, default=TaskModelConfig.unlabelled_ratio, metavar="R",
+                          help="unlabelled texts per train text in each epoch")
     finetune.add_argument("--text-column", default="", metavar="NAME")
     finetune.add_argument("--label-column", default="", metavar="NAME")
     finetune.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
@@ -203,6 +205,7 @@ def _finetune(args) -> int:
     config = TaskModelConfig(task=args.task, data=args.data, distill=args.teacher is not None,
                              unlabelled=tuple(args.unlabelled), epochs=args.epochs, learning_rate=args.learning_rate,
                              seed=args.seed, temperature=args.temperature, alpha=args.alpha,
+                             unlabelled_ratio=args.unlabelled_ratio,
                              text_column=args.text_column, label_column=args.label_column)
     token, signals = _cancel_on_signals()
     try:

@@ -200,6 +200,7 @@ class TaskModelConfig:
     seed: int = 0
     temperature: float = 2.0  # softens the teacher's predictions
     alpha: float = 0.5  # weight of the gold labels; 1 - alpha on the teacher's predictions
+    unlabelled_ratio: float = 3.0  # unlabelled texts per train text in each epoch
     text_column: str = ""
     label_column: str = ""
 
@@ -211,3 +212,4 @@ class TaskModelConfig:
               "learning_rate")
         check(self.temperature > 0, "task_models.temperature must be positive", "temperature")
         check(0 <= self.alpha <= 1, "task_models.alpha must be in [0, 1]", "alpha")
+        check(self.unlabelled_ratio >= 0, "task_models.unlabelled_ratio must be 0 or more", "unlabelled_ratio")

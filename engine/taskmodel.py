@@ -83,7 +83,8 @@ def build_task_model(encoder: str, config: TaskModelConfig, out: Path, sink: Eve
         sink.emit(Log(message=f"{name}: the teacher {teacher} labels the training texts"))
         unlabelled = unlabelled_inputs(config.unlabelled or tuple(corpus) or run_corpus(encoder_dir), data)
         distillation, teacher_test = teacher_predictions(teacher, data, unlabelled, cache, device, token)
-        distillation = dataclasses.replace(distillation, temperature=config.temperature, alpha=config.alpha)
+        distillation = dataclasses.replace(distillation, temperature=config.temperature, alpha=config.alpha,
+                                           unlabelled_ratio=config.unlabelled_ratio)
         sink.emit(Log(message=f"{name}: learning from the teacher on {len(data.train)} train and "
                               f"{len(unlabelled)} unlabelled texts"))
     fitted = fit(encoder_dir, data, config.seed, epochs=config.epochs or None,
@@ -103,7 +104,8 @@ def build_task_model(encoder: str, config: TaskModelConfig, out: Path, sink: Eve
     }
     if distillation is not None:
         facts |= {"teacher": teacher, "teacher_test": teacher_test, "temperature": config.temperature,
-                  "alpha": config.alpha, "unlabelled": len(distillation.unlabelled)}
+                  "alpha": config.alpha, "unlabelled": len(distillation.unlabelled),
+                  "unlabelled_ratio": config.unlabelled_ratio}
     facts["verification"] = write_task_model(fitted.model, fitted.tokenizer, facts, data, out)
     sink.emit(Artifact(index=index, stage=name, path=str(out), params=facts["params"], bytes=folder_bytes(out)))
     for split in ("dev", "test"):

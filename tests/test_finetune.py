@@ -245,3 +245,17 @@ def test_compact_vocabulary_trains_exactly_like_the_full_embedding(models, famil
     assert restored.shape[0] == full.config.vocab_size
     torch.testing.assert_close(restored[used], full.get_input_embeddings().weight[used] + 1.0)
     torch.testing.assert_close(restored[unused], full.get_input_embeddings().weight[unused])
+
+
+def test_each_epoch_takes_every_train_text_and_the_next_share_of_unlabelled_ones():
+    from engine.evaluate.finetune import _EpochExamples
+
+    schedule = _EpochExamples(gold=4, unlabelled=10, ratio=1.25, seed=3)
+    epochs = [schedule(epoch) for epoch in (1, 2, 3, 4)]
+    assert all(e[:4] == [0, 1, 2, 3] and len(e) == 4 + 5 for e in epochs)
+    assert set(epochs[0][4:]).isdisjoint(epochs[1][4:])  # no repeat before every unlabelled text was seen
+    assert set(epochs[0][4:] + epochs[1][4:]) == set(range(4, 14))
+    assert epochs[2] == epochs[0] and epochs == [_EpochExamples(4, 10, 1.25, 3)(epoch) for epoch in (1, 2, 3, 4)]
+    assert epochs[0] != _EpochExamples(4, 10, 1.25, 4)(1)
+    assert _EpochExamples(4, 10, 0.0, 3)(2) == [0, 1, 2, 3]
+    assert sorted(_EpochExamples(4, 3, 5.0, 3)(1)) == list(range(7))  # fewer unlabelled texts than the share

@@ -356,6 +356,8 @@ def test_task_models_round_trip_and_resolve_like_the_other_paths(tmp_path):
     ('task = "chunking"\ndata = "d"', "task_models[1].task", "choose one of pos, ner, sentiment, topic"),
     ('task = "ner"\ndata = " "', "task_models[1].data", "task_models.data is empty"),
     ('task = "ner"\ndata = "d"\nalpha = 2', "task_models[1].alpha", "alpha must be in [0, 1]"),
+    ('task = "ner"\ndata = "d"\nunlabelled_ratio = -1', "task_models[1].unlabelled_ratio",
+     "unlabelled_ratio must be 0 or more"),
     ('task = "ner"\ndata = "d"\n[[task_models]]\ntask = "ner"\ndata = "e"', "task_models[2].task",
      "two [[task_models]] train task ner (its folder is tasks/ner): keep one"),
 ])

@@ -20,7 +20,9 @@ Task distillation (`Distillation`): the student also learns a fine-tuned teacher
 a temperature, on the train texts and on unlabelled in-language texts the teacher labelled (token tasks: per
 word, on the word's first sub-token, so teacher and student may segment differently). The loss is
 `alpha` × gold cross-entropy + (1 − `alpha`) × T² × KL(teacher ‖ student); unlabelled texts have only the
-second term. Epochs then pass over train and unlabelled texts together.
+second term. Each epoch passes over all train texts and the next share of the unlabelled ones
+(`Distillation.unlabelled_ratio` per train text), so the gold labels are seen as often as without a
+teacher and the epochs follow the train set's size.
 
 A frozen encoder is scored by `engine.evaluate.probe` instead: a linear classifier fitted to
 convergence on cached features (training a task head by SGD on a frozen encoder under-fits badly:
@@ -33,6 +35,7 @@ task head is created, and batch orders come from (seed, epoch).
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -173,11 +176,14 @@ def fit(
     if distillation is not None:
         splits[0] = with_teacher(tokenizer, data, splits[0], distillation, max_length)
     (train_set, dev, test), restore = compact_vocabulary(model, splits, pad_id)
-    epochs = defaults.epochs_for(len(train_set.input_ids)) if epochs is None else epochs
+    epochs = defaults.epochs_for(len(data.train)) if epochs is None else epochs
     fallback = most_frequent_tag(data) if data.is_token_task else ""
     temperature = distillation.temperature if distillation is not None else 1.0
     alpha = distillation.alpha if distillation is not None else 1.0
-    steps_per_epoch = len(length_grouped_batches(train_set.input_ids, batch_size, seed))
+    epoch_examples = _EpochExamples(len(data.train), len(train_set.input_ids) - len(data.train),
+                                    distillation.unlabelled_ratio if distillation is not None else 0.0, seed)
+    steps_per_epoch = len(length_grouped_batches(
+        [train_set.input_ids[i] for i in epoch_examples(1)], batch_size, seed))
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     orders: dict[int, list[list[int]]] = {}
 
@@ -185,8 +191,9 @@ def fit(
         epoch, position = divmod(index, steps_per_epoch)
         if epoch + 1 not in orders:
             orders.clear()
-            orders[epoch + 1] = length_grouped_batches(train_set.input_ids, batch_size,
-                                                       derive_seed(seed, "finetune", epoch + 1))
+            members = epoch_examples(epoch + 1)
+            orders[epoch + 1] = [[members[i] for i in group] for group in length_grouped_batches(
+                [train_set.input_ids[i] for i in members], batch_size, derive_seed(seed, "finetune", epoch + 1))]
         indices = orders[epoch + 1][position]
         padded = {k: v.to(device) for k, v in pad_batch(train_set.input_ids, indices, pad_id).items()}
         width = padded["input_ids"].shape[1]
@@ -231,6 +238,24 @@ def fit(
     )
     restore()
     return Fitted(result, model.eval(), tokenizer)
+
+
+@dataclass(frozen=True)
+class _EpochExamples:
+    """The training examples of each epoch: all `gold` ones (indices 0 … gold − 1), then the next
+    `ratio` × `gold` of the `unlabelled` ones (indices from `gold`) in a seeded order, wrapping around."""
+
+    gold: int
+    unlabelled: int
+    ratio: float
+    seed: int
+
+    def __call__(self, epoch: int) -> list[int]:
+        share = min(self.unlabelled, round(self.ratio * self.gold))
+        order = list(range(self.gold, self.gold + self.unlabelled))
+        random.Random(derive_seed(self.seed, "unlabelled order")).shuffle(order)
+        start = (epoch - 1) * share
+        return [*range(self.gold), *(order[(start + i) % self.unlabelled] for i in range(share))]
 
 
 @dataclass

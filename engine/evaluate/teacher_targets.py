@@ -25,13 +25,15 @@ from engine.models.loading import max_positions
 class Distillation:
     """A fine-tuned teacher's logits, columns in `TaskData.labels` order: `train[i]` for train example i, and
     `unlabelled` inputs (texts, or word tuples for token tasks) with `unlabelled_logits`. Per example a
-    [labels] array (text tasks) or [words, labels] (token tasks; NaN rows for words the teacher cut)."""
+    [labels] array (text tasks) or [words, labels] (token tasks; NaN rows for words the teacher cut).
+    Each epoch passes over the train texts and the next `unlabelled_ratio` × as many unlabelled ones."""
 
     train: Sequence[np.ndarray]
     unlabelled: Sequence[str | tuple[str, ...]] = ()
     unlabelled_logits: Sequence[np.ndarray] = ()
     temperature: float = 2.0
     alpha: float = 0.5
+    unlabelled_ratio: float = 3.0  # unlabelled texts per train text in each epoch
 
 
 def with_teacher(tokenizer: Any, data: TaskData, train_set: Encoded, distillation: Distillation,
