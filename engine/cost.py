@@ -45,14 +45,14 @@ class Device:
     def probe(cls, name: str = "auto", precision: str = "auto") -> Device:
         import torch
 
-        from engine.training.precision import autocast_dtype, pick_device
+        from engine.training.precision import autocast_dtype, matmul_rate, pick_device
 
         device = pick_device(name)
         dtype = autocast_dtype(precision, device) or torch.float32
         label = (f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                  else f"cpu ({torch.get_num_threads()} threads)")
         return cls(f"{label}, {str(dtype).removeprefix('torch.')}", _free_bytes(device),
-                   _matmul_rate(device, dtype), _adamw_rate(device))
+                   matmul_rate(device, dtype, budget=0.4), _adamw_rate(device))
 
     def seconds(self, flops: float) -> float:
         """Time of `flops` of whole-model work (at `EFFICIENCY` of the matmul rate)."""
@@ -107,15 +107,6 @@ def _timed(device: torch.device, fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    import torch
-
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / _timed(device, lambda: a @ b, 10)
-
-
 def _adamw_rate(device: torch.device) -> float:
     import torch
 
@@ -141,6 +132,17 @@ def forward_flops(shape: Shape, tokens: int, length: int) -> float:
     return 2 * shape.params()["encoder"] * tokens + 4 * shape.layers * tokens * length * shape.hidden
 
 
+def step_flops(student: Shape, tokens: int, length: int, logit_rows: int, teacher: Shape | None = None) -> float:
+    """FLOPs of one training step on `tokens` tokens in sequences of `length`: the student's forward and backward
+    (3 forward passes), its vocabulary projection of `logit_rows` rows, and the forward (with the same rows'
+    projection) of `teacher` when one teaches. Embedding lookups, normalisation, the loss and the optimiser
+    count nothing: this is the matrix-multiply work a step cannot avoid."""
+    flops = 3 * forward_flops(student, tokens, length) + 6 * logit_rows * student.hidden * student.vocab
+    if teacher is not None:
+        flops += forward_flops(teacher, tokens, length) + 2 * logit_rows * teacher.hidden * teacher.vocab
+    return flops
+
+
 def weights_bytes(*shapes: Shape) -> int:
     return 4 * sum(s.total_params for s in shapes)
 
@@ -154,10 +156,6 @@ def training_cost(cfg: Training, inputs: CostInputs, logit_rows: Callable[[int],
     held = 4 * trainable * 4 + activation_bytes(student, batch, inputs.max_length)
     held += 4 * logit_rows(batch * inputs.max_length) * student.vocab * 4  # logits, log-softmax, grad, teacher's
     tokens = batch * inputs.length
-    rows = logit_rows(tokens)
-    flops = 3 * forward_flops(student, tokens, inputs.length) + 6 * rows * student.hidden * student.vocab
-    if teacher_forward:
-        source = inputs.source
-        flops += forward_flops(source, tokens, inputs.length) + 2 * rows * source.hidden * source.vocab
+    flops = step_flops(student, tokens, inputs.length, logit_rows(tokens), inputs.source if teacher_forward else None)
     per_step = inputs.device.seconds(flops) + trainable / inputs.device.adamw_params_per_second
     return StageCost(held, (cfg.max_steps * cfg.grad_accumulation + extra_steps) * per_step)

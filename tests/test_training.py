@@ -13,7 +13,7 @@ from engine.events import Collect, Metric
 from engine.recipe import Recipe
 from engine.training import losses
 from engine.training.loop import LoopSettings, TrainBatch, train
-from engine.training.precision import Precision, autocast_dtype, cpu_has_fast_bf16
+from engine.training.precision import Precision, autocast_dtype
 
 DISTILL = """
 [[stages]]
@@ -59,7 +59,6 @@ def test_precision_rules():
     cpu = torch.device("cpu")
     assert autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
-    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if cpu_has_fast_bf16() else None)
     with pytest.raises(RecipeError, match=r"fp16.*needs a GPU"):
         autocast_dtype("fp16", cpu)
     assert not Precision.for_run("bf16", cpu).scaler().is_enabled()
