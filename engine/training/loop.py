@@ -25,6 +25,7 @@ from engine.data.batches import derive_seed
 from engine.distributed import SINGLE, Distributed
 from engine.events import CancelToken
 from engine.training.checkpoints import Checkpoints
+from engine.training.heap import retained_heap
 from engine.training.optim import adamw
 from engine.training.precision import Precision
 
@@ -91,6 +92,7 @@ class Observer(Protocol):
     def resumed(self, state: TrainState) -> None: ...
 
 
+@retained_heap()
 def train(net: nn.Module, objective: Losses, batch: Callable[[int], TrainBatch],
           validate: Callable[[], dict[str, float]], settings: LoopSettings, observer: Observer, *,
           precision: Precision, token: CancelToken | None = None, checkpoints: Checkpoints | None = None,
@@ -103,7 +105,8 @@ def train(net: nn.Module, objective: Losses, batch: Callable[[int], TrainBatch],
     step is skipped but the schedule advances); `validate()` runs with `net` in eval mode and returns named
     values including `settings.select`. `parameters` limits training to those (default: all that require
     gradients). `checkpoints` saves the weights, the best state, the optimiser and the `TrainState` under
-    `phase` every `checkpoint_every` steps and resumes from them.
+    `phase` every `checkpoint_every` steps and resumes from them. Freed memory stays with the process while it
+    trains (`engine.training.heap.retained_heap`: no page faults for each step's large tensors).
     """
     cfg, dist = settings, distributed
     named = [(n, p) for n, p in (parameters if parameters is not None else net.named_parameters())
