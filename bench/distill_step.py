@@ -12,7 +12,12 @@ Both steps see the same masked batch of real sentences.
   every position, alpha 0.5, backward, gradient clipping, AdamW step.
 
 Timing runs in this process, interleaved (reference, MiniGlot, reference, …) after one warm-up step
-each. tokens/s counts real (non-padding) tokens only. Peak memory is measured in one child process per
+each. tokens/s counts real (non-padding) tokens only. Achieved GFLOP/s: the MiniGlot step's FLOPs by the
+engine's cost model (`engine.cost.step_flops`: student forward and backward, teacher forward, the
+vocabulary projection of the masked rows, on the MiniGlot batch), the same count for both variants, over
+each variant's median step time; against the matrix-multiply peak measured in this process between
+the steps (`engine.training.precision.matmul_rate`, 1024 x 1024, fp32 after every round, bf16 once).
+`--profile` adds a torch.profiler table of one more MiniGlot step. Peak memory is measured in one child process per
 variant (this script with `--variant`): the peak RSS is reset after the models are loaded
 (`/proc/self/clear_refs`), so `*_step_mb` is what the step itself adds on top of the loaded models.
 
@@ -58,11 +63,14 @@ def main() -> None:
         return
     corpus = text_source(args.text)
     batch_size, note = fitting_batch_size(args)
-    memory = {variant: child_memory(args, variant, batch_size) for variant in ("reference", "miniglot")}
-    timing = time_steps(args, batch_size)
+    variants = ("miniglot",) if args.no_reference else ("reference", "miniglot")
+    memory = {variant: child_memory(args, variant, batch_size) for variant in variants}
+    timing = time_steps(args, batch_size, variants)
     result = report(args, corpus, batch_size, note, timing, memory)
     print(json.dumps(result), flush=True)
     print(summary(result))
+    if timing.get("profile"):
+        print(timing["profile"])
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,8 +84,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="MiniGlot's autocast, as run.precision (auto: bf16 only on CPUs with native bf16)")
+                        help="MiniGlot's autocast, as run.precision (auto: bf16 only where measured faster)")
     parser.add_argument("--no-memory", action="store_true", help="skip the child processes measuring memory")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="time only MiniGlot's step (the reference step takes most of the run)")
+    parser.add_argument("--no-retained-heap", action="store_true",
+                        help="run the steps without the training loop's retained heap (glibc returns large "
+                        "freed blocks to the OS, and every step faults them in again)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more MiniGlot step (torch.profiler) and print its table")
     parser.add_argument("--variant", choices=("reference", "miniglot"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -90,6 +105,8 @@ def text_source(explicit: str | None) -> str:
 
 def fitting_batch_size(args: argparse.Namespace) -> tuple[int, str]:
     """The requested batch size, halved until the reference step's logits fit in available memory."""
+    if args.no_reference:
+        return args.batch_size, ""
     from transformers import AutoConfig
 
     from engine.models.loading import resolve_source
@@ -148,6 +165,7 @@ class Setup:
                              mlm_probability=0.15)
         self.batch = stream.batch(median_width_step(stream))
         self.real_tokens = self.batch.real_tokens
+        self.flops = step_flops_of(self.teacher, student_net, self.batch)
         self.max_len = max_len
         self.pad_id = stream.pad_id
         self.students: dict[str, torch.nn.Module] = {}
@@ -211,18 +229,93 @@ def median_width_step(stream) -> int:
     return widths.index(median)
 
 
-def time_steps(args: argparse.Namespace, batch_size: int) -> dict:
-    setup = Setup(text_source(args.text), batch_size, args.max_len, ("reference", "miniglot"), args.precision)
-    seconds: dict[str, list[float]] = {"reference": [], "miniglot": []}
+def step_flops_of(teacher, student_net, batch) -> float:
+    """The cost model's FLOPs of one distillation step on `batch` (padded tokens; logits at masked rows)."""
+    from engine.cost import step_flops
+    from engine.shapes import Shape
+
+    batch_size, width = batch.input_ids.shape
+    rows = int((batch.labels != -100).sum())
+    return step_flops(Shape.from_config(student_net.config, mlm_head=True, pooler=False), batch_size * width, width,
+                      rows, Shape.from_config(teacher.config, mlm_head=True, pooler=False))
+
+
+def matmul_peak(dtype_name: str) -> float:
+    """GFLOP/s of a 1024 x 1024 matrix product in `dtype_name` here and now (a slow dtype: one product)."""
+    import torch
+
+    from engine.training.precision import matmul_rate
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    return matmul_rate(torch.device("cpu"), dtype, budget=0.4) / 1e9
+
+
+def time_steps(args: argparse.Namespace, batch_size: int, variants: tuple[str, ...]) -> dict:
+    setup = Setup(text_source(args.text), batch_size, args.max_len, variants, args.precision)
+    seconds: dict[str, list[float]] = {variant: [] for variant in variants}
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": [matmul_peak("bf16")]}
     losses: dict[str, float] = {}
-    for repeat in range(args.warmup + args.repeats):
-        for variant in seconds:
-            start = time.perf_counter()
-            losses[variant] = setup.step(variant)
-            if repeat >= args.warmup:
-                seconds[variant].append(time.perf_counter() - start)
-    return {"seconds": seconds, "losses": losses, "real_tokens": setup.real_tokens, "precision": setup.precision.name,
-            "shape": list(setup.batch.input_ids.shape)}
+    with training_heap(args):
+        for repeat in range(args.warmup + args.repeats):
+            for variant in seconds:
+                start = time.perf_counter()
+                losses[variant] = setup.step(variant)
+                if repeat >= args.warmup:
+                    seconds[variant].append(time.perf_counter() - start)
+            peaks["fp32"].append(matmul_peak("fp32"))
+    timing = {"seconds": seconds, "losses": losses, "real_tokens": setup.real_tokens,
+              "precision": setup.precision.name, "shape": list(setup.batch.input_ids.shape), "flops": setup.flops,
+              "peaks": {name: statistics.median(values) for name, values in peaks.items()},
+              "peaks_all": peaks, "masked_rows": int((setup.batch.labels != -100).sum())}
+    if args.profile:
+        with training_heap(args):
+            timing["profile"] = profile_step(setup)
+    return timing
+
+
+def training_heap(args: argparse.Namespace):
+    """What the engine's training loop runs its steps in (`engine.training.heap.retained_heap`), unless
+    `--no-retained-heap`."""
+    import contextlib
+
+    from engine.training.heap import retained_heap
+
+    return contextlib.nullcontext() if args.no_retained_heap else retained_heap()
+
+
+def profile_step(setup: Setup) -> str:
+    """One MiniGlot step under torch.profiler: the wall time of its phases, then its operators by self time
+    (with GFLOP/s where the profiler counts FLOPs)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    net, optimizer = setup.students["miniglot"], setup.optimizers["miniglot"]
+    phases: dict[str, float] = {}
+
+    def phase(name: str, fn) -> None:
+        start = time.perf_counter()
+        with record_function(name):
+            fn()
+        phases[name] = time.perf_counter() - start
+
+    loss = []
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        phase("forward (student + teacher + loss)", lambda: loss.append(setup._miniglot_loss()))
+        phase("backward", lambda: loss[0].backward())
+        phase("clip_grad_norm_", lambda: torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
+        phase("optimizer.step (AdamW)", optimizer.step)
+        phase("zero_grad", lambda: optimizer.zero_grad(set_to_none=True))
+    total = sum(phases.values())
+    lines = [f"Profile of one MiniGlot step: {total:.2f} s ({setup.flops / total / 1e9:.1f} GFLOP/s)",
+             f"{'phase':40} {'s':>7} {'share':>6}"]
+    lines += [f"{name:40} {sec:7.3f} {sec / total:6.1%}" for name, sec in phases.items()]
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    lines += ["", f"{'operator':44} {'calls':>5} {'self s':>7} {'share':>6} {'GFLOP/s':>8}  input shapes"]
+    for e in events[:25]:
+        rate = f"{e.flops / e.self_cpu_time_total / 1e3:8.1f}" if e.flops else f"{'':8}"
+        lines.append(f"{e.key[:44]:44} {e.count:5d} {e.self_cpu_time_total / 1e6:7.3f} "
+                     f"{e.self_cpu_time_total / 1e6 / total:6.1%} {rate}  {str(e.input_shapes)[:70]}")
+    return "\n".join(lines)
 
 
 def child_memory(args: argparse.Namespace, variant: str, batch_size: int) -> dict | None:
@@ -231,7 +324,7 @@ def child_memory(args: argparse.Namespace, variant: str, batch_size: int) -> dic
         return None
     command = [sys.executable, __file__, "--variant", variant, "--batch-size", str(batch_size),
                "--max-len", str(args.max_len), "--warmup", str(args.warmup), "--text", text_source(args.text),
-               "--precision", args.precision]
+               "--precision", args.precision] + (["--no-retained-heap"] if args.no_retained_heap else [])
     if args.threads:
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -246,8 +339,9 @@ def measure_memory(args: argparse.Namespace) -> dict:
     setup = Setup(args.text, args.batch_size, args.max_len, (args.variant,), args.precision)
     baseline = status_mb("VmRSS")
     reset = reset_peak()
-    for _ in range(args.warmup + 1):
-        setup.step(args.variant)
+    with training_heap(args):
+        for _ in range(args.warmup + 1):
+            setup.step(args.variant)
     peak = status_mb("VmHWM")
     return {"variant": args.variant, "baseline_mb": baseline, "peak_mb": peak,
             "step_mb": peak - baseline if reset else None, "peak_reset": reset}
@@ -258,8 +352,18 @@ def measure_memory(args: argparse.Namespace) -> dict:
 def report(args, corpus: str, batch_size: int, note: str, timing: dict, memory: dict) -> dict:
     tokens = timing["real_tokens"]
     median = {variant: statistics.median(values) for variant, values in timing["seconds"].items()}
+    median.setdefault("reference", float("nan"))
+    timing["seconds"].setdefault("reference", [])
     rate = {variant: tokens / seconds for variant, seconds in median.items()}
+    achieved = timing["flops"] / median["miniglot"] / 1e9
+    peak = timing["peaks"]["bf16" if timing["precision"] == "bf16" else "fp32"]
     result = {
+        "achieved_gflops": achieved,
+        "matmul_peak_gflops": timing["peaks"],
+        "peak_fraction": achieved / peak,
+        "reference_achieved_gflops": timing["flops"] / median["reference"] / 1e9,
+        "step_gflop": timing["flops"] / 1e9, "masked_rows": timing["masked_rows"],
+        "matmul_peak_gflops_all": timing["peaks_all"],
         "miniglot_tokens_per_second": rate["miniglot"],
         "reference_tokens_per_second": rate["reference"],
         "speedup": rate["miniglot"] / rate["reference"],
@@ -275,7 +379,7 @@ def report(args, corpus: str, batch_size: int, note: str, timing: dict, memory: 
         "reference_teacher_mode": "torch.no_grad", "miniglot_teacher_mode": "torch.inference_mode",
         "miniglot_precision": timing["precision"],
         "losses": timing["losses"], "repeats": args.repeats, "warmup": args.warmup,
-        "threads": _threads(), "memory": memory,
+        "threads": _threads(), "memory": memory, "retained_heap": not args.no_retained_heap,
     }
     for variant, measured in memory.items():
         if measured and "peak_mb" in measured:
@@ -310,6 +414,10 @@ def summary(r: dict) -> str:
         f"{mb(r['reference_peak_mb']):>11} {mb(r['reference_step_mb']):>11}",
         f"Speed-up: {r['speedup']:.1f}x (median of {r['repeats']} interleaved steps after {r['warmup']} "
         "warm-up each).",
+        f"Work: {r['step_gflop']:.1f} GFLOP a step (engine cost model, {r['masked_rows']} masked rows). MiniGlot "
+        f"{r['achieved_gflops']:.1f} GFLOP/s = {r['peak_fraction']:.0%} of the {r['miniglot_precision']} matmul "
+        f"peak measured here (fp32 {r['matmul_peak_gflops']['fp32']:.1f}, bf16 {r['matmul_peak_gflops']['bf16']:.1f} "
+        f"GFLOP/s); reference {r['reference_achieved_gflops']:.2f} GFLOP/s of useful work.",
     ]
     if r["miniglot_peak_mb"] is not None:
         lines.append("Peak RSS from one child process per variant; 'step adds' = peak - RSS after loading.")
