@@ -16,6 +16,7 @@ import dataclasses
 import json
 import platform
 import traceback
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 
 from engine import __version__
 from engine.configs import TaskModelConfig
-from engine.data.corpus import long_lines_warning, read_corpus, split_validation
+from engine.data.corpus import long_lines_warning, open_corpus, split_validation
 from engine.data.tasks import Columns, TaskData, load_task
 from engine.distributed import Distributed
 from engine.errors import Cancelled, MiniGlotError, ModelError, RecipeError, TaskDataError
@@ -62,6 +63,8 @@ from engine.taskmodel import TASK_FILE, build_task_model
 from engine.training.checkpoints import Checkpoints
 from engine.training.precision import Precision, pick_device
 from engine.verify import verify_folder
+
+HELD_OUT_TEXTS = 1000  # validation lines the reload check and the stage's quality read (they use at most 200)
 
 
 def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None,
@@ -104,7 +107,7 @@ def run(recipe: Recipe | None, sink: EventSink, token: CancelToken | None = None
     return folder.path
 
 
-def _prepare(recipe: Recipe, dist: Distributed) -> tuple[torch.device, Precision, list[str], list[str]]:
+def _prepare(recipe: Recipe, dist: Distributed) -> tuple[torch.device, Precision, Sequence[str], Sequence[str]]:
     """Device, precision and corpus: what a run needs before it trains (each may fail with a clear error)."""
     device = pick_device(recipe.run.device, dist)
     precision = Precision.for_run(recipe.run.precision, device)
@@ -192,7 +195,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                         output.model.tokenizer.save_pretrained(tmp)
                         strip_remote_code(tmp)
                         write_card(tmp, recipe, manifest, index, params)
-                    check = verify_folder(tmp, output.model, validation) if recipe.run.verify else {}
+                    check = verify_folder(tmp, output.model, validation[:HELD_OUT_TEXTS]) if recipe.run.verify else {}
             dist.barrier()
             size = folder_bytes(model_dir)
             sink.emit(Artifact(index=index, stage=stage.kind, path=str(model_dir), params=params, bytes=size))
@@ -285,7 +288,7 @@ def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel) -> d
     from engine.evaluate.intrinsic import stage_quality
 
     teacher.model.to(ctx.device)
-    quality = stage_quality(teacher, student, ctx.validation_texts)
+    quality = stage_quality(teacher, student, ctx.validation_texts[:HELD_OUT_TEXTS])
     for name in ("fidelity", "masked_accuracy"):
         if name in quality:
             ctx.metric(name, quality[name], split="validation")
@@ -324,9 +327,10 @@ def _explain(exc: BaseException, run_dir: Path) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def load_corpus(recipe: Recipe) -> tuple[list[str], list[str]]:
+def load_corpus(recipe: Recipe) -> tuple[Sequence[str], Sequence[str]]:
+    """The recipe's training and validation lines, read from the corpus cache on demand (`open_corpus`)."""
     base = Path(recipe.base_dir)
-    lines = read_corpus(recipe.corpus.train, base)
+    lines = open_corpus(recipe.corpus.train, base)
     return split_validation(lines, recipe.corpus.validation, recipe.run.seed, base)
 
 

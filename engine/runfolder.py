@@ -36,6 +36,13 @@ TASK_FILE = "miniglot_task.json"  # a task model folder's facts (engine.taskmode
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # no space left, quota exceeded
 
 
+def cache_root() -> Path:
+    """Where MiniGlot keeps what it can rebuild (converted packaged models, cached corpora):
+    `$MINIGLOT_CACHE`, else `~/.cache/miniglot`."""
+    env = os.environ.get("MINIGLOT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "miniglot"
+
+
 def _process_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -53,9 +53,9 @@ def inspect_teacher(source: str, allow_pickle: bool) -> tuple[str, Shape]:
 
 def count_corpus(train: tuple[str, ...], base_dir: str, teacher: str) -> tuple[Any, str]:
     """Corpus statistics with the teacher's tokenizer when it loads (background thread)."""
-    from engine.data.corpus import corpus_stats, read_corpus
+    from engine.data.corpus import corpus_stats, open_corpus
 
-    lines = read_corpus(train, Path(base_dir))
+    lines = open_corpus(train, Path(base_dir))  # streamed: a corpus of any size is never held in memory
     tokenizer, note = None, ""
     try:
         from transformers import AutoTokenizer

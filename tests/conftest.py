@@ -18,6 +18,15 @@ from tiny import tiny_model_dir, write_corpus
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def corpus_cache(tmp_path_factory) -> Path:
+    """Cached corpora (`engine.data.corpus.open_corpus`) go to the session's temporary folder, not ~/.cache
+    (subprocesses inherit it)."""
+    folder = tmp_path_factory.mktemp("corpus-cache")
+    os.environ["MINIGLOT_CORPUS_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny random teachers: bert/xlm-roberta, with and without MLM head."""

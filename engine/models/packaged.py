@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ModelError
+from engine.runfolder import cache_root
 
 E5_MAGIC = b"E5S1"
 E5_VERSION = 1
@@ -370,9 +371,8 @@ def convert_e5_bin(bin_path: Path, out_dir: Path) -> None:
 
 
 def default_cache_root() -> Path:
-    """`$MINIGLOT_CACHE`, else `~/.cache/miniglot`."""
-    env = os.environ.get("MINIGLOT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "miniglot"
+    """`$MINIGLOT_CACHE`, else `~/.cache/miniglot` (`engine.runfolder.cache_root`)."""
+    return cache_root()
 
 
 def _installed_resource(model: PackagedModel) -> tuple[Path, str]:

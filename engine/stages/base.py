@@ -7,7 +7,7 @@ through `ctx`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +35,8 @@ class StageContext:
     recipe: Recipe
     model: LoadedModel  # this stage's input: the teacher or the previous stage's output
     teacher: LoadedModel  # the run's (possibly adapted or vocabulary-trimmed) teacher
-    train_texts: list[str]
-    validation_texts: list[str]
+    train_texts: Sequence[str]  # the corpus's lines (engine.data.corpus.Lines: read from disk on demand)
+    validation_texts: Sequence[str]
     device: torch.device
     precision: Precision
     sink: EventSink
