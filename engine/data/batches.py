@@ -4,17 +4,22 @@ resumable endless batch stream the training loop consumes."""
 from __future__ import annotations
 
 import random
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
-from engine.data.corpus import derive_seed
+from engine.data.corpus import derive_seed, take
 from engine.errors import CorpusError, ModelError
 
 MEGABATCH_FACTOR = 50
 IGNORE_INDEX = -100
+TOKEN_CACHE_LINES = 20_000  # tokenised lines a BatchStream keeps (a small corpus: all of it)
+MEGABATCH_CACHE = 8  # length-sorted mega-batches a BatchStream keeps
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -152,11 +157,49 @@ class Batch:
         )
 
 
+class TokenizedTexts(Sequence[Any]):
+    """The token ids of `texts` (with special tokens, truncated), tokenised when first asked for: the latest
+    `capacity` lines are kept (int32 arrays), so memory stays bounded whatever the number of texts."""
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], max_length: int,
+                 capacity: int = TOKEN_CACHE_LINES) -> None:
+        self.tokenizer, self.texts, self.max_length, self.capacity = tokenizer, texts, max_length, capacity
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        return self.many([index])[0]
+
+    def many(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """The ids of these texts, tokenising those not kept in one batched call."""
+        missing = sorted({i for i in indices if i not in self._cache})
+        fresh = dict(zip(missing, tokenize(self.tokenizer, take(self.texts, missing), self.max_length), strict=True))
+        found = []
+        for i in indices:
+            if i in fresh:
+                ids = np.asarray(fresh[i], dtype=np.int32)
+                self._cache[i] = ids
+            else:
+                ids = self._cache[i]
+                self._cache.move_to_end(i)
+            found.append(ids)
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return found
+
+
 class BatchStream:
+
     """Endless, resumable stream of length-grouped, dynamically padded (optionally masked) batches.
 
     Epoch e uses an order derived from (seed, e) and step k's masking from (seed, k), so batch k
     is the same whether reached directly (`start_step=k`, `load_state`) or by iterating.
+
+    The batches are exactly `length_grouped_batches(all token ids, batch_size, epoch seed)`, but only the
+    mega-batch a batch comes from is tokenised (`TokenizedTexts`), so a corpus of any size costs memory
+    for its epoch's order only (8 bytes a line), never for its text or token ids.
     """
 
     def __init__(
@@ -181,10 +224,12 @@ class BatchStream:
         self.seed = seed
         self.mlm_probability = mlm_probability
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.sequences = tokenize(tokenizer, texts, max_length)
-        self.batches_per_epoch = len(length_grouped_batches(self.sequences, batch_size, seed))
+        self.sequences = TokenizedTexts(tokenizer, texts, max_length)
+        full, rest = divmod(len(texts), MEGABATCH_FACTOR * batch_size)
+        self.batches_per_epoch = MEGABATCH_FACTOR * full + -(-rest // batch_size)
         self.step = start_step
-        self._epoch_cache: tuple[int, list[list[int]]] | None = None
+        self._epoch: tuple[int, array, array] | None = None  # epoch, line order, batch order
+        self._megabatches: OrderedDict[int, list[int]] = OrderedDict()
 
     def state(self) -> dict[str, int]:
         """What a checkpoint stores: the number of batches already handed out."""
@@ -196,18 +241,37 @@ class BatchStream:
         self.step = int(state["step"])
 
     def epoch_order(self, epoch: int) -> list[list[int]]:
-        """Batches (index lists) of one epoch, derived from seed and epoch alone."""
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            order = length_grouped_batches(
-                self.sequences, self.batch_size, derive_seed(self.seed, "epoch", epoch)
-            )
-            self._epoch_cache = (epoch, order)
-        return self._epoch_cache[1]
+        """Batches (index lists) of one epoch, derived from seed and epoch alone (tokenises the whole epoch)."""
+        return [self.batch_indices(epoch, position) for position in range(self.batches_per_epoch)]
+
+    def batch_indices(self, epoch: int, position: int) -> list[int]:
+        """The text indices of batch `position` of `epoch`: `length_grouped_batches` with the epoch's seed,
+        computed from its mega-batch alone."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            # the same random calls as length_grouped_batches: shuffle the lines, then the batches (whose
+            # count does not depend on the lengths); array.shuffle keeps 8 bytes a line, not a list of ints
+            rng = random.Random(derive_seed(self.seed, "epoch", epoch))
+            order, batches = array("q", range(len(self.sequences))), array("q", range(self.batches_per_epoch))
+            rng.shuffle(order)
+            rng.shuffle(batches)
+            self._epoch = (epoch, order, batches)
+            self._megabatches.clear()
+        _, order, batches = self._epoch
+        mega, within = divmod(batches[position], MEGABATCH_FACTOR)
+        if mega not in self._megabatches:
+            size = MEGABATCH_FACTOR * self.batch_size
+            members = order[mega * size : (mega + 1) * size].tolist()
+            lengths = dict(zip(members, map(len, self.sequences.many(members)), strict=True))
+            self._megabatches[mega] = sorted(members, key=lengths.__getitem__, reverse=True)
+            if len(self._megabatches) > MEGABATCH_CACHE:
+                self._megabatches.popitem(last=False)
+        return self._megabatches[mega][within * self.batch_size : (within + 1) * self.batch_size]
 
     def batch(self, step: int) -> Batch:
         """Batch number `step` (0-based, counted across epochs)."""
         epoch, position = divmod(step, self.batches_per_epoch)
-        tensors = pad_batch(self.sequences, self.epoch_order(epoch)[position], self.pad_id)
+        rows = self.sequences.many(self.batch_indices(epoch, position))
+        tensors = pad_batch(rows, range(len(rows)), self.pad_id)
         input_ids, attention_mask = tensors["input_ids"], tensors["attention_mask"]
         labels = None
         if self.mlm_probability is not None:
