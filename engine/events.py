@@ -65,6 +65,9 @@ class StageFinished(Event):
 
 @dataclass(frozen=True)
 class Progress(Event):
+    """`step` of `total` done: training steps (with tokens/s), or with `unit` "line" the lines of a pass over
+    the corpus (with `per_second` lines/s), such as counting the vocabulary."""
+
     kind: ClassVar[str] = "progress"
     index: int
     stage: str
@@ -72,6 +75,17 @@ class Progress(Event):
     total: int
     tokens_per_second: float = 0.0
     eta_seconds: float | None = None
+    unit: str = "step"
+    per_second: float = 0.0  # units a second, for a unit other than "step"
+
+    @property
+    def text(self) -> str:
+        """'step 3/10 · 1,234 tokens/s', or 'line 120,000/2,350,000 · 14,000 lines/s'."""
+        if self.unit == "step":
+            rate = f" · {self.tokens_per_second:,.0f} tokens/s" if self.tokens_per_second else ""
+            return f"step {self.step}/{self.total}{rate}"
+        rate = f" · {self.per_second:,.0f} {self.unit}s/s" if self.per_second else ""
+        return f"{self.unit} {self.step:,}/{self.total:,}{rate}"
 
 
 @dataclass(frozen=True)
@@ -253,6 +267,8 @@ class ConsoleSink:
             return f"[{event.index:02d} {event.stage}] {event.status}"
         if isinstance(event, Progress):
             eta = f" eta {event.eta_seconds:.0f}s" if event.eta_seconds is not None else ""
+            if event.unit != "step":
+                return f"[{event.index:02d} {event.stage}] {event.text}{eta}"
             rate = f" {event.tokens_per_second:.0f} tok/s" if event.tokens_per_second else ""
             return f"[{event.index:02d} {event.stage}] step {event.step}/{event.total}{rate}{eta}"
         if isinstance(event, Metric) and event.split != "train":

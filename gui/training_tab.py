@@ -246,9 +246,10 @@ class TrainingTab(QWidget):
         elif isinstance(event, Progress):
             self.stage_bar.setRange(0, max(event.total, 1))
             self.stage_bar.setValue(event.step)
-            self.stage_bar.setFormat(
-                f"{event.index} · {event.stage}: step {event.step}/{event.total} · "
-                f"{event.tokens_per_second:,.0f} tokens/s · ETA {format_duration(event.eta_seconds)}")
+            done = (f"step {event.step}/{event.total} · {event.tokens_per_second:,.0f} tokens/s"
+                    if event.unit == "step" else event.text)  # else a pass over the corpus: lines, lines/s
+            eta = format_duration(event.eta_seconds)
+            self.stage_bar.setFormat(f"{event.index} · {event.stage}: {done} · ETA {eta}")
             self._overall(event.index - 1 + event.step / max(event.total, 1))
         elif isinstance(event, Metric):
             if not self.curves.add(event):

@@ -4,11 +4,13 @@ rows, rebuild the tokenizer. Lossless for the language's text, so it may come fi
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from engine.configs import Stage, check
 from engine.cost import TRIM_SECONDS, CostInputs, StageCost, weights_bytes
+from engine.events import Progress
 from engine.stages.spec import FieldSpec, StageSpec, integer
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ def run(ctx: StageContext) -> StageOutput:
     source = ctx.model
     net, tokenizer, report = trim_vocabulary(copy.deepcopy(source.model), source.tokenizer, source.adapter,
                                              ctx.train_texts, cfg.size, ctx.validation_texts,
-                                             fill=cfg.fill)
+                                             fill=cfg.fill, progress=_CountingProgress(ctx))
     metrics = {k: v for k, v in dataclasses.asdict(report).items() if k != "kept_ids"}
     ctx.log(f"vocabulary {report.old_size:,} → {report.new_size:,} ({report.kept_by_frequency:,} by frequency, "
             f"{report.kept_to_fill:,} to fill the budget, "
@@ -64,6 +66,26 @@ def run(ctx: StageContext) -> StageOutput:
     for name in ("resegmentation_rate", "unknown_rate_before", "unknown_rate_after"):
         ctx.metric(name, metrics[name], split="validation")
     return StageOutput(LoadedModel(net, tokenizer, source.adapter, source.source), metrics)
+
+
+class _CountingProgress:
+    """The vocabulary count's pass over the corpus as Progress events (lines, lines/s, ETA), a few a second
+    and the last one always; cancellation is honoured between chunks."""
+
+    INTERVAL = 0.5  # seconds between events
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx, self.start, self.last = ctx, time.monotonic(), float("-inf")
+
+    def __call__(self, done: int, total: int) -> None:
+        self.ctx.token.raise_if_cancelled()
+        now = time.monotonic()
+        if now - self.last < self.INTERVAL and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        self.ctx.sink.emit(Progress(index=self.ctx.index, stage=self.ctx.kind, step=done, total=total, unit="line",
+                                    per_second=rate, eta_seconds=(total - done) / rate if rate else None))
 
 
 SPEC = StageSpec(

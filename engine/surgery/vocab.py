@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -22,10 +22,12 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from engine.data.corpus import iter_chunks
 from engine.errors import CorpusError, ModelError
 from engine.models.adapters import FamilyAdapter
 
 _CHUNK = 4096
+WORDS_KEPT = 2_000_000  # distinct words counted for filling the budget; past it, the rarest half is dropped
 _NOT_KEPT = -1
 # Constructor arguments that point at (old) vocabulary files or carry old ids: never passed on.
 _STALE_KWARGS = frozenset(
@@ -79,6 +81,7 @@ def trim_vocabulary(
     size: int,
     validation_texts: Sequence[str] = (),
     fill: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, Any, TrimReport]:
     """Keep the `size` most frequent tokens of `texts` plus special tokens and seen characters.
 
@@ -86,13 +89,16 @@ def trim_vocabulary(
     goes to the pieces that occur most often inside the texts' words (`_substring_counts`): the
     pieces unseen words of the language are likely to need, so held-out text re-segments less.
 
+    The texts are read once, as a stream (`_tally`: token counts, characters and words together), so any
+    sequence of str will do, a corpus on disk included; `progress(lines done, lines in all)` is called
+    after each chunk of them.
+
     The model is changed in place (embedding rows, MLM decoder rows and biases, config ids) and
     returned with a new fast tokenizer of the same class and a report.
     """
     if size < 0:
         raise ValueError(f"vocabulary size must be >= 0, got {size}")
-    texts = list(texts)
-    if not texts:
+    if not len(texts):
         raise CorpusError("vocabulary trimming needs text to count tokens on; the corpus is empty")
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -110,7 +116,8 @@ def trim_vocabulary(
         raise ModelError(f"the tokenizer has {n_tokens} entries but the model only {n_rows} embedding rows")
 
     counter = _untruncated(raw)
-    counts = _count(counter, texts, n_tokens)
+    tally = _tally(counter, texts, n_tokens, words=fill, progress=progress)
+    counts = tally.counts
     special = _special_ids(tokenizer, spec, model, adapter, n_tokens)
     counts[special] = 0
     used = np.flatnonzero(counts)
@@ -119,12 +126,12 @@ def trim_vocabulary(
     keep = np.zeros(n_tokens, dtype=bool)
     keep[special] = True
     keep[used] = True
-    characters = _character_ids(counter, spec, texts)
+    characters = _character_ids(counter, spec, tally.alphabet)
     kept_characters = int(np.count_nonzero(~keep[characters]))
     keep[characters] = True
     filled = np.zeros(0, dtype=np.int64)
     if fill and used.size < size:
-        filled = _fill_ids(counter, spec, texts, n_tokens, keep, size - used.size)
+        filled = _fill_ids(counter, spec, tally, n_tokens, keep, size - used.size)
         keep[filled] = True
 
     kept_ids = np.flatnonzero(keep)
@@ -159,12 +166,56 @@ def _untruncated(raw: str) -> Tokenizer:
     return tokenizer
 
 
-def _count(tokenizer: Tokenizer, texts: list[str], n_tokens: int) -> np.ndarray:
-    counts = np.zeros(n_tokens, dtype=np.int64)
-    for start in range(0, len(texts), _CHUNK):
-        ids = _flat_ids(tokenizer.encode_batch_fast(texts[start : start + _CHUNK], add_special_tokens=False))
-        counts += np.bincount(ids, minlength=n_tokens)
-    return counts
+@dataclass
+class _Tally:
+    """What one pass over the texts gathers: each token's count, the characters of the normalised text and
+    (for filling the budget) each pre-tokenised word's count."""
+
+    counts: np.ndarray
+    alphabet: set[str] = field(default_factory=set)
+    words: Counter[str] = field(default_factory=Counter)
+
+
+def _tally(tokenizer: Tokenizer, texts: Sequence[str], n_tokens: int, words: bool = True,
+           progress: Callable[[int, int], None] | None = None) -> _Tally:
+    """Count tokens, characters and words of `texts` in one streaming pass of `_CHUNK` lines at a time.
+
+    Tokens are counted by encoding each chunk (one batched call). Characters and words come from the
+    chunk's whitespace-separated words, counted in C (`Counter.update`); each distinct word is then
+    normalised and pre-tokenised once, not once per line (the same pieces: the BERT and Metaspace
+    pre-tokenizers split at every space). Past `WORDS_KEPT` distinct words the rarest half is dropped
+    (their characters kept), so a huge corpus's long tail of rare words cannot fill memory; it only
+    matters for filling the budget, which a corpus that large does not need.
+    """
+    tally = _Tally(np.zeros(n_tokens, dtype=np.int64))
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+
+    def normalized(word: str) -> str:
+        return normalizer.normalize_str(word) if normalizer is not None else word
+
+    raw: Counter[str] = Counter()
+    done, total = 0, len(texts)
+    for chunk in iter_chunks(texts, _CHUNK):
+        ids = _flat_ids(tokenizer.encode_batch_fast(chunk, add_special_tokens=False))
+        tally.counts += np.bincount(ids, minlength=n_tokens)
+        raw.update(" ".join(chunk).split())
+        if len(raw) > WORDS_KEPT:
+            ranked = raw.most_common()
+            for word, _ in ranked[WORDS_KEPT // 2 :]:
+                tally.alphabet.update(normalized(word))
+            raw = Counter(dict(ranked[: WORDS_KEPT // 2]))
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+    for word, n in raw.items():
+        text = normalized(word)
+        tally.alphabet.update(text)
+        if words:
+            pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, None)]
+            for piece, _ in pieces:
+                tally.words[piece] += n
+    tally.alphabet = {c for c in tally.alphabet if not c.isspace()}
+    return tally
 
 
 def _flat_ids(encodings: Iterable[Any]) -> np.ndarray:
@@ -236,12 +287,12 @@ def _remap_processor(node: dict | None, new_id_of: np.ndarray) -> None:
             node[key] = [node[key][0], int(new_id_of[node[key][1]])]
 
 
-def _fill_ids(tokenizer: Tokenizer, spec: dict, texts: list[str], n_tokens: int, keep: np.ndarray,
+def _fill_ids(tokenizer: Tokenizer, spec: dict, tally: _Tally, n_tokens: int, keep: np.ndarray,
               budget: int) -> np.ndarray:
     """Up to `budget` ids not in `keep`: first the pieces found most often inside the texts' words,
     then pieces written only in the texts' characters, most probable first (Unigram scores;
     WordPiece vocabularies are in frequency order)."""
-    inside = _substring_counts(tokenizer, spec, texts, n_tokens)
+    inside = _substring_counts(spec, tally.words, n_tokens)
     inside[keep] = 0
     candidates = np.flatnonzero(inside)
     first = candidates[np.argsort(-inside[candidates], kind="stable")[:budget]]
@@ -249,7 +300,7 @@ def _fill_ids(tokenizer: Tokenizer, spec: dict, texts: list[str], n_tokens: int,
         return first
     taken = keep.copy()
     taken[first] = True
-    alphabet = _alphabet(tokenizer, texts) | {"\u2581", "#"}
+    alphabet = tally.alphabet | {"\u2581", "#"}
     model = spec["model"]
     if model["type"] == "WordPiece":
         ranked = sorted(model["vocab"].items(), key=lambda item: item[1])
@@ -263,18 +314,9 @@ def _fill_ids(tokenizer: Tokenizer, spec: dict, texts: list[str], n_tokens: int,
     return np.concatenate([first, second])
 
 
-def _alphabet(tokenizer: Tokenizer, texts: list[str]) -> set[str]:
-    normalizer = tokenizer.normalizer
-    seen: set[str] = set()
-    for text in texts:
-        seen.update(normalizer.normalize_str(text) if normalizer is not None else text)
-    return {c for c in seen if not c.isspace()}
-
-
-def _substring_counts(tokenizer: Tokenizer, spec: dict, texts: list[str], n_tokens: int,
-                      longest: int = 16) -> np.ndarray:
-    """How often each vocabulary piece occurs inside the texts' words (pre-tokenised as the tokenizer
-    does), counting every position a piece could stand at: word-initial pieces at the start only
+def _substring_counts(spec: dict, words: Counter[str], n_tokens: int, longest: int = 16) -> np.ndarray:
+    """How often each vocabulary piece occurs inside the texts' `words` (pre-tokenised as the tokenizer
+    does, `_tally`), counting every position a piece could stand at: word-initial pieces at the start only
     (`▁ab` for Unigram, `ab` for WordPiece), continuation pieces anywhere after it."""
     model = spec["model"]
     if model["type"] == "WordPiece":
@@ -283,12 +325,6 @@ def _substring_counts(tokenizer: Tokenizer, spec: dict, texts: list[str], n_toke
     else:
         prefix = ""
         vocab = {piece: i for i, (piece, _) in enumerate(model["vocab"])}
-    words: Counter[str] = Counter()
-    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
-    for text in texts:
-        text = normalizer.normalize_str(text) if normalizer is not None else text
-        pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, None)]
-        words.update(piece for piece, _ in pieces)
     counts = np.zeros(n_tokens, dtype=np.int64)
     for word, n in words.items():
         for start in range(len(word)):
@@ -300,7 +336,7 @@ def _substring_counts(tokenizer: Tokenizer, spec: dict, texts: list[str], n_toke
     return counts
 
 
-def _character_ids(tokenizer: Tokenizer, spec: dict, texts: list[str]) -> np.ndarray:
+def _character_ids(tokenizer: Tokenizer, spec: dict, alphabet: set[str]) -> np.ndarray:
     """Ids of the single-character pieces for every character of the normalised texts.
 
     WordPiece: `c` and `##c`; Unigram: `c`, `▁c` and `▁` (the metaspace mark). With these every
@@ -308,7 +344,7 @@ def _character_ids(tokenizer: Tokenizer, spec: dict, texts: list[str]) -> np.nda
     old vocabulary lacks (say `##c` where only `c` exists) can leave a gap; `unknown_rate_after`
     shows it.
     """
-    chars = sorted(_alphabet(tokenizer, texts))
+    chars = sorted(alphabet)
     if spec["model"]["type"] == "WordPiece":
         prefix = spec["model"].get("continuing_subword_prefix") or "##"
         pieces = chars + [prefix + c for c in chars]
@@ -413,18 +449,17 @@ def _remap(value: int | list[int], new_id_of: np.ndarray) -> int | list[int]:
 def _segmentation_change(
     before: Tokenizer, unk_before: int | None, after: Tokenizer, unk_after: int | None, texts: Sequence[str]
 ) -> tuple[float, float, float]:
-    """(resegmentation rate, unknown rate before, unknown rate after) over `texts`."""
-    texts = list(texts)
-    if not texts:
+    """(resegmentation rate, unknown rate before, unknown rate after) over `texts`, streamed in chunks."""
+    if not len(texts):
         return 0.0, 0.0, 0.0
-    old = before.encode_batch(texts, add_special_tokens=False)
-    new = after.encode_batch(texts, add_special_tokens=False)
-    changed = sum(a.tokens != b.tokens for a, b in zip(old, new, strict=True))
-    return changed / len(texts), _unknown_rate(old, unk_before), _unknown_rate(new, unk_after)
-
-
-def _unknown_rate(encodings: list[Any], unk_id: int | None) -> float:
-    ids = _flat_ids(encodings)
-    if unk_id is None or ids.size == 0:
-        return 0.0
-    return float(np.count_nonzero(ids == unk_id) / ids.size)
+    changed = 0
+    unknown = {"before": [0, 0], "after": [0, 0]}  # unknown tokens, tokens
+    for chunk in iter_chunks(texts, _CHUNK):
+        old = before.encode_batch(chunk, add_special_tokens=False)
+        new = after.encode_batch(chunk, add_special_tokens=False)
+        changed += sum(a.tokens != b.tokens for a, b in zip(old, new, strict=True))
+        for name, encodings, unk_id in (("before", old, unk_before), ("after", new, unk_after)):
+            ids = _flat_ids(encodings)
+            unknown[name][0] += 0 if unk_id is None else int(np.count_nonzero(ids == unk_id))
+            unknown[name][1] += ids.size
+    return changed / len(texts), *(found / max(tokens, 1) for found, tokens in unknown.values())
