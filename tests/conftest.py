@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,20 +14,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# cached corpora (engine.data.corpus.open_corpus) go to a temporary folder of this session, not ~/.cache; set
+# before any test module is imported, so the environments that modules build for subprocesses carry it too
+os.environ["MINIGLOT_CORPUS_CACHE"] = tempfile.mkdtemp(prefix="miniglot-test-corpora-")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny_model_dir, write_corpus
 
+atexit.register(shutil.rmtree, os.environ["MINIGLOT_CORPUS_CACHE"], True)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def corpus_cache(tmp_path_factory) -> Path:
-    """Cached corpora (`engine.data.corpus.open_corpus`) go to the session's temporary folder, not ~/.cache
-    (subprocesses inherit it)."""
-    folder = tmp_path_factory.mktemp("corpus-cache")
-    os.environ["MINIGLOT_CORPUS_CACHE"] = str(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
