@@ -9,7 +9,8 @@ process: the same logits with stock `AutoModelFor…Classification`, and `transf
 raw text. `miniglot_task.json` in the folder holds the facts (scores, data fingerprint, lineage).
 
 Unlabelled texts: one per line, duplicates and every line equal to a dev or test text dropped, at most
-`UNLABELLED_LIMIT` (a fixed seeded sample, the same for every seed, so teacher predictions are reused);
+`UNLABELLED_LIMIT` (a fixed seeded sample, the same for every seed, so teacher predictions are reused; a
+corpus of any size is streamed, only the sample is held);
 token tasks split them into words and punctuation (`WORDS`), as CoNLL data are.
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from engine.configs import TaskModelConfig
-from engine.data.corpus import HUB_PREFIX, derive_seed, read_corpus
+from engine.data.corpus import HUB_PREFIX, derive_seed, open_corpus
 from engine.data.tasks import Columns, TaskData, TokenExample, load_task
 from engine.errors import ModelError, TaskDataError
 from engine.evaluate.encoding import most_frequent_tag
@@ -199,9 +200,11 @@ def unlabelled_inputs(sources: Sequence[str], data: TaskData) -> list[str | tupl
     if not sources:
         return []
     held_out = {_text(example) for example in (*data.dev, *data.test)}
-    lines = [line for line in dict.fromkeys(read_corpus(list(sources))) if line not in held_out]
-    if len(lines) > UNLABELLED_LIMIT:
-        lines = random.Random(derive_seed(0, "unlabelled")).sample(lines, UNLABELLED_LIMIT)
+    corpus = open_corpus(list(sources))  # streamed from disk: only the sample is read into memory
+    kept = np.fromiter((i for i, line in enumerate(corpus) if line not in held_out), dtype=np.int64)
+    if len(kept) > UNLABELLED_LIMIT:
+        kept = kept[random.Random(derive_seed(0, "unlabelled")).sample(range(len(kept)), UNLABELLED_LIMIT)]
+    lines = corpus.take(kept)
     if not data.is_token_task:
         return lines
     return [words for words in (tuple(WORDS.findall(line)) for line in lines) if words]
