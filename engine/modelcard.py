@@ -17,6 +17,7 @@ from typing import Any
 
 from engine import __version__
 from engine.errors import MiniGlotError
+from engine.models.embedder import read_embedder
 from engine.recipe import Recipe
 from engine.runfolder import MODEL_CARD, Manifest, RunFolder, atomic_write_text
 from engine.stages.registry import spec_for
@@ -102,11 +103,13 @@ def _license(readme: Path | None) -> dict[str, str]:
 
 
 def render_card(recipe: Recipe, manifest: dict[str, Any], run_name: str, index: int, *, fill_mask: bool,
-                params: int | None = None, summary: dict[str, Any] | None = None, evaluated_as: str = "") -> str:
+                params: int | None = None, summary: dict[str, Any] | None = None, evaluated_as: str = "",
+                prompts: dict[str, str] | None = None) -> str:
     """The model card of stage `index` of the run `run_name`: YAML front matter and a Markdown body.
 
     `params` overrides the manifest's count (the pipeline writes the card before it records the stage);
-    `summary` is an evaluation summary (`eval/summary.json`) in which this model is named `evaluated_as`.
+    `summary` is an evaluation summary (`eval/summary.json`) in which this model is named `evaluated_as`;
+    `prompts` (the teacher's, possibly empty) when the folder is also a sentence-transformers model.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -125,13 +128,15 @@ def render_card(recipe: Recipe, manifest: dict[str, Any], run_name: str, index: 
     stages = recipe.stages[:index]
     data = ModelCardData(
         language=[iso639(recipe.language.code)], base_model=teacher.base_model, library_name="transformers",
-        pipeline_tag="fill-mask" if fill_mask else "feature-extraction",
-        tags=["miniglot", "model-compression", *dict.fromkeys(spec_for(s.kind).tag or s.kind for s in stages)],
+        pipeline_tag="fill-mask" if fill_mask else "feature-extraction" if prompts is None else "sentence-similarity",
+        tags=["miniglot", "model-compression", *dict.fromkeys(spec_for(s.kind).tag or s.kind for s in stages),
+              *(["sentence-transformers"] if prompts is not None else [])],
         datasets=corpora or None, model_name=title if scores else None,
         metrics=list(dict.fromkeys(METRIC_TYPES.get(r["metric"], r["metric"]) for r in scores)) or None,
         eval_results=[_eval_result(r) for r in scores] or None,
         miniglot={k: v for k, v in lineage.items() if v is not None}, **teacher.license)
     body = [*_intro(recipe, manifest, teacher, title, run_name, index, params),
+            *(_sentence_embeddings(teacher, prompts) if prompts is not None else []),
             *_lineage(recipe, manifest, teacher, index, params),
             *(_evaluation(summary, scores) if summary and scores else [])]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"))  # parsing validates it
@@ -157,6 +162,22 @@ def _intro(recipe: Recipe, manifest: dict[str, Any], teacher: Teacher, title: st
     return [*lines, "```python", "from transformers import AutoModel, AutoTokenizer",
             'model = AutoModel.from_pretrained("path/to/this/folder")',
             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
+
+
+def _sentence_embeddings(teacher: Teacher, prompts: dict[str, str]) -> list[str]:
+    lines = ["It is also a sentence-transformers model whose embeddings live in the teacher's space (a narrower "
+             "student maps back into the teacher's width), so it can query an index built with the teacher:", "",
+             "```python", "from sentence_transformers import SentenceTransformer",
+             'model = SentenceTransformer("path/to/this/folder")']
+    if prompts:
+        name = "query" if "query" in prompts else next(iter(prompts))
+        lines += [f'embeddings = model.encode(sentences, prompt_name="{name}")  # prefixes "{prompts[name]}"', "```",
+                  "", f"The teacher {teacher.shown()} expects these prefixes: "
+                  + ", ".join(f'`{prefix}` ({use})' for use, prefix in prompts.items())
+                  + "; `encode(..., prompt_name=…)` adds them."]
+    else:
+        lines += ["embeddings = model.encode(sentences)", "```"]
+    return [*lines, ""]
 
 
 def _lineage(recipe: Recipe, manifest: dict[str, Any], teacher: Teacher, index: int, params: int | None) -> list[str]:
@@ -255,8 +276,10 @@ def _fill_mask(model_dir: Path) -> bool:
 def write_card(model_dir: Path, recipe: Recipe, manifest: Manifest, index: int, params: int | None = None,
                summary: dict[str, Any] | None = None, evaluated_as: str = "") -> None:
     """Write (atomically) the card of stage `index` of the run that `manifest` belongs to into `model_dir`."""
+    embedder = read_embedder(Path(model_dir))
     text = render_card(recipe, manifest.data, manifest.path.parent.name, index, fill_mask=_fill_mask(model_dir),
-                       params=params, summary=summary, evaluated_as=evaluated_as)
+                       params=params, summary=summary, evaluated_as=evaluated_as,
+                       prompts=embedder.prompts if embedder is not None else None)
     atomic_write_text(Path(model_dir) / MODEL_CARD, text)
 
 

@@ -45,10 +45,12 @@ from engine.events import (
     StageStarted,
 )
 from engine.modelcard import write_card
+from engine.models.embedder import Embedder, compose, read_embedder, read_to_teacher, write_embedder
 from engine.models.loading import (
     LoadedModel,
     load_model,
     load_teacher,
+    resolve_source,
     source_shape,
     strip_remote_code,
     weight_bytes,
@@ -166,6 +168,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                             stages=[{"kind": s.kind, "status": "pending"} for s in recipe.stages],
                             task_models=[{"task": c.task, "status": "pending"} for c in recipe.task_models])
         current, original, reference = teacher, teacher, teacher
+        embedder, to_teacher = _embedder(recipe, sink), None  # a sentence embedder's layout; the map back to it
         for index, stage in enumerate(recipe.stages, start=1):
             current_index = index
             stage_folder = folder.stage_dir(index, stage.kind)
@@ -177,6 +180,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                                      f"{stage_folder / 'model'} and resume to train that stage again") from None
                 teacher = current if _still_teacher(recipe, index) else teacher
                 reference = current if spec_for(stage.kind).reference else reference
+                to_teacher = read_to_teacher(stage_folder / "model")
                 sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
                 continue
             sink.emit(StageStarted(index=index, stage=stage.kind, total_steps=getattr(stage, "max_steps", 0)))
@@ -186,6 +190,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             output = spec_for(stage.kind).run(ctx)
             token.raise_if_cancelled()
             model_dir, params, check = stage_folder / "model", count_params(output.model.model), {}
+            to_teacher = compose(to_teacher, output.projection)
             quality = _quality(ctx, original, output.model) if dist.is_main else {}
             manifest.set_stage(index, quality=quality)  # the model card states the stage's fidelity
             if dist.is_main:
@@ -194,6 +199,8 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                         output.model.model.save_pretrained(tmp, safe_serialization=True)
                         output.model.tokenizer.save_pretrained(tmp)
                         strip_remote_code(tmp)
+                        if embedder is not None:
+                            write_embedder(tmp, embedder, output.model.model.config.hidden_size, to_teacher)
                         write_card(tmp, recipe, manifest, index, params)
                     check = verify_folder(tmp, output.model, validation[:HELD_OUT_TEXTS]) if recipe.run.verify else {}
             dist.barrier()
@@ -238,6 +245,15 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
         dist.close()
     manifest.update(status="completed", message="")
     sink.emit(RunFinished(status="completed"))
+
+
+def _embedder(recipe: Recipe, sink: EventSink) -> Embedder | None:
+    """The teacher's sentence-transformers layout, written into every stage folder (None: it has none)."""
+    try:
+        return read_embedder(resolve_source(recipe.teacher.source))
+    except ModelError as exc:
+        sink.emit(Log(message=f"the students will not be sentence-transformers models: {exc}", level="warning"))
+        return None
 
 
 def _task_step(step: TaskStep, recipe: Recipe, folder: RunFolder, manifest: Manifest, encoder: Path,

