@@ -26,7 +26,7 @@ from engine.events import CancelToken, ConsoleSink, FanOut
 from engine.resources import load_recipe
 from engine.runfolder import RunFolder
 from engine.stages.registry import specs
-from engine.tasks import TASKS
+from engine.tasks import TASKS, TRAINABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     finetune = commands.add_parser("finetune", help="train a task model to ship (NER/POS tagger, classifier), "
                                                     "optionally task-distilled from a fine-tuned teacher")
     finetune.add_argument("model", help="the encoder: a stage's model/ folder, packaged:<name>, hub:<id> or a folder")
-    finetune.add_argument("--task", required=True, choices=EVAL_TASKS,
-                          help="; ".join(f"{t.name}, {t.title}" for t in TASKS.values()))
+    finetune.add_argument("--task", required=True, choices=TRAINABLE,
+                          help="; ".join(f"{t.name}, {t.title}" for t in TASKS.values() if t.trainable))
     finetune.add_argument("--data", required=True, metavar="PATH_OR_HUB_ID",
                           help="a file, a folder with train/dev/test files, or hub:<dataset>[:<config>]")
     finetune.add_argument("--out", required=True, type=Path, metavar="DIR",

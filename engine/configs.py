@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from engine.errors import RecipeError
-from engine.tasks import TASKS
+from engine.tasks import TASKS, TRAINABLE
 
 LAYER_SELECTIONS = ("stride", "first_k", "last_k", "first_last_k")
 DISTILL_LOSSES = ("mse", "kl", "kl_unsoft", "hidden")
@@ -205,7 +205,7 @@ class TaskModelConfig:
     label_column: str = ""
 
     def __post_init__(self) -> None:
-        one_of("task_models.task", self.task, EVAL_TASKS, "task")
+        one_of("task_models.task", self.task, TRAINABLE, "task")
         check(bool(str(self.data).strip()), "task_models.data is empty: give a data folder, file or hub id", "data")
         check(self.epochs >= 0, "task_models.epochs must be 0 (task default) or more", "epochs")
         check(0 <= self.learning_rate < 1, "task_models.learning_rate must be 0 (task default) or in (0, 1)",

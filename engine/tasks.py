@@ -23,8 +23,9 @@ class Task:
     """One kind of task. `token_level`: a label per word (token classification) rather than per text;
     `reader`: how its files are read (`conllu`, `iob` or `table`, with `formats` their suffixes);
     `scoring`: its metrics (`tags`: accuracy and macro-F1 over words, `entities`: seqeval's entity F1,
-    `labels`: accuracy and macro-F1 over texts), of which `headline` is the one tables, charts and model
-    selection use; `hub_tags`: a hub data set's tag column names."""
+    `labels`: accuracy and macro-F1 over texts, `retrieval`: top-1 accuracy and MRR), of which `headline`
+    is the one tables, charts and model selection use; `hub_tags`: a hub data set's tag column names;
+    `trainable`: a task model can be fine-tuned for it (retrieval only compares embeddings)."""
 
     name: str
     title: str
@@ -39,6 +40,7 @@ class Task:
     batch_size: int = 16
     patience: int = 3
     examples: int = 15_000  # the default training budget in examples seen (see `epochs_for`)
+    trainable: bool = True
 
     def epochs_for(self, train_size: int) -> int:
         """Default epochs for `train_size` training examples: `examples` seen in all, within 2 to `epochs`."""
@@ -60,7 +62,10 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          "entities", "f1", hub_tags=("ner_tags",)),
     Task("sentiment", "sentiment classification", False, "table", TABLES, "labels", "macro_f1"),
     Task("topic", "topic classification", False, "table", TABLES, "labels", "macro_f1"),
+    Task("retrieval", "cross-lingual retrieval (two line-aligned text files)", False, "parallel",
+         (".dev", ".devtest", ".txt"), "retrieval", "top1", trainable=False),
 )}
+TRAINABLE = tuple(name for name, kind in TASKS.items() if kind.trainable)  # what task models are made for
 
 
 def task(name: str) -> Task:

@@ -26,11 +26,11 @@ from engine.tasks import TASKS
 from gui.layouts import with_browse
 
 
-def task_combo(task: str = "pos") -> QComboBox:
-    """The tasks to choose from, each with a tooltip saying what it is and which files it reads."""
+def task_combo(task: str = "pos", names: tuple[str, ...] = EVAL_TASKS) -> QComboBox:
+    """The tasks `names` to choose from, each with a tooltip saying what it is and which files it reads."""
     combo = QComboBox()
-    combo.addItems(EVAL_TASKS)
-    for i, name in enumerate(EVAL_TASKS):
+    combo.addItems(names)
+    for i, name in enumerate(names):
         kind = TASKS[name]
         combo.setItemData(i, f"{kind.title}: {', '.join(kind.formats)}", Qt.ItemDataRole.ToolTipRole)
     combo.setCurrentText(task)

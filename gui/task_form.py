@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 
 from engine.configs import TaskModelConfig
 from engine.errors import RecipeError
-from engine.tasks import TASKS
+from engine.tasks import TASKS, TRAINABLE
 from gui.eval_form import task_combo
 from gui.eval_models import run_choices
 from gui.form_widgets import compact
@@ -77,7 +77,7 @@ class TaskModelForm(QWidget):
 
         self.encoder = compact(QComboBox(), 30)
         self.encoder.setToolTip("The model to fine-tune: a run's final student, a packaged teacher or a folder")
-        self.task = task_combo("ner")
+        self.task = task_combo("ner", TRAINABLE)
         self.data = QLineEdit(placeholderText="folder, file or hub:<dataset id>")
         self.data.setToolTip("Labelled data with train, dev and test splits (a single file is split 80/10/10)")
         self.epochs = QSpinBox(minimum=0, maximum=100, value=0, specialValueText="task default")

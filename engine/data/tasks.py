@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.data.corpus import HUB_PREFIX, decode_wide, jsonl_records
+from engine.data.parallel import ParallelData, load_parallel
 from engine.errors import TaskDataError
 from engine.hub import offline_reason
 from engine.tasks import task as task_kind
@@ -123,9 +124,11 @@ class Columns:
     label: str = ""
 
 
-def load_task(task: str, data: str | Path, seed: int = 0, columns: Columns = Columns()) -> TaskData:
-    """Read `task` data from a file, a folder of split files or `hub:<dataset>[:<config>]`."""
-    task_kind(task)  # a clear error for an unknown task
+def load_task(task: str, data: str | Path, seed: int = 0, columns: Columns = Columns()) -> TaskData | ParallelData:
+    """Read `task` data from a file, a folder of split files or `hub:<dataset>[:<config>]` (retrieval: a folder
+    of two line-aligned files, `engine.data.parallel`)."""
+    if task_kind(task).reader == "parallel":  # also a clear error for an unknown task
+        return load_parallel(task, data)
     source = str(data)
     if source.startswith(HUB_PREFIX):
         parts, order, order_origin = _load_hub(task, source[len(HUB_PREFIX) :], columns)

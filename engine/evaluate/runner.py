@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.configs import EvaluationConfig
+from engine.data.parallel import ParallelData
 from engine.errors import MiniGlotError
 from engine.evaluate.report import write_summary
 from engine.events import CancelToken, EvalDevScore, EvalProgress, EvalResult, EventSink, Log
 from engine.modelcard import refresh_cards
 from engine.runfolder import RunFolder, atomic_write_text, folder_bytes, folder_fingerprint
+from engine.tasks import task as task_kind
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
     from engine.data.tasks import Columns, load_task
     from engine.evaluate.finetune import DevScore, FitStep, finetune
     from engine.evaluate.probe import probe
+    from engine.evaluate.retrieval import embeddings, retrieval
 
     token = token or CancelToken()
     out_dir = Path(out_dir)
@@ -96,7 +99,8 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
     columns = Columns(cfg.text_column, cfg.label_column)
     datasets = {label: load_task(task, data, columns=columns)
                 for label, (task, data) in zip(labels, plan.tasks, strict=True)}
-    jobs = [(task, model, seed) for task in labels for model in plan.models for seed in range(cfg.seeds)]
+    jobs = [(task, model, seed) for task in labels for model in plan.models
+            for seed in range(1 if isinstance(datasets[task], ParallelData) else cfg.seeds)]  # retrieval: no seeds
     how = "linear probes on frozen features" if cfg.mode == "probe" else f"{cfg.mode} fine-tuning"
     sink.emit(Log(message=f"evaluating {len(plan.models)} models on {', '.join(datasets)} "
                           f"× {cfg.seeds} seeds ({how})"))
@@ -104,11 +108,13 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
     data_prints = {label: data.fingerprint() for label, data in datasets.items()}
     began = time.monotonic()
     scored: list[dict[str, Any]] = []
+    indexes: dict[str, Any] = {}  # retrieval: the teacher's index embeddings per task
     for done, (task, model, seed) in enumerate(jobs):
         token.raise_if_cancelled()
         eta = (time.monotonic() - began) / done * (len(jobs) - done) if done else None
         sink.emit(EvalProgress(done=done, total=len(jobs), task=task, model=model.name, seed=seed, eta_seconds=eta))
-        key = result_key(cfg, fingerprints[model.name], data_prints[task], task, seed)
+        key = result_key(cfg, fingerprints[model.name], data_prints[task], task, seed,
+                         index=fingerprints[plan.models[0].name])
         path = out_dir / task / model.name / f"seed-{seed}-{key[:12]}.json"
         record = _cached(path, key)
         if record is None:
@@ -116,7 +122,11 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
                 if isinstance(report, DevScore):
                     sink.emit(EvalDevScore(task=task, model=model.name, seed=seed, **dataclasses.asdict(report)))
 
-            if cfg.mode == "probe":
+            if isinstance(datasets[task], ParallelData):
+                if task not in indexes:
+                    indexes[task] = embeddings(plan.models[0].path, datasets[task].index)
+                result = retrieval(model.path, datasets[task], indexes[task])
+            elif cfg.mode == "probe":
                 result = probe(model.path, datasets[task], seed, progress=progress, token=token)
             else:
                 result = finetune(model.path, datasets[task], seed, epochs=cfg.epochs or None,
@@ -138,11 +148,17 @@ def evaluate(plan: EvalPlan, out_dir: Path, sink: EventSink, token: CancelToken 
     return summary
 
 
-def result_key(config: EvaluationConfig, model_print: str, data_print: str, task: str, seed: int) -> str:
-    """A hash of everything a result depends on: weights, data, task, mode and settings, seed, code."""
-    settings = {"model": model_print, "data": data_print, "task": task.split("@")[0], "mode": config.mode,
-                "seed": seed, "code": code_fingerprint()}
-    if config.mode != "probe":
+def result_key(config: EvaluationConfig, model_print: str, data_print: str, task: str, seed: int,
+               index: str = "") -> str:
+    """A hash of everything a result depends on: weights, data, task, mode and settings, seed, code (retrieval:
+    the weights of the model that embedded the index, `index`, instead of mode and seed)."""
+    kind = task.split("@")[0]
+    settings = {"model": model_print, "data": data_print, "task": kind, "code": code_fingerprint()}
+    if task_kind(kind).trainable:
+        settings.update(mode=config.mode, seed=seed)
+    else:
+        settings.update(index=index)
+    if task_kind(kind).trainable and config.mode != "probe":
         settings.update(epochs=config.epochs, learning_rate=config.learning_rate)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
@@ -150,11 +166,12 @@ def result_key(config: EvaluationConfig, model_print: str, data_print: str, task
 @functools.cache
 def code_fingerprint() -> str:
     """A hash of the source of the modules that produce a score (readers, training, probes, metrics)."""
-    from engine.data import batches, tasks
-    from engine.evaluate import encoding, finetune, metrics, probe
+    from engine.data import batches, parallel, tasks
+    from engine.evaluate import encoding, finetune, metrics, probe, retrieval
+    from engine.models import embedder
 
     digest = hashlib.sha256()
-    for module in (batches, tasks, encoding, finetune, metrics, probe):
+    for module in (batches, tasks, parallel, encoding, finetune, metrics, probe, retrieval, embedder):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
@@ -231,6 +248,9 @@ def _probe_texts(datasets: dict, limit: int = 200) -> list[str]:
     """Held-out sentences for fidelity: the test texts of the evaluated tasks."""
     texts: list[str] = []
     for data in datasets.values():
+        if isinstance(data, ParallelData):  # retrieval: the query side
+            texts.extend(data.queries)
+            continue
         for example in data.test:
             texts.append(example.text if hasattr(example, "text") else " ".join(example.words))
     return texts[:limit]

@@ -203,4 +203,5 @@ def test_each_task_choice_says_what_it_is_and_which_files_it_reads(qtbot):
     tips = {combo.itemText(i): combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(combo.count())}
     assert tips["ner"] == "named-entity recognition (IOB): .txt, .conll, .iob, .iob2, .bio, .tsv"
     assert tips["pos"] == "part-of-speech tagging (UPOS): .conllu, .conll"
-    assert set(tips) == {"pos", "ner", "sentiment", "topic"}
+    assert tips["retrieval"] == "cross-lingual retrieval (two line-aligned text files): .dev, .devtest, .txt"
+    assert set(tips) == {"pos", "ner", "sentiment", "topic", "retrieval"}

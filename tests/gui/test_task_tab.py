@@ -75,6 +75,7 @@ def test_the_form_offers_final_students_packaged_teachers_and_folders(qtbot, tmp
     assert any("packaged" in label for label in labels[1:])
     assert tab.form.output_dir() == tmp_path.resolve() / "task-models" / f"{run.name}-ner"
     assert "IOB" in tab.form.task.itemData(tab.form.task.findText("ner"), Qt.ItemDataRole.ToolTipRole)
+    assert tab.form.task.findText("retrieval") == -1  # no task model is trained for retrieval
     tab.form.task.setCurrentText("pos")
     assert tab.form.output_dir().name == f"{run.name}-pos"
     tab.form.add_encoder_folder(tiny_teacher)
