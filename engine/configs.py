@@ -59,11 +59,13 @@ class LanguageConfig:
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    """Unlabelled text in the language: files, globs, folders, .jsonl, hub:<dataset>[:<config>]."""
+    """Unlabelled text in the language: files, globs, folders, .jsonl, hub:<dataset>[:<config>]; `parallel`:
+    each stage's label-free retrieval score (the validation file's lines finding their translations)."""
 
     train: tuple[str, ...] = ()
     validation: float | tuple[str, ...] = 0.05
     max_length: int = 128
+    parallel: str = ""  # a file line-aligned with the (one) validation file, in another language: a retrieval score
 
     def __post_init__(self) -> None:
         check(len(self.train) > 0, "corpus.train is empty: list at least one file, folder or glob", "train")
@@ -74,6 +76,9 @@ class CorpusConfig:
             check(len(self.validation) > 0, "corpus.validation is an empty list: give files or a fraction",
                   "validation")
         check(8 <= self.max_length <= 512, "corpus.max_length must be between 8 and 512 tokens", "max_length")
+        check(not self.parallel or (not isinstance(self.validation, float) and len(self.validation) == 1),
+              "corpus.parallel translates the validation text line by line: give corpus.validation as one file",
+              "parallel")
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,13 @@ import torch
 from engine import __version__
 from engine.configs import TaskModelConfig
 from engine.data.corpus import long_lines_warning, open_corpus, split_validation
+from engine.data.parallel import ParallelData, read_pairs
 from engine.data.tasks import Columns, TaskData, load_task
 from engine.distributed import Distributed
 from engine.errors import Cancelled, MiniGlotError, ModelError, RecipeError, TaskDataError
 from engine.estimate import stage_shapes
+from engine.evaluate.retrieval import PROMPT as RETRIEVAL_PROMPT
+from engine.evaluate.retrieval import rank_scores
 from engine.events import (
     Artifact,
     CancelToken,
@@ -45,7 +48,7 @@ from engine.events import (
     StageStarted,
 )
 from engine.modelcard import write_card
-from engine.models.embedder import Embedder, compose, read_embedder, read_to_teacher, write_embedder
+from engine.models.embedder import Embedder, compose, embed, read_embedder, read_to_teacher, write_embedder
 from engine.models.loading import (
     LoadedModel,
     load_model,
@@ -114,6 +117,7 @@ def _prepare(recipe: Recipe, dist: Distributed) -> tuple[torch.device, Precision
     device = pick_device(recipe.run.device, dist)
     precision = Precision.for_run(recipe.run.precision, device)
     train, validation = load_corpus(recipe)
+    _parallel(recipe)
     for i, config in enumerate(recipe.task_models, start=1):
         try:
             _task_data(config)
@@ -169,6 +173,9 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                             task_models=[{"task": c.task, "status": "pending"} for c in recipe.task_models])
         current, original, reference = teacher, teacher, teacher
         embedder, to_teacher = _embedder(recipe, sink), None  # a sentence embedder's layout; the map back to it
+        retrieval = _Retrieval.of(recipe, teacher, embedder)
+        if retrieval is not None and not resumed:
+            manifest.update(teacher={**manifest.data["teacher"], "retrieval": retrieval.teacher_scores})
         for index, stage in enumerate(recipe.stages, start=1):
             current_index = index
             stage_folder = folder.stage_dir(index, stage.kind)
@@ -191,7 +198,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             token.raise_if_cancelled()
             model_dir, params, check = stage_folder / "model", count_params(output.model.model), {}
             to_teacher = compose(to_teacher, output.projection)
-            quality = _quality(ctx, original, output.model) if dist.is_main else {}
+            quality = _quality(ctx, original, output.model, retrieval, to_teacher) if dist.is_main else {}
             manifest.set_stage(index, quality=quality)  # the model card states the stage's fidelity
             if dist.is_main:
                 with atomic_dir(model_dir) as tmp:
@@ -299,19 +306,66 @@ def _task_facts(model_dir: Path) -> dict[str, Any]:
     return facts if isinstance(facts, dict) else {}
 
 
-def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel) -> dict[str, Any]:
-    """The stage's label-free quality on held-out text (`stage_quality`), also sent as metrics."""
+def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel, retrieval: _Retrieval | None,
+             to_teacher: torch.Tensor | None) -> dict[str, Any]:
+    """The stage's label-free quality on held-out text (`stage_quality`; with `[corpus] parallel` its retrieval
+    scores too, `retrieval_top1` and `retrieval_mrr`), also sent as metrics."""
     from engine.evaluate.intrinsic import stage_quality
 
     teacher.model.to(ctx.device)
     quality = stage_quality(teacher, student, ctx.validation_texts[:HELD_OUT_TEXTS])
-    for name in ("fidelity", "masked_accuracy"):
+    if retrieval is not None:
+        quality |= {f"retrieval_{k}": v for k, v in retrieval.scores(student, to_teacher).items()}
+    for name in ("fidelity", "masked_accuracy", "retrieval_top1", "retrieval_mrr"):
         if name in quality:
             ctx.metric(name, quality[name], split="validation")
     ctx.log(f"fidelity to the teacher {quality['fidelity']:.3f} (mean best layer CKA over {quality['tokens']:,} "
             "held-out tokens)" + (f", masked-token accuracy {quality['masked_accuracy']:.3f}"
-                                  if "masked_accuracy" in quality else ""))
+                                  if "masked_accuracy" in quality else "")
+            + (f", retrieval top-1 {quality['retrieval_top1']:.3f} (the teacher "
+               f"{retrieval.teacher_scores['top1']:.3f})" if retrieval is not None else ""))
     return _jsonable(quality)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Retrieval:
+    """`[corpus] parallel`: the validation file's lines find their translations among the teacher's embeddings
+    of the parallel file (`engine.evaluate.retrieval`), for each stage as for the teacher."""
+
+    pairs: ParallelData
+    embedder: Embedder
+    index: torch.Tensor
+    teacher_scores: dict[str, float]
+
+    @classmethod
+    def of(cls, recipe: Recipe, teacher: LoadedModel, embedder: Embedder | None) -> _Retrieval | None:
+        pairs = _parallel(recipe)
+        if pairs is None:
+            return None
+        embedder = embedder or Embedder("mean", resolve_source(recipe.teacher.source))
+        prompt = embedder.prompts.get(RETRIEVAL_PROMPT, "")
+        base = teacher.adapter.base(teacher.model)
+        index = embed(base, teacher.tokenizer, pairs.index, embedder, prompt=prompt)
+        own = embed(base, teacher.tokenizer, pairs.queries, embedder, prompt=prompt)
+        return cls(pairs, embedder, index, rank_scores(own, index))
+
+    def scores(self, student: LoadedModel, to_teacher: torch.Tensor | None) -> dict[str, float]:
+        queries = embed(student.adapter.base(student.model), student.tokenizer, self.pairs.queries, self.embedder,
+                        to_teacher, self.embedder.prompts.get(RETRIEVAL_PROMPT, ""))
+        return rank_scores(queries, self.index)
+
+
+def _parallel(recipe: Recipe) -> ParallelData | None:
+    """The pairs of `[corpus] parallel` with the validation file (None without one); a RecipeError if they do not
+    pair up."""
+    corpus = recipe.corpus
+    if not corpus.parallel:
+        return None
+    base = Path(recipe.base_dir)
+    try:
+        return read_pairs(base / corpus.validation[0], base / corpus.parallel)
+    except (TaskDataError, OSError) as exc:
+        raise RecipeError(f"corpus.parallel: {exc}", "corpus.parallel") from None
 
 
 def _still_teacher(recipe: Recipe, index: int) -> bool:

@@ -112,7 +112,8 @@ class Recipe:
             self, base_dir=str(base), evaluation=evaluation, task_models=task_models,
             teacher=dataclasses.replace(self.teacher, source=absolute(self.teacher.source)),
             run=dataclasses.replace(self.run, runs_dir=absolute(self.run.runs_dir)),
-            corpus=dataclasses.replace(corpus, train=tuple(map(absolute, corpus.train)), validation=validation))
+            corpus=dataclasses.replace(corpus, train=tuple(map(absolute, corpus.train)), validation=validation,
+                                       parallel=absolute(corpus.parallel) if corpus.parallel else ""))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str | Path = ".") -> Recipe:

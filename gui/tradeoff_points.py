@@ -15,7 +15,8 @@ from gui.runs_model import RunSummary
 
 NONE = "none"
 FIDELITY = ("similarity_correlation", "sentence_cosine")
-STAGE_QUALITY = ("fidelity", "masked_accuracy")  # recorded by every stage in the manifest, no labels needed
+STAGE_QUALITY = ("fidelity", "masked_accuracy", "retrieval_top1")  # recorded by every stage in the manifest, no
+# labels needed (retrieval: with `[corpus] parallel`, the teacher's own score in the manifest's teacher entry)
 BYTES_PER_PARAM = 4  # fp32 estimate for a teacher whose folder size is not recorded
 
 
@@ -44,7 +45,9 @@ def score_label(key: str) -> str:
         return "none (size per stage)"
     kind, metric = key.split(":", 1)
     if kind == "stage":
-        return "fidelity to the teacher (layer CKA)" if metric == "fidelity" else metric.replace("_", " ")
+        return {"fidelity": "fidelity to the teacher (layer CKA)",
+                "retrieval_top1": "retrieval top-1 (validation text → translations)"}.get(metric,
+                                                                                          metric.replace("_", " "))
     return f"fidelity: {metric.replace('_', ' ')}" if kind == "fidelity" else f"{kind}: {metric.replace('_', ' ')}"
 
 
@@ -69,6 +72,8 @@ def load_points(run: RunSummary) -> list[ModelPoint]:
                                        int(teacher["params"]) * BYTES_PER_PARAM, bytes_estimated=True)
         if any("fidelity" in (stage.get("quality") or {}) for stage in manifest.get("stages") or []):
             points["teacher"].scores[score_key("stage", "fidelity")] = (1.0, 0.0)
+        if (teacher.get("retrieval") or {}).get("top1") is not None:
+            points["teacher"].scores[score_key("stage", "retrieval_top1")] = (float(teacher["retrieval"]["top1"]), 0.0)
     for stage in run.stage_models():
         if stage.params:
             points[stage.name] = ModelPoint(name, stage.name, stage.index, stage.params, stage.bytes)

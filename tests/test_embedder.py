@@ -150,3 +150,46 @@ def test_every_stage_of_an_embedding_teachers_run_is_a_sentence_transformers_mod
     shutil.rmtree(final)
     pipeline.run(None, Collect(), resume=run_dir)
     assert torch.equal(read_to_teacher(final), back)
+
+
+def _parallel_recipe(tmp_path: Path, teacher: Path, index_lines: list[str]) -> str:
+    from conftest import recipe_toml
+
+    corpus, validation, parallel = tmp_path / "corpus.txt", tmp_path / "val.txt", tmp_path / "val.mt"
+    corpus.write_text("\n".join(sentences(240, seed=1)) + "\n", encoding="utf-8")
+    validation.write_text("\n".join(sentences(30, seed=8)) + "\n", encoding="utf-8")
+    parallel.write_text("\n".join(index_lines) + "\n", encoding="utf-8")
+    stages = '[[stages]]\nkind = "shrink"\nhidden = 32\ninit = "svd"\nmax_steps = 2\nbatch_size = 8\n'
+    return recipe_toml(teacher, corpus, stages, verify=False).replace(
+        "validation = 0.1", f'validation = ["{validation}"]\nparallel = "{parallel}"')
+
+
+def test_a_parallel_validation_file_gives_each_stage_a_retrieval_score(tmp_path, teacher, one_thread):
+    from engine import pipeline
+    from engine.events import Collect, Metric
+    from engine.recipe import Recipe
+
+    texts = sentences(30, seed=8)
+    sink = Collect()
+    run_dir = pipeline.run(Recipe.from_toml(_parallel_recipe(tmp_path, teacher, texts), tmp_path), sink)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["teacher"]["retrieval"]["top1"] == 1.0  # the teacher finds its own sentences
+    quality = manifest["stages"][0]["quality"]
+    assert 0 <= quality["retrieval_top1"] <= 1 and 0 < quality["retrieval_mrr"] <= 1
+    assert [e.value for e in sink.of(Metric) if e.name == "retrieval_top1"] == [quality["retrieval_top1"]]
+
+
+def test_a_parallel_file_that_does_not_pair_up_is_refused_before_the_run(tmp_path, teacher):
+    from engine import pipeline
+    from engine.errors import RecipeError
+    from engine.events import Collect
+    from engine.recipe import Recipe
+
+    with pytest.raises(RecipeError) as caught:
+        pipeline.run(Recipe.from_toml(_parallel_recipe(tmp_path, teacher, ["one", "two"]), tmp_path), Collect())
+    assert caught.value.path == "corpus.parallel" and "val.txt has 30 lines but" in str(caught.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    text = _parallel_recipe(tmp_path, teacher, sentences(30, seed=8)).replace(
+        f'validation = ["{tmp_path / "val.txt"}"]', "validation = 0.1")
+    with pytest.raises(RecipeError, match=r"give corpus\.validation as one file"):
+        Recipe.from_toml(text, tmp_path)

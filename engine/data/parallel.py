@@ -41,15 +41,20 @@ def load_parallel(task: str, data: str | Path) -> ParallelData:
     if len(files) != 2:
         raise TaskDataError(f"{folder}: {task} needs exactly two line-aligned text files ({', '.join(suffixes)}), "
                             f"found {len(files)}{': ' + ', '.join(p.name for p in files) if files else ''}")
-    sides = [_lines(path) for path in files]
+    return read_pairs(files[0], files[1], task, str(data))
+
+
+def read_pairs(queries: Path, index: Path, task: str = "retrieval", source: str = "") -> ParallelData:
+    """The pairs of two line-aligned files (`queries` line i translates to `index` line i)."""
+    sides = [_lines(Path(path)) for path in (queries, index)]
     if len(sides[0]) != len(sides[1]):
-        raise TaskDataError(f"{folder}: {files[0].name} has {len(sides[0])} lines but {files[1].name} "
-                            f"{len(sides[1])}; the two files must be line-aligned translations")
+        raise TaskDataError(f"{queries} has {len(sides[0])} lines but {index} {len(sides[1])}; the two files "
+                            "must be line-aligned translations")
     pairs = [(q, i) for q, i in zip(*sides, strict=True) if q.strip() and i.strip()]
     if len(pairs) < 2:
-        raise TaskDataError(f"{folder}: fewer than two non-empty line pairs; nothing to retrieve")
-    return ParallelData(task, tuple(q for q, _ in pairs), tuple(i for _, i in pairs),
-                        (str(files[0]), str(files[1])), str(data))
+        raise TaskDataError(f"{queries} and {index}: fewer than two non-empty line pairs; nothing to retrieve")
+    return ParallelData(task, tuple(q for q, _ in pairs), tuple(i for _, i in pairs), (str(queries), str(index)),
+                        source or str(queries))
 
 
 def _lines(path: Path) -> list[str]:

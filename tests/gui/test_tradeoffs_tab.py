@@ -123,6 +123,21 @@ def test_every_stage_recorded_fidelity_gives_an_unevaluated_run_a_score_axis(qtb
     assert tab.score == "stage:fidelity" and len(tab.chart.shown) == 5 and tab.chart.front
 
 
+def test_each_stages_retrieval_score_is_a_score_axis_with_the_teachers_own(qtbot, tmp_path):
+    run = write_run(tmp_path, "20260103-000000-r", ner=None, fidelity=True)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["teacher"]["retrieval"] = {"top1": 0.97, "mrr": 0.98}
+    for i, stage in enumerate(manifest["stages"], start=1):
+        stage["quality"]["retrieval_top1"] = 0.97 - 0.05 * i
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    top1 = [p.scores["stage:retrieval_top1"][0] for p in load_points(summarise(run))]
+    assert top1 == pytest.approx([0.97, 0.92, 0.87, 0.82, 0.77])
+    tab = TradeoffsTab(RunsModel(tmp_path))
+    qtbot.addWidget(tab)
+    choices = {tab.score_combo.itemData(i): tab.score_combo.itemText(i) for i in range(tab.score_combo.count())}
+    assert choices["stage:retrieval_top1"] == "retrieval top-1 (validation text → translations)"
+
+
 def test_a_stage_level_with_the_teacher_shows_no_negative_zero_drop(qtbot, tmp_path):
     write_run(tmp_path, "20260104-000000-d", ner={**NER, "01-distill": 0.800001, "02-prune": 0.81})
     tab = TradeoffsTab(RunsModel(tmp_path))
