@@ -6,6 +6,10 @@ model (config.architectures ending in ForTokenClassification / ForSequenceClassi
 `miniglot-cli finetune` writes) is exported whole, output `logits` ([batch, sequence, labels] or
 [batch, labels], columns in config.id2label order), and its `miniglot_task.json` is copied too; the folder is
 laid out as optimum's ORTModelFor…Classification loads one (`model.onnx`, `config.json`, tokenizer, `logits`).
+An encoder that is a sentence embedder (sentence-transformers' `modules.json`, as the packaged e5 teacher and
+the stage folders of its runs have) also outputs `sentence_embedding` [batch, width]: its pooling under the
+attention mask, its Dense modules (a narrower student's map back into the teacher's width among them) and
+normalisation, checked against sentence-transformers' embeddings of the same sentences.
 torch's exporter (torch.export + onnxscript) writes `model.onnx`; ONNX Runtime runs it and writes
 `model.int8.onnx` by dynamic quantization (int8 weights, activations quantized on the fly). The folder also
 gets the tokenizer and config, so it is self-contained, and `export.json`, the report.
@@ -27,17 +31,23 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ModelError, VerificationError
 from engine.runfolder import TASK_FILE, RunFolder, atomic_dir
 from engine.tasks import HEAD_SUFFIX
+
+if TYPE_CHECKING:
+    from engine.models.embedder import Embedder  # imports torch
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 REPORT_FILE = "export.json"
 OUTPUT = "last_hidden_state"
 TASK_OUTPUT = "logits"
+EMBEDDING_OUTPUT = "sentence_embedding"
+EMBEDDING_COSINE = 0.999  # the fp32 sentence embeddings' least cosine with sentence-transformers' (issue 21)
+EMBEDDING_REFERENCE = "engine.models.embedder.embed (equal to SentenceTransformer.encode)"
 HEADS = {HEAD_SUFFIX[True]: ("token", ("batch", "sequence", "labels")),
          HEAD_SUFFIX[False]: ("text", ("batch", "labels"))}  # architecture suffix: level, logits axes
 FP32_TOLERANCE = 1e-4  # max abs difference of the output, as for every stage model (DESIGN.md §2)
@@ -89,8 +99,11 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
     `out` may not exist, be empty, or hold an earlier export (which is replaced). The fp32 model must
     match PyTorch within FP32_TOLERANCE on `texts` (padded together and one at a time), else
     VerificationError; the int8 model's difference and cosine similarity are reported, not bounded. A task
-    model's report also has `head` (what `logits` hold) and each comparison its `argmax_agreement`.
+    model's report also has `head` (what `logits` hold) and each comparison its `argmax_agreement`. A
+    sentence embedder's has `embedding`: what `sentence_embedding` holds and, per variant, its cosine with
+    sentence-transformers' embeddings (fp32 at least EMBEDDING_COSINE, else VerificationError).
     """
+    from engine.models.embedder import read_embedder
     from engine.models.loading import resolve_source, strip_remote_code, weight_bytes
 
     started = time.perf_counter()
@@ -104,12 +117,14 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
     if not texts:
         raise ModelError("export needs at least one non-empty sentence to check the model with")
     output = OUTPUT if head is None else TASK_OUTPUT
-    module = _output_module(model.float().eval(), output)
+    embedder = read_embedder(model_dir) if head is None else None
+    module = _output_module(model.float().eval(), output, embedder)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in
                                                 tokenizer.model_input_names else [])
     external = weight_bytes(module) > EXTERNAL_DATA_BYTES
     with _replacing(out, default_out(source).name) as tmp:
-        _export(module, tokenizer, names, texts, tmp / ONNX_FILE, output, external)
+        outputs = [output] + ([EMBEDDING_OUTPUT] if embedder is not None else [])
+        _export(module, tokenizer, names, texts, tmp / ONNX_FILE, outputs, external)
         tokenizer.save_pretrained(tmp)
         shutil.copy2(model_dir / "config.json", tmp / "config.json")
         strip_remote_code(tmp)
@@ -121,6 +136,13 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
                 f"{model_dir}: the ONNX model differs from PyTorch by {fp32['max_abs_diff']:.1e} "
                 f"(> {FP32_TOLERANCE:.0e}) on real sentences; nothing was written — report it with the "
                 "model's config.json")
+        if embedder is not None:
+            sentence = compare_embedding(module, tokenizer, tmp, ONNX_FILE, names, texts, embedder, threads)
+            if not sentence["cosine_min"] >= EMBEDDING_COSINE:
+                raise VerificationError(
+                    f"{model_dir}: the ONNX sentence embeddings differ from sentence-transformers' (cosine "
+                    f"{sentence['cosine_min']:.6f} < {EMBEDDING_COSINE}) on real sentences; nothing was written — "
+                    "report it with the model's modules.json")
         if int8:
             quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, external)
         report = {
@@ -132,9 +154,14 @@ def export_onnx(source: str | Path, out: Path | None = None, *, int8: bool = Fal
         }
         if head is not None:
             report["head"] = head
+        if embedder is not None:
+            report["embedding"] = {**embedding_facts(embedder, module), "fp32": sentence}
         if int8:
             report["bytes"]["int8"] = _file_bytes(tmp / INT8_FILE)
             report["int8"] = compare(module, tokenizer, tmp, INT8_FILE, names, texts, threads, output)
+            if embedder is not None:
+                report["embedding"]["int8"] = compare_embedding(module, tokenizer, tmp, INT8_FILE, names, texts,
+                                                                embedder, threads)
         report["seconds"] = round(time.perf_counter() - started, 1)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
@@ -159,6 +186,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         task = f", task {head['task']}" if head.get("task") else ""
         lines.append(f"output {report['output']} [{', '.join(head['axes'])}]: {head['architecture']}{task}, "
                      f"{len(labels)} labels ({shown})")
+    embedding = report.get("embedding")
+    if embedding is not None:
+        steps = ", ".join([f"{embedding['pooling']} pooling", *embedding["modules"]])
+        int8 = (f", int8 mean {embedding['int8']['cosine_mean']:.4f} (min {embedding['int8']['cosine_min']:.4f})"
+                if "int8" in embedding else "")
+        prompts = "; prompts " + ", ".join(f"{k} {v!r}" for k, v in embedding["prompts"].items()) \
+            if embedding["prompts"] else ""
+        lines.append(f"output {embedding['output']} [batch, {embedding['dimension']}]: {steps}; cosine with "
+                     f"SentenceTransformer min {embedding['fp32']['cosine_min']:.6f}{int8}{prompts}")
     return lines
 
 
@@ -248,7 +284,8 @@ def compare(module: Any, tokenizer: Any, folder: Path, file: str, names: list[st
         if not np.array_equal(feed["input_ids"], enc["input_ids"]):
             raise VerificationError(f"{folder}: the saved tokenizer segments text differently from the model's")
         with torch.inference_mode():
-            expected = module(*(torch.from_numpy(enc[name]).long() for name in names)).numpy()
+            expected = module(*(torch.from_numpy(enc[name]).long() for name in names))
+        expected = (expected[0] if isinstance(expected, tuple) else expected).numpy()
         got = session.run([output], feed)[0]
         mask = enc["attention_mask"].astype(bool)
         a, b = (expected[mask], got[mask]) if expected.ndim == 3 else (expected, got)
@@ -262,23 +299,69 @@ def compare(module: Any, tokenizer: Any, folder: Path, file: str, names: list[st
     return result
 
 
-def _output_module(model: Any, output: str) -> Any:
-    """The exported module: `model`'s `output` (last_hidden_state or logits) from positional inputs."""
+def embedding_facts(embedder: Embedder, module: Any) -> dict[str, Any]:
+    """What an embedder's `sentence_embedding` holds: `output`, `dimension`, `pooling`, the `modules` after it,
+    `normalized`, the `prompts` the model expects, and what the check compares it with (`reference`, `min_cosine`)."""
     import torch
+
+    widths = [m.out_features for m in module.sentence.after if isinstance(m, torch.nn.Linear)]
+    return {"output": EMBEDDING_OUTPUT, "dimension": widths[-1] if widths else module.base.config.hidden_size,
+            "pooling": embedder.pooling, "modules": [kind for kind, _ in embedder.after],
+            "normalized": embedder.normalized, "prompts": dict(embedder.prompts),
+            "reference": EMBEDDING_REFERENCE, "min_cosine": EMBEDDING_COSINE}
+
+
+def compare_embedding(module: Any, tokenizer: Any, folder: Path, file: str, names: list[str], texts: Sequence[str],
+                      embedder: Embedder, threads: int | None = None) -> dict[str, float]:
+    """`folder/file`'s `sentence_embedding` of `texts` (padded together, then one at a time) against
+    sentence-transformers' embeddings computed from the model folder (`embed`, which equals
+    `SentenceTransformer.encode`): `max_abs_diff` and the per-sentence cosine (`cosine_mean`, `cosine_min`)."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from engine.models.embedder import embed
+
+    expected = embed(module.base, tokenizer, list(texts), embedder, max_length=MAX_TOKENS).numpy()
+    session = onnx_session(folder / file, threads)
+    saved = AutoTokenizer.from_pretrained(folder)
+    rows = [list(range(len(texts)))] + [[i] for i in range(len(texts))]
+    diffs, cosines = [], []
+    for indices in rows:
+        enc = saved([texts[i] for i in indices], padding=True, truncation=True, max_length=MAX_TOKENS,
+                    return_tensors="np")
+        got = session.run([EMBEDDING_OUTPUT], {name: enc[name].astype(np.int64) for name in names})[0]
+        want = expected[indices]
+        diffs.append(float(np.abs(got - want).max()))
+        cosines.append((got * want).sum(-1) / np.maximum(np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1),
+                                                         1e-12))
+    cosine = np.concatenate(cosines)
+    return {"max_abs_diff": max(diffs), "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())}
+
+
+def _output_module(model: Any, output: str, embedder: Embedder | None = None) -> Any:
+    """The exported module: `model`'s `output` (last_hidden_state or logits) from positional inputs, and
+    with an `embedder` the sentence embeddings too (`sentence`: its pooling, Dense and Normalize modules)."""
+    import torch
+
+    from engine.models.embedder import SentenceHead
 
     class Exported(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.base = model
+            self.sentence = None if embedder is None else SentenceHead(embedder)
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-            return getattr(self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs), output)
+            states = getattr(self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs), output)
+            if self.sentence is None:
+                return states
+            return states, self.sentence(states, attention_mask)
 
     return Exported().eval()
 
 
-def _export(module: Any, tokenizer: Any, names: list[str], texts: Sequence[str], path: Path, output: str,
+def _export(module: Any, tokenizer: Any, names: list[str], texts: Sequence[str], path: Path, outputs: list[str],
             external: bool) -> None:
     import torch
 
@@ -288,7 +371,7 @@ def _export(module: Any, tokenizer: Any, names: list[str], texts: Sequence[str],
     axes = {0: "batch", 1: "sequence"}
     try:
         with _quiet(), _no_tqdm_monitor(), torch.no_grad():
-            program = torch.onnx.export(module, args, input_names=names, output_names=[output],
+            program = torch.onnx.export(module, args, input_names=names, output_names=outputs,
                                         dynamic_shapes=tuple(axes for _ in names), dynamo=True, verbose=False)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

