@@ -13,7 +13,11 @@ PyTorch's last-layer features of the train split predicts the test split from Py
 variant's features; the JSON gives both scores and how often the argmax agrees. A task model (a
 `miniglot-cli finetune` folder) is exported with its head and timed the same way; instead of the embedding
 comparison and the probe, each variant's head scores the task's headline metric on its own test set (task,
-data and seed from its miniglot_task.json), with int8 − PyTorch in points.
+data and seed from its miniglot_task.json), with int8 − PyTorch in points. A sentence embedder (the e5
+teacher, a stage folder of its runs) is exported with `sentence_embedding` too; `sentence_agreement` gives each
+ONNX variant's sentence embeddings of the `--sentences` sentences against sentence-transformers' (MiniGlot's
+`embed`, equal to `SentenceTransformer.encode`): cosine (mean, 1st percentile, min) and nearest-neighbour
+agreement, and `export_check` the export's own embedding cosines.
 
 Prints one JSON line, then a short summary.
 """
@@ -83,6 +87,9 @@ def main() -> None:
                 task = task_agreement(runners, tokenizer, report["inputs"], args.task, data, args.max_length,
                                       args.task_train)
             measured = {"int8_agreement": agreement["int8"], "fp32_agreement": agreement["onnx"], "task": task}
+            if "embedding" in report:
+                measured["sentence_agreement"] = sentence_agreement(out, model, tokenizer, tokenize, model_dir,
+                                                                    lines[-args.sentences:], args.max_length, threads)
     sizes = report["bytes"]
     result = {
         "source": source, "model_dir": report["model_dir"], "corpus": corpus, "threads": threads,
@@ -93,7 +100,11 @@ def main() -> None:
         "speedup": {batch: {v: row["torch"] / row[v] for v in VARIANTS[1:]} for batch, row in latency.items()},
         "export_check": {"fp32_max_abs_diff": report["fp32"]["max_abs_diff"],
                          "int8_max_abs_diff": report["int8"]["max_abs_diff"],
-                         "int8_cosine_mean": report["int8"]["cosine_mean"]},
+                         "int8_cosine_mean": report["int8"]["cosine_mean"],
+                         **({"fp32_embedding_cosine_min": report["embedding"]["fp32"]["cosine_min"],
+                             "int8_embedding_cosine_mean": report["embedding"]["int8"]["cosine_mean"],
+                             "int8_embedding_cosine_min": report["embedding"]["int8"]["cosine_min"]}
+                            if "embedding" in report else {})},
         "output": output, **measured,
         "export_seconds": round(export_seconds, 1), "opset": report["opset"], "versions": report["versions"],
     }
@@ -190,6 +201,28 @@ def compare_embeddings(runners: dict, tokenize, texts: list[str], batch: int = 8
                          "token_cosine_p1": float(np.percentile(cosine, 1)), "token_cosine_min": float(cosine.min()),
                          "nn_top1_agreement": float((_neighbours(np.concatenate(pooled[name])) == ref_neighbours)
                                                     .mean())}
+    return results
+
+
+def sentence_agreement(out: Path, model, tokenizer, tokenize, model_dir: Path, texts: list[str], max_length: int,
+                       threads: int, batch: int = 8) -> dict[str, dict]:
+    """Each ONNX variant's `sentence_embedding` against sentence-transformers' embeddings of `texts` (MiniGlot's
+    `embed` on the PyTorch model, which equals `SentenceTransformer.encode`): cosine and nearest-neighbour agreement."""
+    import numpy as np
+
+    from engine.export import EMBEDDING_OUTPUT, INT8_FILE, ONNX_FILE
+    from engine.models.embedder import embed, read_embedder
+
+    expected = embed(model, tokenizer, texts, read_embedder(model_dir), max_length=max_length, batch_size=batch).numpy()
+    ref_neighbours = _neighbours(expected)
+    results = {}
+    for name, file in (("onnx", ONNX_FILE), ("int8", INT8_FILE)):
+        run = onnx_runner(out / file, threads, EMBEDDING_OUTPUT)
+        got = np.concatenate([run(tokenize(texts[start:start + batch])) for start in range(0, len(texts), batch)])
+        cosine = (got * expected).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(expected, axis=-1))
+        results[name] = {"sentences": len(texts), "cosine_mean": float(cosine.mean()),
+                         "cosine_p1": float(np.percentile(cosine, 1)), "cosine_min": float(cosine.min()),
+                         "nn_top1_agreement": float((_neighbours(got) == ref_neighbours).mean())}
     return results
 
 
@@ -324,6 +357,12 @@ def summary(r: dict) -> str:
     lines.append(f"int8 vs torch on {q['sentences']} sentences: token cosine mean {q['token_cosine_mean']:.4f} "
                  f"(1st percentile {q['token_cosine_p1']:.4f}), nearest-neighbour agreement "
                  f"{q['nn_top1_agreement']:.1%}; fp32 onnx max abs diff {r['export_check']['fp32_max_abs_diff']:.1e}")
+    if "sentence_agreement" in r:
+        f, q = r["sentence_agreement"]["onnx"], r["sentence_agreement"]["int8"]
+        lines.append(f"sentence_embedding vs SentenceTransformer on {q['sentences']} sentences: fp32 onnx cosine min "
+                     f"{f['cosine_min']:.6f}; int8 cosine mean {q['cosine_mean']:.4f} (1st percentile "
+                     f"{q['cosine_p1']:.4f}, min {q['cosine_min']:.4f}), nearest-neighbour agreement "
+                     f"{q['nn_top1_agreement']:.1%}")
     t = r["task"]
     if "skipped" in t:
         lines.append(f"validation task: {t['skipped']}")
