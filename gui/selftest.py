@@ -8,11 +8,13 @@ prints one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from engine.resources import SAMPLES
@@ -38,7 +40,7 @@ def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.monotonic()
     try:
-        with tempfile.TemporaryDirectory(prefix="miniglot-self-test-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="miniglot-self-test-") as tmp, _cache_in(Path(tmp) / "cache"):
             summary = run_checks(Path(tmp))
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
@@ -47,6 +49,21 @@ def main() -> int:
         return 1
     print(f"MiniGlot {__version__} self-test OK: {summary}, {time.monotonic() - started:.1f} s", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _cache_in(folder: Path) -> Iterator[None]:
+    """MiniGlot's caches (cached corpora, the precision measurement) in `folder` while the checks run, so the
+    self-test leaves nothing in the user's cache."""
+    previous = os.environ.get("MINIGLOT_CACHE")
+    os.environ["MINIGLOT_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MINIGLOT_CACHE", None)
+        else:
+            os.environ["MINIGLOT_CACHE"] = previous
 
 
 def run_checks(tmp: Path) -> str:
