@@ -10,11 +10,16 @@ in the same transformers class without any slow vocabulary file: `save_pretraine
 
 from __future__ import annotations
 
+import gc
 import json
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+import re
+import unicodedata
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, compress
 from typing import Any
 
 import numpy as np
@@ -28,6 +33,7 @@ from engine.models.adapters import FamilyAdapter
 
 _CHUNK = 4096
 WORDS_KEPT = 2_000_000  # distinct words counted for filling the budget; past it, the rarest half is dropped
+_WORDS_PENDING = 250_000  # new words the encoding thread may be behind the pass (a few seconds of encoding)
 _NOT_KEPT = -1
 # Constructor arguments that point at (old) vocabulary files or carry old ids: never passed on.
 _STALE_KWARGS = frozenset(
@@ -103,9 +109,14 @@ def trim_vocabulary(
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ModelError("vocabulary trimming needs a fast (tokenizers-backed) tokenizer")
-    raw = backend.to_str()
-    spec = json.loads(raw)
-    kind = spec["model"].get("type")
+    with _gc_paused():
+        return _trim(model, tokenizer, backend, adapter, texts, size, validation_texts, fill, progress)
+
+
+def _trim(model: nn.Module, tokenizer: Any, backend: Tokenizer, adapter: FamilyAdapter, texts: Sequence[str],
+          size: int, validation_texts: Sequence[str], fill: bool,
+          progress: Callable[[int, int], None] | None) -> tuple[nn.Module, Any, TrimReport]:
+    kind = type(backend.model).__name__
     if kind not in ("WordPiece", "Unigram"):
         raise ModelError(f"vocabulary trimming supports WordPiece and Unigram tokenizers, not {kind!r}")
 
@@ -115,10 +126,23 @@ def trim_vocabulary(
     if n_rows < n_tokens:
         raise ModelError(f"the tokenizer has {n_tokens} entries but the model only {n_rows} embedding rows")
 
-    counter = _untruncated(raw)
+    counter = _untruncated(backend)
     tally = _tally(counter, texts, n_tokens, words=fill, progress=progress)
-    counts = tally.counts
-    special = _special_ids(tokenizer, spec, model, adapter, n_tokens)
+    try:  # while words are still being encoded: parse the tokenizer, and look for pieces to fill the budget
+        spec = json.loads(backend.to_str())
+        special = _special_ids(tokenizer, spec, model, adapter, n_tokens)
+
+        def unfilled() -> bool:
+            counts = tally.token_counts().copy()
+            counts[special] = 0
+            return np.count_nonzero(counts) < size
+
+        inside = None
+        if fill and tally.counting():
+            inside = _substring_counts(spec, tally.words, n_tokens, wanted=lambda: tally.counting() or unfilled())
+        counts = tally.token_counts()
+    finally:
+        tally.close()
     counts[special] = 0
     used = np.flatnonzero(counts)
     if used.size > size:
@@ -131,7 +155,7 @@ def trim_vocabulary(
     keep[characters] = True
     filled = np.zeros(0, dtype=np.int64)
     if fill and used.size < size:
-        filled = _fill_ids(counter, spec, tally, n_tokens, keep, size - used.size)
+        filled = _fill_ids(spec, tally, n_tokens, keep, size - used.size, inside)
         keep[filled] = True
 
     kept_ids = np.flatnonzero(keep)
@@ -141,7 +165,8 @@ def trim_vocabulary(
     new_tokenizer, new_raw = _rebuild_tokenizer(tokenizer, spec, kept_ids, new_id_of)
     _slice_model(model, adapter, kept_ids, new_id_of)
     reseg, unk_before, unk_after = _segmentation_change(
-        counter, tokenizer.unk_token_id, _untruncated(new_raw), new_tokenizer.unk_token_id, validation_texts
+        counter, tokenizer.unk_token_id, lambda: _untruncated(new_raw),
+        new_tokenizer.unk_token_id, validation_texts
     )
     report = TrimReport(
         old_size=n_rows,
@@ -158,68 +183,377 @@ def trim_vocabulary(
     return model, new_tokenizer, report
 
 
-def _untruncated(raw: str) -> Tokenizer:
-    """A copy of a serialised tokenizer that neither truncates nor pads."""
-    tokenizer = Tokenizer.from_str(raw)
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
+def _untruncated(tokenizer: Tokenizer | str) -> Tokenizer:
+    """A tokenizer that neither truncates nor pads: `tokenizer` itself when it does neither (it is only
+    read, never changed), else a copy of it (or of the serialised tokenizer given)."""
+    if isinstance(tokenizer, Tokenizer):
+        if tokenizer.truncation is None and tokenizer.padding is None:
+            return tokenizer
+        tokenizer = tokenizer.to_str()
+    copy = Tokenizer.from_str(tokenizer)
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: parsing a 250k-entry tokenizer and counting a corpus allocate
+    millions of small objects and create no cycles, but each allocation burst triggers full collections
+    over every object the process holds (json.loads of e5's tokenizer: 1.5 s with, 0.35 s without)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
 class _Tally:
-    """What one pass over the texts gathers: each token's count, the characters of the normalised text and
-    (for filling the budget) each pre-tokenised word's count."""
+    """What one pass over the texts gathers: each token's count (`token_counts()`; the words' tokens may still
+    be being encoded when the pass ends), the characters of the normalised text and (for filling the budget)
+    each pre-tokenised word's count."""
 
-    counts: np.ndarray
+    counts: np.ndarray  # so far: the lines encoded whole and the words dropped
+    table: _Words
     alphabet: set[str] = field(default_factory=set)
     words: Counter[str] = field(default_factory=Counter)
+
+    def counting(self) -> bool:
+        """Whether words are still being encoded."""
+        return self.table.busy()
+
+    def token_counts(self) -> np.ndarray:
+        """Each token's count (waits for the encoding to end)."""
+        self.table.bill(self.counts)
+        self.table.close()
+        return self.counts
+
+    def close(self) -> None:
+        self.table.close()
 
 
 def _tally(tokenizer: Tokenizer, texts: Sequence[str], n_tokens: int, words: bool = True,
            progress: Callable[[int, int], None] | None = None) -> _Tally:
     """Count tokens, characters and words of `texts` in one streaming pass of `_CHUNK` lines at a time.
 
-    Tokens are counted by encoding each chunk (one batched call). Characters and words come from the
-    chunk's whitespace-separated words, counted in C (`Counter.update`); each distinct word is then
-    normalised and pre-tokenised once, not once per line (the same pieces: the BERT and Metaspace
-    pre-tokenizers split at every space). Past `WORDS_KEPT` distinct words the rarest half is dropped
-    (their characters kept), so a huge corpus's long tail of rare words cannot fill memory; it only
-    matters for filling the budget, which a corpus that large does not need.
+    Each chunk's whitespace-separated words are counted in C (`Counter`) into a table of the distinct words
+    seen (`_Words`). Tokens are counted from that table where `_Wordwise` shows that this gives exactly the
+    line-by-line counts: each distinct word is encoded once, when first seen (in a second thread, while
+    the pass reads on), and its ids are weighted by its count; the lines it cannot vouch for, and every
+    line of a tokenizer it does not know, are encoded whole. Characters and words come from each distinct
+    word, normalised and pre-tokenised once (the same pieces: the BERT and Metaspace pre-tokenizers split
+    at every space). Past `WORDS_KEPT` distinct words the rarest half is dropped (their tokens counted and
+    characters kept), so a huge corpus's long tail of rare words cannot fill memory; it only matters for
+    filling the budget, which a corpus that large does not need.
     """
-    tally = _Tally(np.zeros(n_tokens, dtype=np.int64))
     normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
 
     def normalized(word: str) -> str:
         return normalizer.normalize_str(word) if normalizer is not None else word
 
-    raw: Counter[str] = Counter()
-    done, total = 0, len(texts)
-    for chunk in iter_chunks(texts, _CHUNK):
-        ids = _flat_ids(tokenizer.encode_batch_fast(chunk, add_special_tokens=False))
-        tally.counts += np.bincount(ids, minlength=n_tokens)
-        raw.update(" ".join(chunk).split())
-        if len(raw) > WORDS_KEPT:
-            ranked = raw.most_common()
-            for word, _ in ranked[WORDS_KEPT // 2 :]:
-                tally.alphabet.update(normalized(word))
-            raw = Counter(dict(ranked[: WORDS_KEPT // 2]))
-        done += len(chunk)
-        if progress is not None:
-            progress(done, total)
-    for word, n in raw.items():
-        text = normalized(word)
-        tally.alphabet.update(text)
-        if words:
-            pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, None)]
-            for piece, _ in pieces:
-                tally.words[piece] += n
+    wordwise = _Wordwise.of(tokenizer)
+    table = _Words(tokenizer if wordwise is not None else None)
+    tally = _Tally(np.zeros(n_tokens, dtype=np.int64), table)
+    try:
+        done, total = 0, len(texts)
+        for chunk in iter_chunks(texts, _CHUNK):
+            joined = " ".join(chunk)
+            found = Counter(joined.split())
+            odd = range(len(chunk)) if wordwise is None else wordwise.odd(chunk, joined, found)
+            if odd:
+                lines = [chunk[i] for i in odd]
+                _add_ids(tally.counts, tokenizer.encode_batch_fast(lines, add_special_tokens=False))
+            table.add(found, chain.from_iterable(chunk[i].split() for i in odd) if wordwise is not None else ())
+            if len(table) > WORDS_KEPT:
+                for word in table.keep(WORDS_KEPT // 2, tally.counts):
+                    tally.alphabet.update(normalized(word))
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        for word, n in table.items():
+            text = normalized(word)
+            tally.alphabet.update(text)
+            if words:
+                pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, None)]
+                for piece, _ in pieces:
+                    tally.words[piece] += n
+    except BaseException:
+        table.close()
+        raise
     tally.alphabet = {c for c in tally.alphabet if not c.isspace()}
     return tally
 
 
+class _Words:
+    """The distinct words seen, in the order first seen: how often each was seen, and, when token counts
+    come from words (`tokenizer` given), the occurrences whose tokens are not yet counted ("unbilled";
+    words of lines encoded whole are not) and each such word's token ids, encoded once, in a second thread,
+    at most `_WORDS_PENDING` words behind the pass."""
+
+    def __init__(self, tokenizer: Tokenizer | None) -> None:
+        self.tokenizer = tokenizer
+        self.slots: dict[str, int] = {}
+        self.seen = np.zeros(0, dtype=np.int64)
+        self.unbilled = np.zeros(0, dtype=np.int64)
+        self.submitted = np.zeros(0, dtype=bool)
+        self.encoded: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (slots, ids per slot, ids)
+        self.pending: deque[tuple[Future, int]] = deque()
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="trim-encode") if tokenizer is not None else None
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        return zip(self.slots, self.seen[: len(self.slots)].tolist(), strict=True)
+
+    def add(self, found: Counter[str], unbilled: Iterable[str]) -> None:
+        """Count the words `found` (word: occurrences); the `unbilled` occurrences among them (words of lines
+        encoded whole) are not counted as tokens."""
+        slots = np.fromiter((self.slots.setdefault(word, len(self.slots)) for word in found), dtype=np.int64,
+                            count=len(found))
+        counts = np.fromiter(found.values(), dtype=np.int64, count=len(found))
+        self.seen = _grown(self.seen, len(self.slots))
+        self.seen[slots] += counts
+        if self.worker is None:
+            return
+        self.unbilled = _grown(self.unbilled, len(self.slots))
+        self.submitted = _grown(self.submitted, len(self.slots))
+        self.unbilled[slots] += counts
+        excluded = Counter(unbilled)
+        if excluded:
+            self.unbilled[[self.slots[word] for word in excluded]] -= list(excluded.values())
+        new = (self.unbilled[slots] > 0) & ~self.submitted[slots]
+        if new.any():
+            self.submitted[slots[new]] = True
+            words = list(compress(found, new.tolist()))
+            job = self.worker.submit(_encoded_words, self.tokenizer, slots[new], words)
+            self.pending.append((job, len(words)))
+            while sum(n for _, n in self.pending) > _WORDS_PENDING:
+                self._collect_one()
+
+    def keep(self, n: int, counts: np.ndarray) -> list[str]:
+        """Keep the `n` most seen words (ties: first seen first), count the tokens of all so far into `counts`,
+        and return the words dropped."""
+        self.bill(counts)
+        ranked = np.argsort(-self.seen[: len(self.slots)], kind="stable")
+        words = list(self.slots)
+        dropped = [words[i] for i in ranked[n:].tolist()]
+        kept = ranked[:n]
+        self.slots = {words[i]: slot for slot, i in enumerate(kept.tolist())}
+        self.seen = self.seen[kept]
+        if self.worker is not None:
+            slots, lengths, ids = self._ids()
+            new_slot = np.full(len(words), -1, dtype=np.int64)
+            new_slot[kept] = np.arange(kept.size)
+            stay = np.flatnonzero(new_slot[slots] >= 0)
+            stay = stay[np.argsort(new_slot[slots[stay]])]
+            starts = np.cumsum(lengths) - lengths
+            self.encoded = [(new_slot[slots[stay]], lengths[stay], ids[_segments(starts[stay], lengths[stay])])]
+            self.unbilled = self.unbilled[kept]
+            self.submitted = self.submitted[kept]
+        return dropped
+
+    def bill(self, counts: np.ndarray) -> None:
+        """Count the tokens of the unbilled occurrences into `counts`."""
+        if self.worker is None or not self.slots:
+            return
+        slots, lengths, ids = self._ids()
+        np.add.at(counts, ids, np.repeat(self.unbilled[slots], lengths))
+        self.unbilled[:] = 0
+
+    def busy(self) -> bool:
+        return any(not future.done() for future, _ in self.pending)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            for future, _ in self.pending:
+                future.cancel()
+            self.worker.shutdown(wait=True)
+
+    def _ids(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(slots, number of ids of each, their ids) of every word encoded, in slot order."""
+        while self.pending:
+            self._collect_one()
+        if len(self.encoded) != 1:
+            slots, lengths, ids = (np.concatenate(parts) for parts in zip((_NONE, _NONE, _NONE), *self.encoded,
+                                                                          strict=True))
+            order = np.argsort(slots, kind="stable")
+            starts = np.cumsum(lengths) - lengths
+            self.encoded = [(slots[order], lengths[order], ids[_segments(starts[order], lengths[order])])]
+        return self.encoded[0]
+
+    def _collect_one(self) -> None:
+        future, _ = self.pending.popleft()
+        self.encoded.append(future.result())
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def _encoded_words(tokenizer: Tokenizer, slots: np.ndarray,
+                   words: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(`slots`, number of ids of each word, their ids) of `words` encoded one by one."""
+    ids = [e.ids for e in tokenizer.encode_batch_fast(words, add_special_tokens=False)]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    return slots, lengths, np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` zero-padded to at least `size` (capacity doubling; callers use the first `size`)."""
+    if array.size >= size:
+        return array
+    grown = np.zeros(max(size, 2 * array.size), dtype=array.dtype)
+    grown[: array.size] = array
+    return grown
+
+
+def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices of the segments [start, start + length) one after another."""
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
+
+
+def _add_ids(counts: np.ndarray, encodings: Iterable[Any]) -> None:
+    counts += np.bincount(_flat_ids(encodings), minlength=counts.size)
+
+
 def _flat_ids(encodings: Iterable[Any]) -> np.ndarray:
     return np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+
+
+# Python's str.split() separators (every c with c.isspace()); tests/test_trim_vocab_count.py checks the list.
+_SPLIT_SPACES = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                 "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+# Components whose output for a line is, separator by separator, the output for its words (checked for
+# each separator by `_Wordwise.of`): character-by-character normalisers and splitting pre-tokenizers.
+_LOCAL_NORMALIZERS = frozenset({"BertNormalizer", "Precompiled", "NFC", "NFD", "NFKC", "NFKD", "Lowercase",
+                                "StripAccents", "Strip"})
+_LOCAL_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Metaspace",
+                                   "Punctuation", "Digits"})
+# Characters that join the character before them into one grapheme cluster (Unicode's Grapheme_Cluster_Break
+# Extend, ZWJ and SpacingMark; `Precompiled` normalises a cluster at a time), or the one after them
+# (Prepend): a word that starts or ends with one may be normalised differently next to a space.
+# Format and unassigned (in this Python's Unicode version) characters count as joining either way.
+_JOINS_PREVIOUS_CATEGORIES = frozenset({"Mn", "Mc", "Me", "Cf", "Cn"})
+_JOINS_NEXT_CATEGORIES = frozenset({"Cf", "Cn"})
+_JOINS_PREVIOUS = frozenset("\u0e33\u0eb3\uff9e\uff9f\U0001f3fb\U0001f3fc\U0001f3fd\U0001f3fe\U0001f3ff")
+_JOINS_NEXT = frozenset("\u0d4e\U000111c2\U000111c3\U0001193f\U00011941\U00011a3a\U00011a84\U00011a85"
+                        "\U00011a86\U00011a87\U00011a88\U00011a89\U00011d46\U00011f02")
+
+
+class _Wordwise:
+    """Token counts of a chunk of lines from its distinct words: each encoded once, its ids weighted by
+    how often it occurs, which gives exactly the counts of encoding the lines one by one when:
+
+    - the normaliser and pre-tokenizer are made of `_LOCAL_NORMALIZERS` / `_LOCAL_PRE_TOKENIZERS` (also
+      XLM-R's `Replace(" {2,}", " ")`; not Metaspace's `prepend_scheme = "first"`), no added token is
+      normalised, and no line contains an added token (those are split off before normalisation);
+    - every separator in the line (what `str.split` splits at) is pre-tokenised as a word boundary: checked
+      once for each separator on `x<sep>y`; separators that are boundaries inside a line but not at its
+      ends or in runs (XLM-R's Metaspace without WhitespaceSplit: `x ` gives `▁x`, `▁`) are allowed
+      between words only, one at a time;
+    - no word starts with a character that joins the one before it, or ends with one that joins the next
+      (grapheme clusters across a space); where separators count at line ends and in runs, no word is
+      normalised to something that starts or ends with whitespace (`x<ZWSP>` -> `x `).
+
+    Lines that fail a check are encoded whole (`odd`); their words are not counted as tokens word by word.
+    """
+
+    def __init__(self, added: list[str], inner_only: bool, unsafe: str,
+                 edged: Callable[[str], bool] | None = None) -> None:
+        self.added = added
+        alternatives = [f"[{re.escape(unsafe)}]"] if unsafe else []
+        if inner_only:
+            alternatives.append(r"^\s|\s$|\s\s")
+        self.suspect = re.compile("|".join(alternatives)) if alternatives else None
+        self.edged = edged  # inner_only: whether a word is normalised with whitespace at an end
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> _Wordwise | None:
+        """The word-by-word counter for `tokenizer`, or None when it cannot vouch for it."""
+        normalizer = _component(tokenizer.normalizer)
+        pre_tokenizer = _component(tokenizer.pre_tokenizer)
+        added = list(tokenizer.get_added_tokens_decoder().values())
+        if (not _local(normalizer, "normalizers", _local_normalizer)
+                or not _local(pre_tokenizer, "pretokenizers", _local_pre_tokenizer)
+                or any(token.normalized or not token.content for token in added)):
+            return None
+
+        def pieces(text: str) -> list[str]:
+            if tokenizer.normalizer is not None:
+                text = tokenizer.normalizer.normalize_str(text)
+            if tokenizer.pre_tokenizer is None:
+                return [text] if text else []
+            return [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+
+        x, y = pieces("x"), pieces("y")
+        unsafe, inner_only = [], False
+        for space in _SPLIT_SPACES:
+            if pieces(f"x{space}y") != x + y:
+                unsafe.append(space)
+            elif (pieces(space) or pieces(f"{space}x") != x or pieces(f"x{space}") != x
+                  or pieces(f"x{space}{space}y") != x + y):
+                inner_only = True
+        if len(unsafe) == len(_SPLIT_SPACES):
+            return None
+        edged = None
+        if inner_only:
+            def edged(word: str) -> bool:
+                text = tokenizer.normalizer.normalize_str(word) if tokenizer.normalizer is not None else word
+                return text[:1].isspace() or text[-1:].isspace()
+
+            plain = "".join(map(chr, range(0x21, 0x7F)))  # printable ASCII, checked once
+            if any(edged(c) for c in plain):
+                return None
+        return cls([token.content for token in added], inner_only, "".join(unsafe), edged)
+
+    def odd(self, chunk: list[str], joined: str, found: Counter[str]) -> list[int]:
+        """Positions of the lines of `chunk` (`joined` with spaces; `found` its words) to encode whole."""
+        odd: set[int] = set()
+        for content in self.added:
+            if content in joined:
+                odd.update(i for i, line in enumerate(chunk) if content in line)
+        if self.suspect is not None and self.suspect.search(joined):
+            odd.update(i for i, line in enumerate(chunk) if self.suspect.search(line))
+        if not (joined.isascii() and joined.isprintable()):
+            edged = self.edged
+            joining = {word for word in found if _joins(word)
+                       or (edged is not None and not (word.isascii() and word.isprintable()) and edged(word))}
+            if joining:
+                odd.update(i for i, line in enumerate(chunk) if not joining.isdisjoint(line.split()))
+        return sorted(odd)
+
+
+def _component(component: Any) -> dict | None:
+    return None if component is None else json.loads(component.__getstate__())
+
+
+def _local(node: dict | None, children: str, allowed: Callable[[dict], bool]) -> bool:
+    if node is None:
+        return True
+    if node.get("type") == "Sequence":
+        return all(_local(child, children, allowed) for child in node[children])
+    return allowed(node)
+
+
+def _local_normalizer(node: dict) -> bool:
+    # XLM-R's Replace(" {2,}", " ") makes runs of spaces one: it touches separators only.
+    xlmr_spaces = node.get("pattern") == {"Regex": " {2,}"} and node.get("content") == " "
+    return node.get("type") in _LOCAL_NORMALIZERS or (node.get("type") == "Replace" and xlmr_spaces)
+
+
+def _local_pre_tokenizer(node: dict) -> bool:
+    return node.get("type") in _LOCAL_PRE_TOKENIZERS and node.get("prepend_scheme") != "first"
+
+
+def _joins(word: str) -> bool:
+    """Whether `word` may form a grapheme cluster with a separator before or after it."""
+    first, last = word[0], word[-1]
+    return (first in _JOINS_PREVIOUS or unicodedata.category(first) in _JOINS_PREVIOUS_CATEGORIES
+            or last in _JOINS_NEXT or unicodedata.category(last) in _JOINS_NEXT_CATEGORIES)
 
 
 def _special_ids(
@@ -287,12 +621,13 @@ def _remap_processor(node: dict | None, new_id_of: np.ndarray) -> None:
             node[key] = [node[key][0], int(new_id_of[node[key][1]])]
 
 
-def _fill_ids(tokenizer: Tokenizer, spec: dict, tally: _Tally, n_tokens: int, keep: np.ndarray,
-              budget: int) -> np.ndarray:
-    """Up to `budget` ids not in `keep`: first the pieces found most often inside the texts' words,
-    then pieces written only in the texts' characters, most probable first (Unigram scores;
-    WordPiece vocabularies are in frequency order)."""
-    inside = _substring_counts(spec, tally.words, n_tokens)
+def _fill_ids(spec: dict, tally: _Tally, n_tokens: int, keep: np.ndarray, budget: int,
+              inside: np.ndarray | None = None) -> np.ndarray:
+    """Up to `budget` ids not in `keep`: first the pieces found most often inside the texts' words
+    (`inside`, when already counted), then pieces written only in the texts' characters, most probable
+    first (Unigram scores; WordPiece vocabularies are in frequency order)."""
+    if inside is None:
+        inside = _substring_counts(spec, tally.words, n_tokens)
     inside[keep] = 0
     candidates = np.flatnonzero(inside)
     first = candidates[np.argsort(-inside[candidates], kind="stable")[:budget]]
@@ -300,40 +635,185 @@ def _fill_ids(tokenizer: Tokenizer, spec: dict, tally: _Tally, n_tokens: int, ke
         return first
     taken = keep.copy()
     taken[first] = True
-    alphabet = tally.alphabet | {"\u2581", "#"}
+    return np.concatenate([first, _spelled_ids(spec, tally.alphabet, taken, n_tokens, budget - first.size)])
+
+
+def _spelled_ids(spec: dict, alphabet: set[str], taken: np.ndarray, n_tokens: int, budget: int) -> np.ndarray:
+    """Up to `budget` ids not `taken` of pieces of two or more characters, all in `alphabet` (or `▁`, `#`),
+    most probable first (Unigram scores; WordPiece vocabularies are in frequency order, so by id)."""
     model = spec["model"]
     if model["type"] == "WordPiece":
-        ranked = sorted(model["vocab"].items(), key=lambda item: item[1])
-        pieces = [(piece, i, 0.0) for piece, i in ranked]
+        pieces = list(model["vocab"])
+        ids = np.fromiter(model["vocab"].values(), dtype=np.int64, count=len(pieces))
+        scores = np.zeros(len(pieces))
+        order = np.argsort(ids, kind="stable")
     else:
-        pieces = [(piece, i, score) for i, (piece, score) in enumerate(model["vocab"])]
-    spelled = [(score, i) for piece, i, score in pieces
-               if i < n_tokens and not taken[i] and len(piece) > 1 and set(piece) <= alphabet]
-    spelled.sort(key=lambda item: -item[0])  # stable: WordPiece keeps its frequency order
-    second = np.array([i for _, i in spelled[: budget - first.size]], dtype=np.int64)
-    return np.concatenate([first, second])
+        pieces = [piece for piece, _ in model["vocab"]]
+        ids = np.arange(len(pieces), dtype=np.int64)
+        scores = np.fromiter((score for _, score in model["vocab"]), dtype=np.float64, count=len(pieces))
+        order = ids
+    table = _Pieces(pieces)
+    allowed = np.isin(table.chars, _code_points("".join(sorted(alphabet | {"\u2581", "#"}))))
+    spelled = (table.lengths > 1) & (np.bincount(table.owner, weights=~allowed, minlength=len(pieces)) == 0)
+    spelled &= ids < n_tokens
+    spelled[spelled] = ~taken[ids[spelled]]
+    chosen = order[spelled[order]]
+    chosen = chosen[np.argsort(-scores[chosen], kind="stable")]  # stable: WordPiece keeps its id order
+    return ids[chosen[:budget]]
 
 
-def _substring_counts(spec: dict, words: Counter[str], n_tokens: int, longest: int = 16) -> np.ndarray:
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+class _Pieces:
+    """Strings as one array of code points: `chars`, each string's `starts` and `lengths`, and the
+    string each code point belongs to (`owner`)."""
+
+    def __init__(self, strings: Sequence[str]) -> None:
+        self.chars = _code_points("".join(strings))
+        self.lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+        self.starts = np.cumsum(self.lengths) - self.lengths
+        self.owner = np.repeat(np.arange(len(strings)), self.lengths)
+
+
+_HASH_BASES = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
+_WORDS_AT_ONCE = 100_000  # words whose substrings `_substring_counts` looks up together (bounds its memory)
+
+
+def _substring_counts(spec: dict, words: Counter[str], n_tokens: int, longest: int = 16,
+                      wanted: Callable[[], bool] | None = None) -> np.ndarray | None:
     """How often each vocabulary piece occurs inside the texts' `words` (pre-tokenised as the tokenizer
     does, `_tally`), counting every position a piece could stand at: word-initial pieces at the start only
-    (`▁ab` for Unigram, `ab` for WordPiece), continuation pieces anywhere after it."""
+    (`▁ab` for Unigram, `ab` for WordPiece), continuation pieces anywhere after it.
+
+    Every substring of up to `longest` characters is looked up at once per length, in numpy: substrings and
+    pieces are hashed (polynomial, mod 2^64), matched by hash and then compared character by character, so
+    the counts are exact; a base under which two pieces of one length share a hash is not used. Words are
+    taken `_WORDS_AT_ONCE` at a time (bounded memory); when `wanted()` turns false between two such parts,
+    the count is abandoned (None).
+    """
+    counts = np.zeros(n_tokens, dtype=np.int64)
+    vocab = _piece_ids(spec)
+    if not vocab or not words:
+        return counts
+    pieces = _Pieces(list(vocab))
+    ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    usable = ids < n_tokens
+    tables: list[tuple[bool | None, np.ndarray, int]] = []  # (at a word's start, pieces, characters skipped)
+    prefix = ""
+    if spec["model"]["type"] == "WordPiece":
+        prefix = spec["model"].get("continuing_subword_prefix") or "##"
+    if prefix:
+        tables.append((True, np.flatnonzero(usable), 0))
+        lead = _code_points(prefix)
+        starts_with = usable & (pieces.lengths >= lead.size)
+        for offset, char in enumerate(lead.tolist()):
+            starts_with[starts_with] = pieces.chars[pieces.starts[starts_with] + offset] == char
+        tables.append((False, np.flatnonzero(starts_with), lead.size))
+    else:
+        tables.append((None, np.flatnonzero(usable), 0))  # the same pieces everywhere
+    for base in _HASH_BASES:
+        hashed = [(where, _HashTable(pieces, which, skip, ids, longest, base)) for where, which, skip in tables]
+        if all(table.unique for _, table in hashed):
+            break
+    else:  # pragma: no cover - four 64-bit bases, each with a collision among one length's pieces
+        raise ModelError("could not hash the vocabulary's pieces without collisions")
+    found = list(words.items())
+    for start in range(0, len(found), _WORDS_AT_ONCE):
+        if wanted is not None and not wanted():
+            return None
+        part = found[start : start + _WORDS_AT_ONCE]
+        text = _Pieces([word for word, _ in part])
+        weights = np.fromiter((n for _, n in part), dtype=np.int64, count=len(part))[text.owner]
+        chars = text.chars.astype(np.uint64)
+        everywhere = np.arange(chars.size)
+        room = text.starts[text.owner] + text.lengths[text.owner] - everywhere
+        at_start = room == text.lengths[text.owner]
+        for where, table in hashed:
+            positions = everywhere if where is None else np.flatnonzero(at_start == where)
+            hashes = np.zeros(positions.size, dtype=np.uint64)
+            for length in range(1, longest + 1):
+                fits = room[positions] >= length
+                positions, hashes = positions[fits], hashes[fits]
+                if not positions.size:
+                    break
+                hashes = hashes * np.uint64(table.base) + chars[positions + length - 1]
+                ids_found, hits = table.find(length, hashes, chars, positions)
+                np.add.at(counts, ids_found, weights[positions[hits]])
+    return counts
+
+
+def _piece_ids(spec: dict) -> dict[str, int]:
+    """Each piece of the vocabulary and its id (of a piece listed twice, the last)."""
     model = spec["model"]
     if model["type"] == "WordPiece":
-        prefix = model.get("continuing_subword_prefix") or "##"
-        vocab = model["vocab"]
-    else:
-        prefix = ""
-        vocab = {piece: i for i, (piece, _) in enumerate(model["vocab"])}
-    counts = np.zeros(n_tokens, dtype=np.int64)
-    for word, n in words.items():
-        for start in range(len(word)):
-            lead = prefix if start else ""
-            for end in range(start + 1, min(len(word), start + longest) + 1):
-                token_id = vocab.get(lead + word[start:end])
-                if token_id is not None and token_id < n_tokens:
-                    counts[token_id] += n
-    return counts
+        return model["vocab"]
+    pieces = [piece for piece, _ in model["vocab"]]
+    return dict(zip(pieces, range(len(pieces)), strict=True))
+
+
+def _mixed(hashes: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 whose top bits depend on all bits (bucket numbers)."""
+    hashes = hashes ^ (hashes >> np.uint64(30))
+    hashes = hashes * np.uint64(0xBF58476D1CE4E5B9)
+    hashes = hashes ^ (hashes >> np.uint64(27))
+    hashes = hashes * np.uint64(0x94D049BB133111EB)
+    return hashes ^ (hashes >> np.uint64(31))
+
+
+class _HashTable:
+    """Pieces of each length by polynomial hash (`base`), for `_substring_counts`: the pieces `which` of
+    `pieces`, less their first `skip` characters (WordPiece's continuation prefix), of 1 to `longest`
+    characters."""
+
+    def __init__(self, pieces: _Pieces, which: np.ndarray, skip: int, ids: np.ndarray, longest: int,
+                 base: int) -> None:
+        self.base = base
+        self.chars = pieces.chars.astype(np.uint64)
+        lengths = pieces.lengths[which] - skip
+        self.by_length: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]] = {}
+        self.unique = True
+        for length in range(1, longest + 1):
+            chosen = which[lengths == length]
+            if not chosen.size:
+                continue
+            starts = pieces.starts[chosen] + skip
+            hashes = np.zeros(chosen.size, dtype=np.uint64)
+            for offset in range(length):
+                hashes = hashes * np.uint64(base) + self.chars[starts + offset]
+            hashes = _mixed(hashes)
+            order = np.argsort(hashes, kind="stable")
+            hashes = hashes[order]
+            self.unique &= bool(np.all(hashes[1:] != hashes[:-1]))
+            shift = 64 - max(1, int(chosen.size).bit_length() + 1)  # about two buckets a piece
+            buckets = np.searchsorted(hashes >> np.uint64(shift), np.arange((1 << (64 - shift)) + 1, dtype=np.uint64))
+            self.by_length[length] = (hashes, starts[order], ids[chosen[order]], buckets, shift)
+
+    def find(self, length: int, hashes: np.ndarray, chars: np.ndarray,
+             positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, hits): the piece ids of the substrings `chars[positions[k]:positions[k] + length]` that are
+        pieces, and which k those are."""
+        hits = np.zeros(positions.size, dtype=bool)
+        if length not in self.by_length:
+            return np.zeros(0, dtype=np.int64), hits
+        table, starts, ids, buckets, shift = self.by_length[length]
+        hashes = _mixed(hashes)
+        bucket = (hashes >> np.uint64(shift)).astype(np.int64)
+        slot, end = buckets[bucket], buckets[bucket + 1]
+        open_ = np.flatnonzero(slot < end)  # the bucket holds pieces: walk it (sorted; usually one)
+        while open_.size:
+            equal = table[slot[open_]] == hashes[open_]
+            hits[open_[equal]] = True
+            open_ = open_[~equal]
+            slot[open_] += 1
+            open_ = open_[slot[open_] < end[open_]]
+        candidates = np.flatnonzero(hits)
+        same = np.ones(candidates.size, dtype=bool)
+        for offset in range(length):  # a hash match is only a candidate: compare the characters
+            same &= chars[positions[candidates] + offset] == self.chars[starts[slot[candidates]] + offset]
+        hits[candidates[~same]] = False
+        return ids[slot[hits]], hits
 
 
 def _character_ids(tokenizer: Tokenizer, spec: dict, alphabet: set[str]) -> np.ndarray:
@@ -414,7 +894,7 @@ def _slice_model(
 
     def rows(param: nn.Parameter) -> nn.Parameter:
         if id(param) not in cut:
-            sliced = nn.Parameter(param.detach()[index].clone(), requires_grad=param.requires_grad)
+            sliced = nn.Parameter(param.detach()[index], requires_grad=param.requires_grad)  # indexing copies
             cut[id(param)] = (param, sliced)
         return cut[id(param)][1]
 
@@ -447,11 +927,14 @@ def _remap(value: int | list[int], new_id_of: np.ndarray) -> int | list[int]:
 
 
 def _segmentation_change(
-    before: Tokenizer, unk_before: int | None, after: Tokenizer, unk_after: int | None, texts: Sequence[str]
+    before: Tokenizer, unk_before: int | None, rebuilt: Callable[[], Tokenizer], unk_after: int | None,
+    texts: Sequence[str],
 ) -> tuple[float, float, float]:
-    """(resegmentation rate, unknown rate before, unknown rate after) over `texts`, streamed in chunks."""
+    """(resegmentation rate, unknown rate before, unknown rate after) over `texts`, streamed in chunks;
+    `rebuilt()` gives the trimmed tokenizer (made only when there are texts)."""
     if not len(texts):
         return 0.0, 0.0, 0.0
+    after = rebuilt()
     changed = 0
     unknown = {"before": [0, 0], "after": [0, 0]}  # unknown tokens, tokens
     for chunk in iter_chunks(texts, _CHUNK):
