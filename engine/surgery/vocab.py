@@ -240,23 +240,18 @@ def _tally(tokenizer: Tokenizer, texts: Sequence[str], n_tokens: int, words: boo
     """Count tokens, characters and words of `texts` in one streaming pass of `_CHUNK` lines at a time.
 
     Each chunk's whitespace-separated words are counted in C (`Counter`) into a table of the distinct words
-    seen (`_Words`). Tokens are counted from that table where `_Wordwise` shows that this gives exactly the
-    line-by-line counts: each distinct word is encoded once, when first seen (in a second thread, while
-    the pass reads on), and its ids are weighted by its count; the lines it cannot vouch for, and every
-    line of a tokenizer it does not know, are encoded whole. Characters and words come from each distinct
-    word, normalised and pre-tokenised once (the same pieces: the BERT and Metaspace pre-tokenizers split
-    at every space). Past `WORDS_KEPT` distinct words the rarest half is dropped (their tokens counted and
-    characters kept), so a huge corpus's long tail of rare words cannot fill memory; it only matters for
-    filling the budget, which a corpus that large does not need.
+    seen (`_Words`), where each new word is normalised and pre-tokenised once: its characters, and its
+    pieces (the same pieces: the BERT and Metaspace pre-tokenizers split at every space). Tokens are
+    counted from that table where `_Wordwise` shows that this gives exactly the line-by-line counts: each
+    distinct word's pieces go through the tokenizer's model once (in a second thread, while the pass reads
+    on) and its ids are weighted by its count; the lines it cannot vouch for, and every line of a tokenizer
+    it does not know, are encoded whole. Past `WORDS_KEPT` distinct words the rarest half is dropped (their
+    tokens counted and characters kept), so a huge corpus's long tail of rare words cannot fill memory; it
+    only matters for filling the budget, which a corpus that large does not need.
     """
-    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
-
-    def normalized(word: str) -> str:
-        return normalizer.normalize_str(word) if normalizer is not None else word
-
     wordwise = _Wordwise.of(tokenizer)
-    table = _Words(tokenizer if wordwise is not None else None)
-    tally = _Tally(np.zeros(n_tokens, dtype=np.int64), table)
+    table = _Words(tokenizer, encode=wordwise is not None, split=words or wordwise is not None)
+    tally = _Tally(np.zeros(n_tokens, dtype=np.int64), table, table.alphabet)
     try:
         done, total = 0, len(texts)
         for chunk in iter_chunks(texts, _CHUNK):
@@ -268,17 +263,13 @@ def _tally(tokenizer: Tokenizer, texts: Sequence[str], n_tokens: int, words: boo
                 _add_ids(tally.counts, tokenizer.encode_batch_fast(lines, add_special_tokens=False))
             table.add(found, chain.from_iterable(chunk[i].split() for i in odd) if wordwise is not None else ())
             if len(table) > WORDS_KEPT:
-                for word in table.keep(WORDS_KEPT // 2, tally.counts):
-                    tally.alphabet.update(normalized(word))
+                table.keep(WORDS_KEPT // 2, tally.counts)
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-        for word, n in table.items():
-            text = normalized(word)
-            tally.alphabet.update(text)
-            if words:
-                pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, None)]
-                for piece, _ in pieces:
+        if words:
+            for pieces, n in zip(table.pieces, table.seen.tolist(), strict=False):
+                for piece in pieces:
                     tally.words[piece] += n
     except BaseException:
         table.close()
@@ -293,30 +284,34 @@ class _Words:
     words of lines encoded whole are not) and each such word's token ids, encoded once, in a second thread,
     at most `_WORDS_PENDING` words behind the pass."""
 
-    def __init__(self, tokenizer: Tokenizer | None) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, encode: bool, split: bool) -> None:
+        self.normalizer, self.pre_tokenizer, self.split = tokenizer.normalizer, tokenizer.pre_tokenizer, split
+        self.alphabet: set[str] = set()
+        self.pieces: list[tuple[str, ...]] = []  # of each word (when `split`)
         self.slots: dict[str, int] = {}
         self.seen = np.zeros(0, dtype=np.int64)
         self.unbilled = np.zeros(0, dtype=np.int64)
         self.submitted = np.zeros(0, dtype=bool)
         self.encoded: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (slots, ids per slot, ids)
         self.pending: deque[tuple[Future, int]] = deque()
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="trim-encode") if tokenizer is not None else None
+        # the model alone (no normaliser, pre-tokenizer or added tokens): words arrive as their pieces
+        self.model = Tokenizer(tokenizer.model) if encode else None
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="trim-encode") if encode else None
 
     def __len__(self) -> int:
         return len(self.slots)
 
-    def items(self) -> Iterator[tuple[str, int]]:
-        return zip(self.slots, self.seen[: len(self.slots)].tolist(), strict=True)
-
     def add(self, found: Counter[str], unbilled: Iterable[str]) -> None:
         """Count the words `found` (word: occurrences); the `unbilled` occurrences among them (words of lines
         encoded whole) are not counted as tokens."""
+        before = len(self.slots)
         slots = np.fromiter((self.slots.setdefault(word, len(self.slots)) for word in found), dtype=np.int64,
                             count=len(found))
         counts = np.fromiter(found.values(), dtype=np.int64, count=len(found))
         self.seen = _grown(self.seen, len(self.slots))
         self.seen[slots] += counts
+        if len(self.slots) > before:
+            self._split(list(compress(found, (slots >= before).tolist())))
         if self.worker is None:
             return
         self.unbilled = _grown(self.unbilled, len(self.slots))
@@ -328,22 +323,34 @@ class _Words:
         new = (self.unbilled[slots] > 0) & ~self.submitted[slots]
         if new.any():
             self.submitted[slots[new]] = True
-            words = list(compress(found, new.tolist()))
-            job = self.worker.submit(_encoded_words, self.tokenizer, slots[new], words)
+            words = [self.pieces[slot] for slot in slots[new].tolist()]
+            job = self.worker.submit(_encoded_words, self.model, slots[new], words)
             self.pending.append((job, len(words)))
             while sum(n for _, n in self.pending) > _WORDS_PENDING:
                 self._collect_one()
 
-    def keep(self, n: int, counts: np.ndarray) -> list[str]:
-        """Keep the `n` most seen words (ties: first seen first), count the tokens of all so far into `counts`,
-        and return the words dropped."""
+    def _split(self, words: list[str]) -> None:
+        """Normalise new words (their characters join the alphabet) and pre-tokenise them."""
+        texts = [self.normalizer.normalize_str(word) for word in words] if self.normalizer is not None else words
+        self.alphabet.update("".join(texts))
+        if self.split:
+            if self.pre_tokenizer is None:
+                self.pieces.extend((text,) for text in texts)
+            else:
+                pre_tokenize = self.pre_tokenizer.pre_tokenize_str
+                self.pieces.extend(tuple(piece for piece, _ in pre_tokenize(text)) for text in texts)
+
+    def keep(self, n: int, counts: np.ndarray) -> None:
+        """Keep the `n` most seen words (ties: first seen first) and count the tokens of all so far into
+        `counts` (the characters of those dropped stay in the alphabet)."""
         self.bill(counts)
         ranked = np.argsort(-self.seen[: len(self.slots)], kind="stable")
         words = list(self.slots)
-        dropped = [words[i] for i in ranked[n:].tolist()]
         kept = ranked[:n]
         self.slots = {words[i]: slot for slot, i in enumerate(kept.tolist())}
         self.seen = self.seen[kept]
+        if self.split:
+            self.pieces = [self.pieces[i] for i in kept.tolist()]
         if self.worker is not None:
             slots, lengths, ids = self._ids()
             new_slot = np.full(len(words), -1, dtype=np.int64)
@@ -354,7 +361,6 @@ class _Words:
             self.encoded = [(new_slot[slots[stay]], lengths[stay], ids[_segments(starts[stay], lengths[stay])])]
             self.unbilled = self.unbilled[kept]
             self.submitted = self.submitted[kept]
-        return dropped
 
     def bill(self, counts: np.ndarray) -> None:
         """Count the tokens of the unbilled occurrences into `counts`."""
@@ -393,12 +399,16 @@ class _Words:
 _NONE = np.zeros(0, dtype=np.int64)
 
 
-def _encoded_words(tokenizer: Tokenizer, slots: np.ndarray,
-                   words: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(`slots`, number of ids of each word, their ids) of `words` encoded one by one."""
-    ids = [e.ids for e in tokenizer.encode_batch_fast(words, add_special_tokens=False)]
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    return slots, lengths, np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+def _encoded_words(model: Tokenizer, slots: np.ndarray,
+                   words: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(`slots`, number of ids of each word, their ids) of `words`, each given as its pieces, encoded by
+    `model` (a tokenizer of the model alone) piece by piece."""
+    pieces = list(chain.from_iterable(words))
+    ids = [e.ids for e in model.encode_batch_fast(pieces, add_special_tokens=False)]
+    per_piece = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    word_of = np.repeat(np.arange(len(words)), np.fromiter(map(len, words), dtype=np.int64, count=len(words)))
+    lengths = np.bincount(word_of, weights=per_piece, minlength=len(words)).astype(np.int64)
+    return slots, lengths, np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(per_piece.sum()))
 
 
 def _grown(array: np.ndarray, size: int) -> np.ndarray:
