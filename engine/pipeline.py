@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import random
 import traceback
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -26,7 +27,7 @@ import torch
 
 from engine import __version__
 from engine.configs import TaskModelConfig
-from engine.data.corpus import long_lines_warning, open_corpus, split_validation
+from engine.data.corpus import derive_seed, long_lines_warning, open_corpus, split_validation, take
 from engine.data.parallel import ParallelData, read_pairs
 from engine.data.tasks import Columns, TaskData, load_task
 from engine.distributed import Distributed
@@ -48,7 +49,7 @@ from engine.events import (
     StageStarted,
 )
 from engine.modelcard import write_card
-from engine.models.embedder import Embedder, compose, embed, read_embedder, read_to_teacher, write_embedder
+from engine.models.embedder import Embedder, TeacherMap, embed, fit_teacher_map, read_embedder, write_embedder
 from engine.models.loading import (
     LoadedModel,
     load_model,
@@ -69,6 +70,7 @@ from engine.training.checkpoints import Checkpoints
 from engine.training.precision import Precision, pick_device
 from engine.verify import verify_folder
 
+MAP_TEXTS = 2000  # training lines each stage's map onto the teacher's sentence embeddings is fitted on
 HELD_OUT_TEXTS = 1000  # validation lines the reload check and the stage's quality read (they use at most 200)
 
 
@@ -172,8 +174,9 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                             stages=[{"kind": s.kind, "status": "pending"} for s in recipe.stages],
                             task_models=[{"task": c.task, "status": "pending"} for c in recipe.task_models])
         current, original, reference = teacher, teacher, teacher
-        embedder, to_teacher = _embedder(recipe, sink), None  # a sentence embedder's layout; the map back to it
+        embedder = _embedder(recipe, sink)  # a sentence embedder's layout, carried into every stage folder
         retrieval = _Retrieval.of(recipe, teacher, embedder)
+        space = _TeacherSpace.of(recipe, teacher, embedder, train) if embedder or retrieval else None
         if retrieval is not None and not resumed:
             manifest.update(teacher={**manifest.data["teacher"], "retrieval": retrieval.teacher_scores})
         for index, stage in enumerate(recipe.stages, start=1):
@@ -187,7 +190,6 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                                      f"{stage_folder / 'model'} and resume to train that stage again") from None
                 teacher = current if _still_teacher(recipe, index) else teacher
                 reference = current if spec_for(stage.kind).reference else reference
-                to_teacher = read_to_teacher(stage_folder / "model")
                 sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
                 continue
             sink.emit(StageStarted(index=index, stage=stage.kind, total_steps=getattr(stage, "max_steps", 0)))
@@ -197,7 +199,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             output = spec_for(stage.kind).run(ctx)
             token.raise_if_cancelled()
             model_dir, params, check = stage_folder / "model", count_params(output.model.model), {}
-            to_teacher = compose(to_teacher, output.projection)
+            to_teacher = space.fit(output.model) if space is not None else None
             quality = _quality(ctx, original, output.model, retrieval, to_teacher) if dist.is_main else {}
             manifest.set_stage(index, quality=quality)  # the model card states the stage's fidelity
             if dist.is_main:
@@ -307,7 +309,7 @@ def _task_facts(model_dir: Path) -> dict[str, Any]:
 
 
 def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel, retrieval: _Retrieval | None,
-             to_teacher: torch.Tensor | None) -> dict[str, Any]:
+             to_teacher: TeacherMap | None) -> dict[str, Any]:
     """The stage's label-free quality on held-out text (`stage_quality`; with `[corpus] parallel` its retrieval
     scores too, `retrieval_top1` and `retrieval_mrr`), also sent as metrics."""
     from engine.evaluate.intrinsic import stage_quality
@@ -349,10 +351,36 @@ class _Retrieval:
         own = embed(base, teacher.tokenizer, pairs.queries, embedder, prompt=prompt)
         return cls(pairs, embedder, index, rank_scores(own, index))
 
-    def scores(self, student: LoadedModel, to_teacher: torch.Tensor | None) -> dict[str, float]:
+    def scores(self, student: LoadedModel, to_teacher: TeacherMap | None) -> dict[str, float]:
         queries = embed(student.adapter.base(student.model), student.tokenizer, self.pairs.queries, self.embedder,
                         to_teacher, self.embedder.prompts.get(RETRIEVAL_PROMPT, ""))
         return rank_scores(queries, self.index)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TeacherSpace:
+    """The teacher's pooled vectors of a seeded sample of training lines, onto which each stage's student is
+    mapped (`fit_teacher_map`) for its sentence-transformers layout and its retrieval score."""
+
+    texts: list[str]
+    embedder: Embedder
+    prompt: str
+    teacher: torch.Tensor
+
+    @classmethod
+    def of(cls, recipe: Recipe, teacher: LoadedModel, embedder: Embedder | None, train: Sequence[str]) -> _TeacherSpace:
+        chosen = random.Random(derive_seed(recipe.run.seed, "teacher map")).sample(
+            range(len(train)), min(MAP_TEXTS, len(train)))
+        texts = take(train, sorted(chosen))
+        pooling = Embedder(embedder.pooling if embedder is not None else "mean", Path("."))  # pooling only
+        prompt = embedder.prompts.get(RETRIEVAL_PROMPT, "") if embedder is not None else ""
+        vectors = embed(teacher.adapter.base(teacher.model), teacher.tokenizer, texts, pooling, prompt=prompt)
+        return cls(texts, pooling, prompt, vectors)
+
+    def fit(self, student: LoadedModel) -> TeacherMap:
+        vectors = embed(student.adapter.base(student.model), student.tokenizer, self.texts, self.embedder,
+                        prompt=self.prompt)
+        return fit_teacher_map(vectors, self.teacher)
 
 
 def _parallel(recipe: Recipe) -> ParallelData | None:

@@ -13,12 +13,12 @@ from tiny import sentences, st_encode, tiny_model_dir
 
 from engine.errors import ModelError
 from engine.models.embedder import (
-    PROJECTION_DIR,
+    MAP_DIR,
     Embedder,
-    compose,
+    TeacherMap,
     embed,
+    fit_teacher_map,
     read_embedder,
-    read_to_teacher,
     write_embedder,
 )
 from engine.runfolder import Manifest
@@ -68,30 +68,43 @@ def test_the_teacher_layout_is_read_and_matches_sentence_transformers(teacher):
     assert torch.allclose(ours, st_encode(teacher, TEXTS, "query: "), atol=1e-5)
 
 
-def test_a_narrower_student_maps_back_into_the_teacher_space_in_a_fresh_process(teacher, tmp_path):
+def _stored_map(folder: Path) -> TeacherMap | None:
+    from safetensors.torch import load_file
+
+    path = folder / MAP_DIR / "model.safetensors"
+    if not path.is_file():
+        return None
+    weights = load_file(str(path))
+    return TeacherMap(weights["linear.weight"].T, weights["linear.bias"])
+
+
+def test_a_narrower_student_maps_into_the_teacher_space_in_a_fresh_process(teacher, tmp_path):
     embedder = read_embedder(teacher)
     student = tiny_model_dir(tmp_path / "student", mlm_head=False, hidden=32, heads=4, seed=3)
-    basis = torch.linalg.qr(torch.randn(64, 32)).Q  # a width cut 64 -> 32, as the shrink stage makes
-    to_teacher = compose(None, basis)
+    to_teacher = TeacherMap(torch.randn(32, 64) / 8, torch.randn(64) / 8)
     write_embedder(student, embedder, 32, to_teacher)
-    assert torch.equal(read_to_teacher(student), to_teacher) and read_to_teacher(teacher) is None
-    assert (student / "config_sentence_transformers.json").is_file()
+    stored = _stored_map(student)
+    assert torch.equal(stored.weight, to_teacher.weight) and torch.equal(stored.bias, to_teacher.bias)
+    assert (student / "config_sentence_transformers.json").is_file() and _stored_map(teacher) is None
     model, tokenizer = _encoder(student)
     ours = embed(model, tokenizer, TEXTS, embedder, to_teacher)
     theirs = st_encode(student, TEXTS)
     assert theirs.shape == (len(TEXTS), 48)  # the teacher's embedding width
     assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(embed(model, tokenizer, TEXTS, read_embedder(student)), theirs, atol=1e-5)
     listing = [m["path"] for m in json.loads((student / "modules.json").read_text())]
-    assert listing == ["", "1_Pooling", PROJECTION_DIR, "3_Dense", "4_Normalize"]
+    assert listing == ["", "1_Pooling", MAP_DIR, "3_Dense", "4_Normalize"]
 
 
-def test_maps_back_compose_over_two_width_cuts():
-    first, second = torch.linalg.qr(torch.randn(16, 12)).Q, torch.linalg.qr(torch.randn(12, 8)).Q
-    states = torch.randn(5, 8) @ (first @ second).T  # wide states inside the span both cuts keep
-    back = compose(compose(None, first), second)
-    assert back.shape == (8, 16)
-    assert torch.allclose((states @ first @ second) @ back, states, atol=1e-5)
-    assert compose(back, None) is back
+def test_the_map_onto_the_teacher_is_a_least_squares_fit():
+    torch.manual_seed(0)
+    student = torch.randn(500, 12)
+    true = TeacherMap(torch.randn(12, 20), torch.randn(20))
+    fitted = fit_teacher_map(student, true(student), ridge=1e-6)
+    assert torch.allclose(fitted.weight, true.weight, atol=1e-3) and torch.allclose(fitted.bias, true.bias, atol=1e-3)
+    noisy = true(student) + 0.1 * torch.randn(500, 20)
+    residual = (fit_teacher_map(student, noisy)(student) - noisy).pow(2).mean()
+    assert residual < 0.011  # no worse than the noise it cannot explain (0.01)
 
 
 @pytest.mark.parametrize(("modules", "pooling", "needle"), [
@@ -133,10 +146,8 @@ def test_every_stage_of_an_embedding_teachers_run_is_a_sentence_transformers_mod
     text = recipe_toml(teacher, corpus, four_stages("mse", shrink_init="svd"), verify=False)
     run_dir = pipeline.run(Recipe.from_toml(text, tmp_path), Collect())
     folders = [run_dir / s["model_dir"] for s in json.loads((run_dir / "manifest.json").read_text())["stages"]]
-    assert [read_to_teacher(f) is None for f in folders] == [True, True, False, False]  # 3: the width cut
-    back = read_to_teacher(folders[2])
-    assert back.shape == (32, 64) and torch.equal(read_to_teacher(folders[3]), back)
-    assert torch.allclose(back @ back.T, torch.eye(32), atol=1e-5)  # the transpose of an orthonormal basis
+    maps = [_stored_map(f) for f in folders]  # distill, prune, shrink (64 -> 32), trim_vocab: each fitted
+    assert [tuple(m.weight.shape) for m in maps] == [(64, 64), (64, 64), (32, 64), (32, 64)]
     final = folders[-1]
     model, tokenizer = _encoder(final)
     ours = embed(model, tokenizer, TEXTS, read_embedder(final), prompt="query: ")
@@ -149,7 +160,7 @@ def test_every_stage_of_an_embedding_teachers_run_is_a_sentence_transformers_mod
     manifest.set_stage(4, status="pending")
     shutil.rmtree(final)
     pipeline.run(None, Collect(), resume=run_dir)
-    assert torch.equal(read_to_teacher(final), back)
+    assert torch.equal(_stored_map(final).weight, maps[-1].weight)  # fitted again the same way
 
 
 def _parallel_recipe(tmp_path: Path, teacher: Path, index_lines: list[str]) -> str:

@@ -277,7 +277,7 @@ def tiny_embedder(root: Path, family: str, pooling: str) -> Path:
     the teacher's width, then the teacher's Dense with tanh and Normalize; prompts), else `pooling` alone."""
     from safetensors.torch import save_file
 
-    from engine.models.embedder import Embedder, write_embedder
+    from engine.models.embedder import Embedder, TeacherMap, write_embedder
 
     folder = tiny_model_dir(root / "student", family, mlm_head=False, hidden=32, heads=4, seed=3)
     if pooling != "mean":
@@ -293,7 +293,7 @@ def tiny_embedder(root: Path, family: str, pooling: str) -> Path:
               str(home / "2_Dense" / "model.safetensors"))
     (home / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: "}}))
     embedder = Embedder("mean", home, (("Dense", "2_Dense"), ("Normalize", "")), {"query": "query: "})
-    write_embedder(folder, embedder, 32, torch.linalg.qr(torch.randn(64, 32)).Q.T)  # a width cut's transpose
+    write_embedder(folder, embedder, 32, TeacherMap(torch.randn(32, 64) / 8, torch.randn(64) / 8))  # onto the teacher
     return folder
 
 

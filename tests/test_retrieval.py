@@ -18,7 +18,7 @@ from engine.errors import TaskDataError
 from engine.evaluate.retrieval import rank_scores
 from engine.evaluate.runner import EvalPlan, ModelRef, evaluate
 from engine.events import FanOut
-from engine.models.embedder import Embedder, compose, write_embedder
+from engine.models.embedder import Embedder, TeacherMap, write_embedder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def embedders(tmp_path_factory) -> dict[str, Path]:
     for name, seed in (("student", 3), ("other", 4)):
         folder = tiny_model_dir(root / name, mlm_head=False, hidden=32, heads=4, seed=seed)
         write_embedder(folder, Embedder("mean", teacher, (("Normalize", ""),)), 32,
-                       compose(None, torch.linalg.qr(torch.randn(64, 32)).Q))
+                       TeacherMap(torch.randn(32, 64) / 8, torch.randn(64) / 8))
         out[name] = folder
     return out
 

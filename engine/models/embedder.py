@@ -4,9 +4,14 @@ A teacher is a sentence embedder when its folder holds sentence-transformers' `m
 e5 teacher is written with one): a Transformer at the folder's root, a Pooling module, then optional
 Dense and Normalize modules. Every stage folder of a run with such a teacher gets the same layout
 (`write_embedder`), so `SentenceTransformer(folder)` loads the student where users load the teacher, and
-its embeddings live in the teacher's space: a student narrower than the teacher gets a Dense module
-(`to_teacher`, no bias, no activation) that maps its pooled vector back into the teacher's width before
-the teacher's own Dense and Normalize modules. `embed` computes the same embeddings without
+its embeddings live in the teacher's space: each student gets a Dense module (`TeacherMap`, no activation)
+that maps its pooled vector onto the teacher's pooled vector, before the teacher's own Dense and Normalize
+modules. The map is fitted by ridge regression on the pooled vectors of both models over training text
+(`fit_teacher_map`): a distilled student's states are close to the teacher's only up to a linear map
+(fidelity is measured by CKA, which ignores one), and retrieval against the teacher's index needs the map.
+Measured on the default recipe's Swahili run, FLORES-200 dev, Swahili queries against the teacher's
+Maltese index (teacher 97.1% top-1): the 6-layer distilled student without a map 16.3%, with a fitted map
+79.3%; the final 264-wide student with a fitted map 70.5%. `embed` computes the same embeddings without
 sentence-transformers (an optional extra).
 """
 
@@ -24,7 +29,7 @@ import torch
 from engine.errors import ModelError
 
 MODULES_FILE = "modules.json"
-PROJECTION_DIR = "2_Dense_to_teacher"  # the student's map back into the teacher's width
+MAP_DIR = "2_Dense_to_teacher"  # a student's `TeacherMap`
 POOLING_MODES = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
                  "max": "pooling_mode_max_tokens"}
 _TYPE = "sentence_transformers.models.{}"
@@ -74,10 +79,32 @@ def read_embedder(folder: Path) -> Embedder | None:
     return Embedder(pooling, Path(folder), tuple(kinds[2:]), prompts)
 
 
-def write_embedder(folder: Path, embedder: Embedder, hidden: int, to_teacher: torch.Tensor | None = None) -> None:
+@dataclass(frozen=True)
+class TeacherMap:
+    """An affine map from a student's pooled vectors [.., hidden] onto the teacher's [.., width]."""
+
+    weight: torch.Tensor  # [hidden, width]
+    bias: torch.Tensor  # [width]
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors @ self.weight + self.bias
+
+
+def fit_teacher_map(student: torch.Tensor, teacher: torch.Tensor, ridge: float = 1e-3) -> TeacherMap:
+    """The ridge-regression `TeacherMap` from `student` pooled vectors [n, hidden] onto `teacher`'s [n, width]
+    (the penalty is `ridge` × the mean squared centred input)."""
+    x, y = student.double(), teacher.double()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc = x - x_mean
+    penalty = ridge * xc.pow(2).sum() / x.shape[0]
+    weight = torch.linalg.solve(xc.T @ xc + penalty * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (y - y_mean))
+    return TeacherMap(weight.float(), (y_mean - x_mean @ weight).float())
+
+
+def write_embedder(folder: Path, embedder: Embedder, hidden: int, to_teacher: TeacherMap | None = None) -> None:
     """Write sentence-transformers' layout into the model folder `folder` (hidden size `hidden`): the
-    teacher's side files and pooling, `to_teacher` [hidden, teacher width] as a Dense module when the
-    student is narrower, then the teacher's modules after pooling (Dense folders copied)."""
+    teacher's side files and pooling, `to_teacher` as a Dense module, then the teacher's modules after
+    pooling (Dense folders copied)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -91,16 +118,17 @@ def write_embedder(folder: Path, embedder: Embedder, hidden: int, to_teacher: to
     (pooling / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     modules = [("Transformer", ""), ("Pooling", "1_Pooling")]
     if to_teacher is not None:
-        dense = folder / PROJECTION_DIR
+        dense = folder / MAP_DIR
         dense.mkdir(exist_ok=True)
-        rows, width = to_teacher.shape
+        rows, width = to_teacher.weight.shape
         if rows != hidden:
-            raise ValueError(f"the map back to the teacher has {rows} rows for a hidden size of {hidden}")
+            raise ValueError(f"the map onto the teacher has {rows} rows for a hidden size of {hidden}")
         (dense / "config.json").write_text(json.dumps({
-            "in_features": hidden, "out_features": width, "bias": False,
+            "in_features": hidden, "out_features": width, "bias": True,
             "activation_function": "torch.nn.modules.linear.Identity"}, indent=2) + "\n", encoding="utf-8")
-        save_file({"linear.weight": to_teacher.T.contiguous().float().cpu()}, str(dense / "model.safetensors"))
-        modules.append(("Dense", PROJECTION_DIR))
+        save_file({"linear.weight": to_teacher.weight.T.contiguous().float().cpu(),
+                   "linear.bias": to_teacher.bias.contiguous().float().cpu()}, str(dense / "model.safetensors"))
+        modules.append(("Dense", MAP_DIR))
     for kind, path in embedder.after:
         target = f"{len(modules)}_{kind}"
         if kind == "Dense":
@@ -113,27 +141,8 @@ def write_embedder(folder: Path, embedder: Embedder, hidden: int, to_teacher: to
     (folder / MODULES_FILE).write_text(json.dumps(listing, indent=2) + "\n", encoding="utf-8")
 
 
-def read_to_teacher(folder: Path) -> torch.Tensor | None:
-    """The [hidden, teacher width] map a stage folder's embedder applies after pooling; None when it has none."""
-    path = Path(folder) / PROJECTION_DIR / "model.safetensors"
-    if not path.is_file():
-        return None
-    from safetensors.torch import load_file
-
-    return load_file(str(path))["linear.weight"].T.contiguous()
-
-
-def compose(to_teacher: torch.Tensor | None, basis: torch.Tensor | None) -> torch.Tensor | None:
-    """The map back to the teacher after a width cut by `basis` [before, after] (states after ≈ before @
-    basis, so before ≈ after @ basisᵀ): basisᵀ @ `to_teacher` (the identity when None)."""
-    if basis is None:
-        return to_teacher
-    back = basis.T.detach().float().cpu()
-    return back if to_teacher is None else back @ to_teacher
-
-
 @torch.no_grad()
-def embed(model: Any, tokenizer: Any, texts: Sequence[str], embedder: Embedder, to_teacher: torch.Tensor | None = None,
+def embed(model: Any, tokenizer: Any, texts: Sequence[str], embedder: Embedder, to_teacher: TeacherMap | None = None,
           prompt: str = "", max_length: int = 512, batch_size: int = 32) -> torch.Tensor:
     """Sentence embeddings [texts, width] of an encoder (its last hidden states) the way `embedder` makes them."""
     from safetensors.torch import load_file
@@ -150,7 +159,7 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], embedder: Embedder, 
                           max_length=max_length, return_tensors="pt").to(device)
         vectors = pool(model(**batch)[0].float(), batch["attention_mask"], embedder.pooling).cpu()
         if to_teacher is not None:
-            vectors = vectors @ to_teacher
+            vectors = to_teacher(vectors)
         dense = iter(zip(denses, configs, strict=True))
         for kind, _ in embedder.after:
             if kind == "Dense":

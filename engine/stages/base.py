@@ -69,7 +69,6 @@ class StageContext:
 class StageOutput:
     model: LoadedModel
     metrics: dict[str, Any] = field(default_factory=dict)
-    projection: Any = None  # a width cut's basis [input hidden, output hidden]: output states ≈ input states @ it
 
 
 def train_stage(ctx: StageContext, net: nn.Module, tokenizer: Any, objective: Objective, cfg: Training,

@@ -79,7 +79,7 @@ def run(ctx: StageContext) -> StageOutput:
     layer_map = list(range(1, teacher.config.num_hidden_layers + 1))
     objective = DistillLoss(student, reference, cfg, loss, projection=basis, layer_map=layer_map)
     metrics = train_stage(ctx, net, student.tokenizer, objective, cfg, phase="shrink")
-    return StageOutput(student, {**metrics, "loss": loss, "hidden": cfg.hidden, "init": cfg.init}, basis.cpu())
+    return StageOutput(student, {**metrics, "loss": loss, "hidden": cfg.hidden, "init": cfg.init})
 
 
 def _same_depth(a: LoadedModel, b: LoadedModel) -> bool:
