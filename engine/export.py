@@ -8,7 +8,7 @@ model (config.architectures ending in ForTokenClassification / ForSequenceClassi
 laid out as optimum's ORTModelFor…Classification loads one (`model.onnx`, `config.json`, tokenizer, `logits`).
 An encoder that is a sentence embedder (sentence-transformers' `modules.json`, as the packaged e5 teacher and
 the stage folders of its runs have) also outputs `sentence_embedding` [batch, width]: its pooling under the
-attention mask, its Dense modules (a narrower student's map back into the teacher's width among them) and
+attention mask, its Dense modules (a student's map onto the teacher's space among them) and
 normalisation, checked against sentence-transformers' embeddings of the same sentences.
 torch's exporter (torch.export + onnxscript) writes `model.onnx`; ONNX Runtime runs it and writes
 `model.int8.onnx` by dynamic quantization (int8 weights, activations quantized on the fly). The folder also

@@ -165,8 +165,9 @@ def _intro(recipe: Recipe, manifest: dict[str, Any], teacher: Teacher, title: st
 
 
 def _sentence_embeddings(teacher: Teacher, prompts: dict[str, str]) -> list[str]:
-    lines = ["It is also a sentence-transformers model whose embeddings live in the teacher's space (a narrower "
-             "student maps back into the teacher's width), so it can query an index built with the teacher:", "",
+    lines = ["It is also a sentence-transformers model whose embeddings live in the teacher's space (a fitted "
+             "Dense module maps the student's vectors onto the teacher's), so it can query an index built with the "
+             "teacher:", "",
              "```python", "from sentence_transformers import SentenceTransformer",
              'model = SentenceTransformer("path/to/this/folder")']
     if prompts:

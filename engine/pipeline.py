@@ -199,7 +199,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             output = spec_for(stage.kind).run(ctx)
             token.raise_if_cancelled()
             model_dir, params, check = stage_folder / "model", count_params(output.model.model), {}
-            to_teacher = space.fit(output.model) if space is not None else None
+            to_teacher = space.fit(output.model) if space is not None and dist.is_main else None
             quality = _quality(ctx, original, output.model, retrieval, to_teacher) if dist.is_main else {}
             manifest.set_stage(index, quality=quality)  # the model card states the stage's fidelity
             if dist.is_main:

@@ -1,6 +1,6 @@
 """The retrieval task: can a model's query embeddings find their translations in an index of the teacher's
 embeddings? Each model embeds the query side its own way (its sentence-transformers layout: pooling, the
-map back into the teacher's width, normalisation, the "query" prompt; plain mean pooling without one);
+map onto the teacher's space, normalisation, the "query" prompt; plain mean pooling without one);
 the index side is embedded once by the reference teacher. Scores: top-1 accuracy and mean reciprocal rank
 of the true translation among all index texts by cosine similarity. The teacher against its own index
 is the ceiling. No training, so no seeds.
@@ -43,7 +43,7 @@ def retrieval(model_dir: Path, data: ParallelData, index: torch.Tensor) -> SeedR
     if queries.shape[1] != index.shape[1]:
         raise ModelError(f"{model_dir} embeds into {queries.shape[1]} dimensions but the teacher's index has "
                          f"{index.shape[1]}: only students of a sentence-embedding teacher (one with "
-                         "sentence-transformers' modules.json) map back into its space")
+                         "sentence-transformers' modules.json) are mapped into its space")
     return SeedResult(metrics=rank_scores(queries, index), dev_metrics={}, best_epoch=0, epochs_run=0,
                       seconds=time.perf_counter() - started, train_size=0, dev_size=0, test_size=len(data.queries),
                       labels=(), learning_rate=0.0)
