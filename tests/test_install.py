@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
+SELF_TEST = re.compile(r"^MiniGlot \S+ self-test OK: 4 stages, (\d+)k -> (\d+)k params, reload max diff (\S+), "
+                       r"offline data: [\d,]+ Chichewa verses, teachers .+, [\d.]+ s$")
 # Entries of this venv's site-packages not linked into the test venv: MiniGlot's (editable or not), bytecode.
 NOT_LINKED = {"engine", "gui", "miniglot_resources", "__pycache__"}
 
@@ -63,10 +66,11 @@ def test_the_wheel_installed_elsewhere_has_its_resources_presets_and_passes_the_
     install = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--no-compile", str(wheel)],
                              capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stdout + install.stderr
-    elsewhere = tmp_path / "elsewhere"
+    elsewhere, home = tmp_path / "elsewhere", tmp_path / "home"
     elsewhere.mkdir()
+    home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", QT_QPA_PLATFORM="offscreen")
+    env.update(PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", QT_QPA_PLATFORM="offscreen", HOME=str(home))
 
     def run(*args: str | Path) -> subprocess.CompletedProcess:
         return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=elsewhere,
@@ -90,10 +94,17 @@ def test_the_wheel_installed_elsewhere_has_its_resources_presets_and_passes_the_
     unknown = run(python.parent / "miniglot-cli", "estimate", "preset:no-such-preset")
     assert unknown.returncode == 2 and "preset:offline-default" in unknown.stderr, unknown.stderr
 
+    # the self-test compresses, reloads and opens the window: one summary line, and nothing left behind (the
+    # packaged teacher's conversion that `estimate` cached in ~/.cache stays as it was)
+    before = sorted(home.rglob("*"))
     self_test = run(python.parent / "miniglot", "--self-test")
-    assert self_test.returncode == 0 and " self-test OK: 4 stages" in self_test.stdout, (
-        self_test.stdout + self_test.stderr[-3000:])
-    assert list(elsewhere.iterdir()) == []
+    assert self_test.returncode == 0, self_test.stdout + self_test.stderr[-3000:]
+    lines = self_test.stdout.splitlines()
+    match = SELF_TEST.match(lines[0]) if len(lines) == 1 else None
+    assert match, self_test.stdout
+    teacher, student, diff = int(match[1]), int(match[2]), float(match[3])
+    assert student < teacher / 2 and diff <= 1e-4
+    assert list(elsewhere.iterdir()) == [] and sorted(home.rglob("*")) == before
 
 
 def venv_without_miniglot(venv: Path) -> Path:
