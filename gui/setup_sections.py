@@ -4,6 +4,7 @@ the recipe and flags its own fields by the path a RecipeError carries."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -129,6 +130,7 @@ class DataSection(QGroupBox):
         super().__init__("Language and corpus", parent)
         self.base_dir = "."
         self.validation_files: tuple[str, ...] | None = None
+        self.parallel = ""
         self.languages = load_languages()
         self.language_combo = compact(QComboBox(), 24)
         self.language_combo.setEditable(True)
@@ -171,12 +173,25 @@ class DataSection(QGroupBox):
         with_tip(self.max_length_spin, "Tokens per sequence; batches are padded only to their longest line "
                                        "(the reference scripts always padded to 512).")
         self.max_length_spin.valueChanged.connect(self.changed)
+        self.pair_button = QPushButton("Translations…")
+        with_tip(self.pair_button, "Measure retrieval at every stage: choose a validation file in the language, then "
+                 "its line-by-line translation\n(e.g. FLORES-200 dev). Each stage's sentences must find their "
+                 "translations among the teacher's embeddings;\nthe scores go in the manifest and on the Trade-offs "
+                 "chart.")
+        self.pair_button.clicked.connect(self._choose_pair)
+        self.unpair_button = QPushButton("Use a fraction")
+        with_tip(self.unpair_button, "Hold out a fraction of the corpus for validation again (no retrieval score).")
+        self.unpair_button.clicked.connect(lambda: self._set_validation(None, ""))
         sizes = QHBoxLayout()
         for label, widget in (("Validation fraction", self.validation_spin), ("Max length", self.max_length_spin)):
             sizes.addWidget(plain_label(label))
             sizes.addWidget(framed(widget))
             sizes.addSpacing(16)
+        sizes.addWidget(self.pair_button)
+        sizes.addWidget(self.unpair_button)
         sizes.addStretch(1)
+        self.validation_note = note_label()
+        self._set_validation(None, "")
         self.corpus_info = note_label()
         self.corpus_error = error_label()
 
@@ -191,6 +206,7 @@ class DataSection(QGroupBox):
         corpus.addLayout(corpus_row)
         corpus.addWidget(self.corpus_error)
         corpus.addLayout(sizes)
+        corpus.addWidget(self.validation_note)
         corpus.addWidget(self.corpus_info)
         form.addRow(plain_label("Language"), language)
         form.addRow(plain_label("Corpus"), corpus)
@@ -214,7 +230,8 @@ class DataSection(QGroupBox):
     def corpus_config(self) -> CorpusConfig:
         validation = (self.validation_files if self.validation_files is not None
                       else round(self.validation_spin.value(), 3))
-        return CorpusConfig(train=self.train(), validation=validation, max_length=self.max_length_spin.value())
+        return CorpusConfig(train=self.train(), validation=validation, max_length=self.max_length_spin.value(),
+                            parallel=self.parallel)
 
     def load(self, recipe: Recipe) -> None:
         self.base_dir = recipe.base_dir
@@ -225,13 +242,35 @@ class DataSection(QGroupBox):
             self.language_combo.setEditText(recipe.language.code)
         self.corpus_edit.setText("; ".join(recipe.corpus.train))
         validation = recipe.corpus.validation
-        self.validation_files = None if isinstance(validation, float) else tuple(validation)
-        self.validation_spin.setEnabled(self.validation_files is None)
-        if self.validation_files is None:
+        if isinstance(validation, float):
             self.validation_spin.setValue(validation)
-        else:
-            self.validation_spin.setToolTip("Validation files: " + "; ".join(self.validation_files))
+        self._set_validation(None if isinstance(validation, float) else tuple(validation), recipe.corpus.parallel)
         self.max_length_spin.setValue(recipe.corpus.max_length)
+
+    def _set_validation(self, files: tuple[str, ...] | None, parallel: str) -> None:
+        """Validation files (None: the fraction) and the translation of the one file that gives a retrieval score."""
+        self.validation_files, self.parallel = files, parallel
+        self.validation_spin.setEnabled(files is None)
+        self.unpair_button.setVisible(files is not None)
+        if files is None:
+            self.validation_note.setText("")
+        elif parallel:
+            self.validation_note.setText(f"Validation: {files[0]}; translated in {parallel}: every stage records "
+                                         "its retrieval score")
+        else:
+            self.validation_note.setText("Validation files: " + "; ".join(files))
+        self.validation_note.setVisible(files is not None)
+        self.changed.emit()
+
+    def _choose_pair(self) -> None:
+        validation, _ = QFileDialog.getOpenFileName(self, "Validation text in the language (one sentence a line)",
+                                                    self.base_dir, "Text (*.txt *.dev *.devtest);;All files (*)")
+        if not validation:
+            return
+        parallel, _ = QFileDialog.getOpenFileName(self, "Its translation, line by line", str(Path(validation).parent),
+                                                  "Text (*.txt *.dev *.devtest);;All files (*)")
+        if parallel:
+            self._set_validation((validation,), parallel)
 
     def show_info(self, text: str, style: str) -> None:
         self.corpus_info.setStyleSheet(style)
@@ -241,7 +280,8 @@ class DataSection(QGroupBox):
         _flag({"code": self.language_combo}, self.language_error, message, field)
 
     def show_corpus_error(self, message: str, field: str = "") -> None:
-        _flag({"train": self.corpus_edit, "validation": self.validation_spin, "max_length": self.max_length_spin},
+        _flag({"train": self.corpus_edit, "validation": self.validation_spin, "max_length": self.max_length_spin,
+               "parallel": self.pair_button},
               self.corpus_error, message, field)
 
     def _browse_files(self) -> None:

@@ -78,6 +78,32 @@ def test_evaluation_and_task_models_survive_the_form(tab):
     assert tab.recipe().task_models == recipe.task_models
 
 
+def test_a_translated_validation_file_is_chosen_kept_and_given_up(tab, monkeypatch, tmp_path):
+    """Translations… sets the validation file and its line-by-line translation (the retrieval score each stage
+    records); a recipe with them round-trips; Use a fraction gives the fraction back."""
+    import dataclasses
+
+    from PySide6.QtWidgets import QFileDialog
+
+    from engine.configs import CorpusConfig
+
+    recipe = Recipe.load(RECIPES / "offline-default.toml")
+    swh, mlt = str(tmp_path / "swh_Latn.dev"), str(tmp_path / "mlt_Latn.dev")
+    answers = iter([(swh, ""), (mlt, "")])
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args, **kwargs: next(answers))
+    data = tab.data
+    data.pair_button.click()
+    assert tab.recipe().corpus == dataclasses.replace(recipe.corpus, validation=(swh,), parallel=mlt)
+    assert not data.validation_spin.isEnabled() and mlt in data.validation_note.text()
+
+    data.unpair_button.click()
+    assert tab.recipe().corpus == recipe.corpus and data.validation_spin.isEnabled()
+
+    paired = recipe.replace(corpus=CorpusConfig(train=recipe.corpus.train, validation=(swh,), parallel=mlt))
+    tab.set_recipe(paired)
+    assert tab.recipe().corpus == paired.corpus
+
+
 def test_paper_preset_budget_is_instant_from_known_shape(tab):
     tab.set_recipe(Recipe.load(RECIPES / "mbert-maximum.toml"))
 
