@@ -87,7 +87,8 @@ def score_task(args: argparse.Namespace, name: str, run_dir: Path, out: Path, si
             settings = (f"-a{args.alpha:g}-t{args.temperature:g}-r{args.unlabelled_ratio:g}"
                         if variant == "distilled" else "")
             target = out / name / f"{variant}{settings}-{seed}"
-            record = target.with_suffix(".json")  # an interrupted benchmark reruns with --out and continues
+            # an interrupted benchmark reruns with --out and continues (not with_suffix: the settings hold dots)
+            record = target.parent / f"{target.name}.json"
             if record.is_file():
                 row = json.loads(record.read_text())
             else:
