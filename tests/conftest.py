@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+# ./run-tests runs the suite in parallel processes (pytest-xdist): each gets its share of the cores for torch, set
+# before torch is imported (and inherited by the subprocesses tests start); more threads than cores make every
+# step many times slower
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,6 +29,13 @@ from tiny import tiny_model_dir, write_corpus
 atexit.register(shutil.rmtree, os.environ["MINIGLOT_CORPUS_CACHE"], True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (the bundle build, then the end-to-end runs on real models), so that parallel
+    workers start them early and finish the short ones around them, instead of waiting on one at the end."""
+    rank = {"bundle": 0, "slow": 1}
+    items.sort(key=lambda item: min((rank[m.name] for m in item.iter_markers() if m.name in rank), default=2))
 
 
 @pytest.fixture(scope="session")
