@@ -70,7 +70,7 @@ from engine.training.checkpoints import Checkpoints
 from engine.training.precision import Precision, pick_device
 from engine.verify import verify_folder
 
-MAP_TEXTS = 2000  # training lines each stage's map onto the teacher's sentence embeddings is fitted on
+MAP_TEXTS = 4000  # training lines each stage's map onto the teacher's sentence embeddings is fitted on (README)
 HELD_OUT_TEXTS = 1000  # validation lines the reload check and the stage's quality read (they use at most 200)
 
 
