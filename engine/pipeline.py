@@ -175,8 +175,9 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                             task_models=[{"task": c.task, "status": "pending"} for c in recipe.task_models])
         current, original, reference = teacher, teacher, teacher
         embedder = _embedder(recipe, sink)  # a sentence embedder's layout, carried into every stage folder
-        retrieval = _Retrieval.of(recipe, teacher, embedder)
-        space = _TeacherSpace.of(recipe, teacher, embedder, train) if embedder or retrieval else None
+        # the retrieval scores and the maps onto the teacher's space are computed by the main process alone
+        retrieval = _Retrieval.of(recipe, teacher, embedder) if dist.is_main else None
+        space = _TeacherSpace.of(recipe, teacher, embedder, train) if (embedder or retrieval) and dist.is_main else None
         if retrieval is not None and not resumed:
             manifest.update(teacher={**manifest.data["teacher"], "retrieval": retrieval.teacher_scores})
         for index, stage in enumerate(recipe.stages, start=1):
@@ -199,7 +200,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             output = spec_for(stage.kind).run(ctx)
             token.raise_if_cancelled()
             model_dir, params, check = stage_folder / "model", count_params(output.model.model), {}
-            to_teacher = space.fit(output.model) if space is not None and dist.is_main else None
+            to_teacher = space.fit(output.model) if space is not None else None
             quality = _quality(ctx, original, output.model, retrieval, to_teacher) if dist.is_main else {}
             manifest.set_stage(index, quality=quality)  # the model card states the stage's fidelity
             if dist.is_main:
