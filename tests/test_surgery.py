@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -13,9 +14,9 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel, XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from engine.models.adapters import adapter_for
-from engine.surgery.ffn import prune_ffn
+from engine.surgery.ffn import prune_ffn, prune_ffn_refit
 from engine.surgery.hidden import activation_basis, residual_moment, shrink_hidden, svd_basis, truncation_basis
-from engine.surgery.importance import ffn_importance, head_importance
+from engine.surgery.importance import ffn_activation_importance, ffn_importance, head_importance
 
 D, LAYERS, HEADS, FFN, VOCAB = 64, 4, 4, 128, 1000
 SIZES = {
@@ -136,6 +137,7 @@ def assert_clean(model: torch.nn.Module) -> None:
     assert all(p.grad is None for p in model.parameters())
     for module in model.modules():
         assert not module._forward_hooks
+        assert not module._forward_pre_hooks
 
 
 # ---------------------------------------------------------------- importance + FFN pruning
@@ -198,13 +200,68 @@ def test_ffn_importance_is_abs_of_summed_signed_taylor_terms() -> None:
     assert torch.allclose(scores[2], expected.detach(), rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_activation_importance_is_the_norm_of_each_neurons_contribution(kind: str) -> None:
+    model = build(kind)
+    adapter = adapter_for(model.config.model_type)
+    batches = make_batches(model, count=2)
+    dead = torch.tensor([5, 60])
+    with torch.no_grad():
+        for layer in adapter.layers(model):
+            adapter.layer_parts(layer).ffn_out.weight[:, dead] = 0
+    layer = adapter.layers(model)[2]
+    seen = []  # the intermediate module's output (act(ffn_in(x))) at real tokens: what the score must use
+    handle = layer.intermediate.register_forward_hook(lambda _m, _i, out: seen.append(out[mask["now"]]))
+    mask = {}
+    for batch in batches:
+        mask["now"] = batch["attention_mask"].bool()
+        outputs(model, batch)
+    handle.remove()
+    expected = torch.cat(seen).norm(dim=0) * adapter.layer_parts(layer).ffn_out.weight.norm(dim=0)
+
+    scores = ffn_activation_importance(model, adapter, batches)
+
+    assert [s.shape for s in scores] == [(FFN,)] * LAYERS
+    assert torch.allclose(scores[2], expected, rtol=1e-4, atol=1e-7)
+    assert all(s[dead].max() == 0 and s.min() >= 0 for s in scores)
+    assert_clean(model)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refitted_pruning_reproduces_the_unpruned_outputs_better_than_slicing(kind: str) -> None:
+    model = build(kind)
+    reference = copy.deepcopy(model)
+    adapter = adapter_for(model.config.model_type)
+    batches = make_batches(model, count=6)
+    scores = ffn_activation_importance(model, adapter, batches)
+    sliced = prune_ffn(copy.deepcopy(model), adapter, scores, 64)
+    expected = outputs(reference, batches[0])
+
+    refitted = prune_ffn_refit(model, reference, adapter, scores, 64, batches)
+
+    assert refitted is model and model.config.intermediate_size == 64
+    keeps = [torch.topk(layer_scores, 64).indices.sort().values for layer_scores in scores]
+    for layer, original, keep in zip(adapter.layers(model), adapter.layers(reference), keeps, strict=True):
+        parts, before = adapter.layer_parts(layer), adapter.layer_parts(original)
+        assert torch.equal(parts.ffn_in.weight, before.ffn_in.weight[keep])  # the input side is sliced only
+        assert parts.ffn_out.weight.shape == (D, 64) and parts.ffn_out.in_features == 64
+    for name, value in expected.items():
+        error_refitted = (outputs(model, batches[0])[name] - value).pow(2).mean()
+        error_sliced = (outputs(sliced, batches[0])[name] - value).pow(2).mean()
+        assert error_refitted < 0.5 * error_sliced, name
+    assert reference.config.intermediate_size == FFN  # the reference is only read
+    assert_clean(model)
+    assert_clean(reference)
+
+
 def test_pruned_models_reload_in_a_fresh_process(tmp_path: Path) -> None:
     models = {}
     for kind in KINDS:
         model = build(kind)
         adapter = adapter_for(model.config.model_type)
-        scores = ffn_importance(model, adapter, make_batches(model, count=1), loss_fn)
-        models[kind] = prune_ffn(model, adapter, scores, 48)
+        batches = make_batches(model, count=1)
+        scores = ffn_activation_importance(model, adapter, batches)
+        models[kind] = prune_ffn_refit(model, copy.deepcopy(model), adapter, scores, 48, batches)
     results = reload_in_fresh_process(tmp_path, models, make_batches(models["bert-mlm"], count=1)[0])
     assert all(result["config"]["intermediate_size"] == 48 for result in results)
 

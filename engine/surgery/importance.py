@@ -1,6 +1,7 @@
-"""First-order (Taylor) importance of FFN neurons and attention heads, measured by autograd.
+"""Importance of FFN neurons and attention heads: the size of each neuron's contribution to the FFN output
+(`ffn_activation_importance`), and first-order (Taylor) scores measured by autograd.
 
-Both scores estimate how much the loss would change if a unit were removed. Gradients are summed
+The Taylor scores estimate how much the loss would change if a unit were removed. Gradients are summed
 over all batches before the absolute value is taken, so each score is |d(sum of batch losses)|
 along the unit: per-batch signs may cancel, as they do in the true first-order change of the total
 loss. The model runs in eval mode (no dropout); its training mode, every parameter's
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from engine.models.adapters import FamilyAdapter
+from engine.surgery.ffn import unmasked
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 
@@ -39,6 +41,39 @@ def _gradient_scope(model: nn.Module, trainable: Iterable[nn.Parameter]) -> Iter
         for p, flag in saved_grad.items():
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def ffn_activation_importance(model: nn.Module, adapter: FamilyAdapter, batches: Iterable[dict]) -> list[torch.Tensor]:
+    """Per layer, one score per intermediate neuron: ‖a‖₂ · ‖w_out‖₂, its activations over the batches' real
+    tokens times its column of the FFN output matrix, the size of what it adds to the FFN output.
+
+    Needs no loss, only forward passes. Returns float32 CPU tensors of length `intermediate_size`, one per layer.
+    """
+    layers = [adapter.layer_parts(layer) for layer in adapter.layers(model)]
+    squares = [torch.zeros(parts.ffn_out.in_features, dtype=torch.float64) for parts in layers]
+    tokens: dict[str, torch.Tensor] = {}
+
+    def make_hook(square: torch.Tensor) -> Callable[[nn.Module, tuple], None]:
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            square.add_(inputs[0][tokens["mask"]].to("cpu", torch.float64).square().sum(dim=0))
+
+        return hook
+
+    handles = [parts.ffn_out.register_forward_pre_hook(make_hook(square))
+               for parts, square in zip(layers, squares, strict=True)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                tokens["mask"] = batch["attention_mask"].bool()
+                adapter.base(model)(input_ids=unmasked(batch), attention_mask=batch["attention_mask"])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [(square.sqrt() * parts.ffn_out.weight.detach().to("cpu", torch.float64).norm(dim=0)).float()
+            for square, parts in zip(squares, layers, strict=True)]
 
 
 def ffn_importance(
