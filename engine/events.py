@@ -162,6 +162,20 @@ class Log(Event):
 
 
 @dataclass(frozen=True)
+class QualityWarning(Event):
+    """A stage lost more label-free quality (`metric`: fidelity, masked_accuracy or retrieval_top1) than its
+    kind should, compared with the stage before it (the teacher for the first); `message` says what to change."""
+
+    kind: ClassVar[str] = "quality_warning"
+    index: int
+    stage: str
+    metric: str
+    before: float
+    after: float
+    message: str
+
+
+@dataclass(frozen=True)
 class Failure(Event):
     kind: ClassVar[str] = "failure"
     message: str
@@ -173,7 +187,7 @@ class Failure(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (RunStarted, RunFinished, StageStarted, StageFinished, Progress, Metric, Artifact, EvalResult,
-                EvalProgress, EvalDevScore, Log, Failure)
+                EvalProgress, EvalDevScore, Log, QualityWarning, Failure)
 }
 
 
@@ -273,6 +287,8 @@ class ConsoleSink:
             return f"[{event.index:02d} {event.stage}] step {event.step}/{event.total}{rate}{eta}"
         if isinstance(event, Metric) and event.split != "train":
             return f"[{event.index:02d} {event.stage}] {event.split} {event.name} = {event.value:.4g}"
+        if isinstance(event, QualityWarning):
+            return f"[{event.index:02d} {event.stage}] warning: {event.message}"
         if isinstance(event, Artifact):
             return f"[{event.index:02d} {event.stage}] wrote {event.path} ({event.params:,} params)"
         if isinstance(event, EvalResult):

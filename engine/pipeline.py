@@ -33,6 +33,7 @@ from engine.data.tasks import Columns, TaskData, load_task
 from engine.distributed import Distributed
 from engine.errors import Cancelled, MiniGlotError, ModelError, RecipeError, TaskDataError
 from engine.estimate import stage_shapes
+from engine.evaluate.intrinsic import GATED, quality_drops
 from engine.evaluate.retrieval import PROMPT as RETRIEVAL_PROMPT
 from engine.evaluate.retrieval import rank_scores
 from engine.events import (
@@ -43,6 +44,7 @@ from engine.events import (
     FanOut,
     JsonlSink,
     Log,
+    QualityWarning,
     RunFinished,
     RunStarted,
     StageFinished,
@@ -180,6 +182,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
         space = _TeacherSpace.of(recipe, teacher, embedder, train) if (embedder or retrieval) and dist.is_main else None
         if retrieval is not None and not resumed:
             manifest.update(teacher={**manifest.data["teacher"], "retrieval": retrieval.teacher_scores})
+        previous = {"fidelity": 1.0} | ({"retrieval_top1": retrieval.teacher_scores["top1"]} if retrieval else {})
         for index, stage in enumerate(recipe.stages, start=1):
             current_index = index
             stage_folder = folder.stage_dir(index, stage.kind)
@@ -191,6 +194,7 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                                      f"{stage_folder / 'model'} and resume to train that stage again") from None
                 teacher = current if _still_teacher(recipe, index) else teacher
                 reference = current if spec_for(stage.kind).reference else reference
+                previous = manifest.data["stages"][index - 1].get("quality") or previous
                 sink.emit(StageFinished(index=index, stage=stage.kind, status="skipped"))
                 continue
             sink.emit(StageStarted(index=index, stage=stage.kind, total_steps=getattr(stage, "max_steps", 0)))
@@ -202,7 +206,9 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
             model_dir, params, check = stage_folder / "model", count_params(output.model.model), {}
             to_teacher = space.fit(output.model) if space is not None else None
             quality = _quality(ctx, original, output.model, retrieval, to_teacher) if dist.is_main else {}
-            manifest.set_stage(index, quality=quality)  # the model card states the stage's fidelity
+            warnings = _gate(ctx, previous, quality) if dist.is_main else []
+            manifest.set_stage(index, quality=quality, warnings=warnings)  # the model card states the fidelity
+            previous = quality
             if dist.is_main:
                 with atomic_dir(model_dir) as tmp:
                     with saving(model_dir, weight_bytes(output.model.model)):
@@ -328,6 +334,22 @@ def _quality(ctx: StageContext, teacher: LoadedModel, student: LoadedModel, retr
             + (f", retrieval top-1 {quality['retrieval_top1']:.3f} (the teacher "
                f"{retrieval.teacher_scores['top1']:.3f})" if retrieval is not None else ""))
     return _jsonable(quality)
+
+
+def _gate(ctx: StageContext, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The stage's quality gate (`StageSpec.allowed_drop`): a QualityWarning for each label-free measure it lost
+    too much of against the stage before; their messages."""
+    spec = spec_for(ctx.kind)
+    if spec.allowed_drop is None:
+        return []
+    messages = []
+    for name, was, now in quality_drops(before, after, spec.allowed_drop):
+        message = (f"{GATED[name]} fell from {was:.3f} to {now:.3f}, more than the {spec.allowed_drop:.2f} a "
+                   f"{ctx.kind} stage should lose: {spec.remedy}")
+        ctx.sink.emit(QualityWarning(index=ctx.index, stage=ctx.kind, metric=name, before=was, after=now,
+                                     message=message))
+        messages.append(message)
+    return messages
 
 
 @dataclasses.dataclass(frozen=True)

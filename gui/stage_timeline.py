@@ -9,13 +9,15 @@ from gui.style import STATUS_LABELS, status_css
 
 
 class StageTimeline(QWidget):
-    """One coloured chip per stage: pending / running / done / failed / cancelled."""
+    """One coloured chip per stage: pending / running / done / failed / cancelled, marked ⚠ (the warnings as its
+    tooltip) when the stage's quality gate warned."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.chips: list[QLabel] = []
         self.kinds: list[str] = []
         self.statuses: list[str] = []
+        self.warnings: list[list[str]] = []
         self.placeholder = QLabel("No run yet: press Start (F5) to compress the recipe in the Setup tab.")
         self.placeholder.setStyleSheet("color: #6b7280;")
         self.row = QHBoxLayout(self)
@@ -29,6 +31,7 @@ class StageTimeline(QWidget):
             chip.setParent(None)
             chip.deleteLater()
         self.kinds, self.statuses, self.chips = list(kinds), ["pending"] * len(kinds), []
+        self.warnings = [[] for _ in kinds]
         self.placeholder.setVisible(not kinds)
         for i, _kind in enumerate(self.kinds):
             chip = QLabel()
@@ -45,10 +48,18 @@ class StageTimeline(QWidget):
             self.statuses[index - 1] = status
             self._paint(index - 1)
 
+    def warn(self, index: int, message: str) -> None:
+        """Mark stage `index` with a quality warning (kept across status changes until the next run)."""
+        if 1 <= index <= len(self.chips):
+            self.warnings[index - 1].append(message)
+            self._paint(index - 1)
+
     def status(self, index: int) -> str:
         return self.statuses[index - 1]
 
     def _paint(self, i: int) -> None:
         status = self.statuses[i]
-        self.chips[i].setText(f"{i + 1} · {self.kinds[i]}  —  {STATUS_LABELS.get(status, status)}")
+        mark = "  ⚠" if self.warnings[i] else ""
+        self.chips[i].setText(f"{i + 1} · {self.kinds[i]}  —  {STATUS_LABELS.get(status, status)}{mark}")
         self.chips[i].setStyleSheet(status_css(status))
+        self.chips[i].setToolTip("\n\n".join(self.warnings[i]))

@@ -38,6 +38,7 @@ from engine.events import (
     Log,
     Metric,
     Progress,
+    QualityWarning,
     RunFinished,
     RunStarted,
     StageFinished,
@@ -282,6 +283,9 @@ class TrainingTab(QWidget):
                              f"{event.bytes / 1e6:,.1f} MB")
         elif isinstance(event, Log):
             self._log(event, event.message if event.level == "info" else f"{event.level}: {event.message}")
+        elif isinstance(event, QualityWarning):
+            self.timeline.warn(event.index, event.message)
+            self._log(event, f"[{event.index:02d} {event.stage}] warning: {event.message}")
         elif isinstance(event, Failure):
             self._log(event, f"error: {event.message}")
             if self.worker is not None:  # live: shown when the worker ends (a replayed one is in the log)

@@ -23,6 +23,7 @@ from engine.events import (
     Log,
     Metric,
     Progress,
+    QualityWarning,
     RunFinished,
     RunStarted,
     StageFinished,
@@ -48,6 +49,8 @@ SAMPLES = [
     EvalProgress(done=6, total=6, eta_seconds=0.0),
     EvalDevScore(task="pos", model="teacher", seed=0, metric="accuracy", value=0.8125, epoch=3),
     EvalDevScore(task="pos", model="02-shrink", seed=2, metric="accuracy", value=0.75, layer=4, l2=1e-3),
+    QualityWarning(index=3, stage="prune", metric="retrieval_top1", before=0.91, after=0.84,
+                   message="retrieval top-1 fell from 0.910 to 0.840, more than the 0.03 a prune stage should lose"),
 ]
 
 

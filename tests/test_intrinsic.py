@@ -13,7 +13,7 @@ from torch import nn
 
 from engine.data.batches import BatchStream
 from engine.errors import CorpusError, ModelError
-from engine.evaluate.intrinsic import masked_token_accuracy, representation_fidelity
+from engine.evaluate.intrinsic import masked_token_accuracy, quality_drops, representation_fidelity
 from engine.models.adapters import BertAdapter
 from engine.models.loading import LoadedModel, load_model
 
@@ -165,3 +165,12 @@ def test_fidelity_across_widths_uses_the_similarity_structure(tiny_models, tmp_p
     same_geometry = representation_fidelity(teacher, widened, TEXTS)
     assert same_geometry["sentence_cosine"] is None
     assert same_geometry["similarity_correlation"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_quality_drops_names_each_measure_that_fell_too_far() -> None:
+    before = {"fidelity": 1.0, "masked_accuracy": 0.50, "retrieval_top1": 0.97, "tokens": 900}
+    after = {"fidelity": 0.96, "masked_accuracy": 0.49, "retrieval_top1": 0.90, "tokens": 10}
+    assert quality_drops(before, after, 0.03) == [("fidelity", 1.0, 0.96), ("retrieval_top1", 0.97, 0.90)]
+    assert quality_drops(before, after, 0.10) == []
+    assert quality_drops({"fidelity": 1.0}, after, 0.03) == [("fidelity", 1.0, 0.96)]  # only measures on both sides
+    assert quality_drops(after, before, 0.0) == []  # a rise is never a drop

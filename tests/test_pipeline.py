@@ -367,3 +367,36 @@ def test_ctrl_c_in_the_cli_cancels_with_exit_130(tmp_path, tiny_models, corpus):
     run_dir = next((tmp_path / "runs").iterdir())
     assert Manifest.load(run_dir).data["status"] == "cancelled"
     assert not (run_dir / "stages" / "01-distill" / "model").exists()
+
+
+def test_a_stage_that_loses_too_much_quality_warns_with_advice(tmp_path, tiny_models, corpus, monkeypatch):
+    """The quality gate: a lossless stage is silent; a stage whose label-free quality falls by more than its kind
+    allows warns in the events (console included), in the manifest, with the kind's remedy."""
+    import dataclasses
+
+    from engine.events import ConsoleSink, QualityWarning
+    from engine.stages import registry
+
+    keep_all = '[[stages]]\nkind = "prune"\nffn = 128\nimportance_batches = 2\nbatch_size = 8\n'
+    run_dir, sink = run_recipe(tmp_path / "lossless", recipe_toml(tiny_models["bert"], corpus, keep_all, verify=False))
+    assert sink.of(QualityWarning) == []
+    assert Manifest.load(run_dir).data["stages"][0]["warnings"] == []
+    assert Manifest.load(run_dir).data["stages"][0]["quality"]["fidelity"] > 0.99
+
+    real = registry.spec_for
+    monkeypatch.setattr(pipeline, "spec_for", lambda kind: dataclasses.replace(real(kind), allowed_drop=-1.0)
+                        if kind == "prune" else real(kind))  # every prune "loses too much"
+    console = tmp_path / "console.txt"
+    with console.open("w") as stream:
+        sink = Collect()
+        run_dir = pipeline.run(Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, keep_all, verify=False),
+                                                tmp_path / "gated"), pipeline.FanOut(sink, ConsoleSink(stream)))
+    (warning,) = sink.of(QualityWarning)
+    stage = Manifest.load(run_dir).data["stages"][0]
+    assert (warning.index, warning.stage, warning.metric, warning.before) == (1, "prune", "fidelity", 1.0)
+    assert warning.after == pytest.approx(stage["quality"]["fidelity"])
+    assert warning.message.startswith(f"fidelity fell from 1.000 to {warning.after:.3f}")
+    assert warning.message.endswith("keep more FFN neurons (ffn), raise importance_batches, or use importance = "
+                                    '"activation", refit = true')
+    assert stage["warnings"] == [warning.message]
+    assert f"[01 prune] warning: {warning.message}" in console.read_text()

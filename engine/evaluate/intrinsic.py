@@ -8,7 +8,7 @@ bare encoder, so callers check `has_mlm_head` first. Every function runs in eval
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -214,3 +214,15 @@ def stage_quality(teacher: LoadedModel, student: LoadedModel, texts: Sequence[st
     if student.has_mlm_head and student.tokenizer.mask_token_id is not None:
         quality["masked_accuracy"] = masked_token_accuracy(student, texts[:200])["accuracy"]
     return quality
+
+
+GATED = {"fidelity": "fidelity", "masked_accuracy": "masked-token accuracy", "retrieval_top1": "retrieval top-1"}
+
+
+def quality_drops(
+    before: Mapping[str, Any], after: Mapping[str, Any], allowed: float
+) -> list[tuple[str, float, float]]:
+    """The label-free measures (`GATED`) that fell by more than `allowed` (absolute) from `before` to `after`,
+    as (name, before, after); a measure missing on either side is not compared."""
+    return [(name, before[name], after[name]) for name in GATED
+            if before.get(name) is not None and after.get(name) is not None and before[name] - after[name] > allowed]

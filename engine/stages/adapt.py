@@ -95,7 +95,7 @@ def with_mlm_head(source: LoadedModel) -> LoadedModel:
 SPEC = StageSpec(
     kind="adapt", config=AdaptStage, shape=shape, cost=cost, run=run, template=AdaptStage(),
     describe=describe, tag="language-adaptation",
-    keeps_teacher=True, reference=True, teacher_first=True,
+    keeps_teacher=True, reference=True, teacher_first=True, allowed_drop=None,
     title="Adapt the teacher (continued MLM on your language)",
     tip="Train the teacher further with MLM on your language before compressing it.\n"
         "Paper: a language-adapted teacher beats the plain multilingual one.",

@@ -73,7 +73,8 @@ def run(ctx: StageContext) -> StageOutput:
 
 SPEC = StageSpec(
     kind="distill", config=DistillStage, shape=shape, cost=distillation_cost, run=run, template=DistillStage(),
-    describe=describe, tag="knowledge-distillation", reference=True,
+    describe=describe, tag="knowledge-distillation", reference=True, allowed_drop=0.10,
+    remedy="raise max_steps, keep more layers, or try layer_selection = \"stride\" (README, What keeps quality)",
     title="Layer-reduction distillation (paper stage 1)",
     tip="Paper stage 1: a student with fewer layers, initialised from the teacher's layers and trained on\n"
         "alpha·MLM + (1−alpha)·distillation. mBERT 177.9M → 6 layers 135.3M.",

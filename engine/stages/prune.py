@@ -132,6 +132,7 @@ def _importance_objective(ctx: StageContext, model: LoadedModel):
 SPEC = StageSpec(
     kind="prune", config=PruneStage, shape=shape, cost=cost, run=run, template=PruneStage(ffn=1024),
     describe=describe, tag="pruning",
+    remedy="keep more FFN neurons (ffn), raise importance_batches, or use importance = \"activation\", refit = true",
     title="Structured pruning (paper stage 2)",
     tip="Paper stage 2: remove the least important FFN neurons and refit each layer's output projection so the\n"
         "kept neurons take over what the removed ones added. Paper: FFN 3072 → 2048, all 12 heads kept.",

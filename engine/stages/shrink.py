@@ -90,6 +90,7 @@ def _same_depth(a: LoadedModel, b: LoadedModel) -> bool:
 SPEC = StageSpec(
     kind="shrink", config=ShrinkStage, shape=shape, cost=distillation_cost, run=run, template=ShrinkStage(),
     describe=describe, tag="knowledge-distillation",
+    remedy="raise max_steps, or keep a wider hidden size (hidden)",
     title="Hidden-size reduction + second distillation (paper stage 3)",
     tip="Paper stage 3: cut the hidden width, then distil again from the previous student.\n"
         "Paper: the hidden-size cut costs the most accuracy of all stages.",

@@ -44,6 +44,9 @@ class StageSpec:
     faithfully as the run can, so a later repair (shrink) distils from it. `teacher_first`: the stage
     works on the teacher itself and so may follow only `keeps_teacher` stages, once. `describe(config)`
     says the stage's settings in a few words and `tag` names what it does, for the model card.
+    `allowed_drop`: the label-free quality (fidelity, masked-token and retrieval accuracy, absolute) the
+    stage may lose against the stage before it before the run warns, with `remedy` as the advice (None:
+    no gate, for a stage that changes the model on purpose).
     """
 
     kind: str
@@ -60,6 +63,8 @@ class StageSpec:
     keeps_teacher: bool = False
     reference: bool = False
     teacher_first: bool = False
+    allowed_drop: float | None = 0.03
+    remedy: str = ""
 
     @property
     def trains(self) -> bool:

@@ -90,7 +90,8 @@ class _CountingProgress:
 
 SPEC = StageSpec(
     kind="trim_vocab", config=TrimVocabStage, shape=shape, cost=cost, run=run, template=TrimVocabStage(),
-    describe=describe, tag="vocabulary-trimming", keeps_teacher=True, reference=True,
+    describe=describe, tag="vocabulary-trimming", keeps_teacher=True, reference=True, allowed_drop=0.01,
+    remedy="raise size: the corpus needs more of the teacher's vocabulary than it keeps",
     title="Vocabulary trimming (paper stage 4; first here: lossless, cheaper steps)",
     tip="Paper stage 4, run first here: keep only the tokens your language uses (the budget filled\n"
         "with pieces that spell its alphabet) and rebuild the tokenizer. Measured on e5: 250k → 16k\n"

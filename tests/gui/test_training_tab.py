@@ -18,6 +18,7 @@ from engine.events import (
     JsonlSink,
     Metric,
     Progress,
+    QualityWarning,
     RunFinished,
     RunStarted,
     StageFinished,
@@ -209,12 +210,16 @@ def test_following_a_run_folder_that_is_still_being_written(qtbot, tmp_path):
     qtbot.waitUntil(lambda: tab.stage_bar.value() == 3, timeout=5_000)
     assert tab.curves.series[(1, "distill", "total", "train")].n == 3
     assert "ETA 0:30" in tab.stage_bar.format() and "1,000 tokens/s" in tab.stage_bar.format()
+    warning = "fidelity fell from 1.000 to 0.800, more than the 0.10 a distill stage should lose: raise max_steps"
+    sink.emit(QualityWarning(index=1, stage="distill", metric="fidelity", before=1.0, after=0.8, message=warning))
     sink.emit(StageFinished(index=1, stage="distill", status="completed"))
     sink.emit(EvalProgress(done=1, total=2, task="pos", model="01-distill", seed=0, eta_seconds=60))
     sink.emit(EvalDevScore(task="pos", model="01-distill", seed=0, metric="accuracy", value=0.75, epoch=2))
     sink.emit(RunFinished(status="completed"))
     qtbot.waitUntil(lambda: not tab.follower.following, timeout=5_000)
     assert tab.timeline.statuses == ["completed"] and tab.run_status == "completed"
+    assert tab.timeline.chips[0].text().endswith("done  ⚠") and tab.timeline.chips[0].toolTip() == warning
+    assert f"[01 distill] warning: {warning}" in tab.log.toPlainText()
     assert tab.stage_bar.format() == "evaluation: 1/2 · pos, 01-distill, seed 0 · ETA 1:00"
     assert "[eval] pos 01-distill seed 0: dev accuracy 0.750 (epoch 2)" in tab.log.toPlainText()
     assert list(tab.curves.series) == [(1, "distill", "total", "train")]  # evaluation draws no training curve
