@@ -59,7 +59,8 @@ class StageTimeline(QWidget):
 
     def _paint(self, i: int) -> None:
         status = self.statuses[i]
-        mark = "  ⚠" if self.warnings[i] else ""
+        warned = bool(self.warnings[i])
+        mark = "  ⚠ quality" if warned else ""
         self.chips[i].setText(f"{i + 1} · {self.kinds[i]}  —  {STATUS_LABELS.get(status, status)}{mark}")
-        self.chips[i].setStyleSheet(status_css(status))
+        self.chips[i].setStyleSheet(status_css("warning" if warned and status in ("completed", "skipped") else status))
         self.chips[i].setToolTip("\n\n".join(self.warnings[i]))

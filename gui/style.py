@@ -15,6 +15,7 @@ STATUS_COLOURS = {  # background, text
     "skipped": ("#ecfdf5", "#047857"),
     "failed": ("#fee2e2", "#b91c1c"),
     "cancelled": ("#ffedd5", "#c2410c"),
+    "warning": ("#fef3c7", "#a16207"),  # a finished stage whose quality gate warned
 }
 STATUS_LABELS = {"pending": "pending", "running": "running", "completed": "done", "skipped": "done (resumed)",
                  "failed": "failed", "cancelled": "cancelled"}

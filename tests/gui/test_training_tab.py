@@ -218,7 +218,7 @@ def test_following_a_run_folder_that_is_still_being_written(qtbot, tmp_path):
     sink.emit(RunFinished(status="completed"))
     qtbot.waitUntil(lambda: not tab.follower.following, timeout=5_000)
     assert tab.timeline.statuses == ["completed"] and tab.run_status == "completed"
-    assert tab.timeline.chips[0].text().endswith("done  ⚠") and tab.timeline.chips[0].toolTip() == warning
+    assert tab.timeline.chips[0].text().endswith("done  ⚠ quality") and tab.timeline.chips[0].toolTip() == warning
     assert f"[01 distill] warning: {warning}" in tab.log.toPlainText()
     assert tab.stage_bar.format() == "evaluation: 1/2 · pos, 01-distill, seed 0 · ETA 1:00"
     assert "[eval] pos 01-distill seed 0: dev accuracy 0.750 (epoch 2)" in tab.log.toPlainText()
