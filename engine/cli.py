@@ -1,4 +1,4 @@
-"""`miniglot-cli run|estimate|eval|finetune|inspect|export|stages`: the engine from a terminal or a GPU server.
+"""`miniglot-cli run|estimate|plan|eval|finetune|inspect|export|stages`: the engine from a terminal or a GPU server.
 
 Exit codes: 0 done, 1 failed (one-line reason on stderr), 2 invalid recipe or arguments (then
 nothing was started), 130 / 143 cancelled by Ctrl-C / SIGTERM (cooperatively, after the current step; the
@@ -23,6 +23,7 @@ from engine.estimate import estimate, stage_costs
 from engine.evaluate.report import markdown
 from engine.evaluate.runner import EvalPlan, evaluate, run_models, source_models
 from engine.events import CancelToken, ConsoleSink, FanOut
+from engine.planner import VOCABULARIES
 from engine.resources import load_recipe
 from engine.runfolder import RunFolder
 from engine.stages.registry import specs
@@ -50,6 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     estimate.add_argument("--tokens-per-sentence", type=int,
                           help="typical sentence length in tokens, for the time estimate (default 40)")
     estimate.add_argument("--json", action="store_true")
+
+    planner = commands.add_parser("plan", help="fit a recipe to a size target: candidate allocations tried with "
+                                               "short runs on its corpus, the best written as a recipe")
+    planner.add_argument("recipe", help="recipe .toml/.json, or preset:<name>: its teacher, language, corpus and "
+                                        "stage settings")
+    target = planner.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-params", type=int, metavar="N", help="at most N parameters")
+    target.add_argument("--target-mb", type=float, metavar="M", help="at most M MB of fp32 weights (10^6 bytes)")
+    planner.add_argument("--budget-minutes", type=float, default=20.0, metavar="B",
+                         help="no new trial starts once B minutes are spent (default 20; at least one trial runs)")
+    planner.add_argument("--probe", metavar="TASK=DATA",
+                         help="rank by a linear probe on labelled data (e.g. ner=path/to/masakhaner) instead of "
+                              "label-free fidelity")
+    planner.add_argument("--vocabularies", nargs="+", type=int, default=list(VOCABULARIES), metavar="V",
+                         help="vocabulary sizes to try (default 8000 16000 32000)")
+    planner.add_argument("--out", required=True, type=Path, metavar="PLANNED.toml",
+                         help="the winning recipe; trials and the candidate table go to PLANNED.plan/")
+    planner.add_argument("--json", action="store_true", help="print the candidate table as one JSON object")
+    planner.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     inspect = commands.add_parser("inspect", help="describe a model folder or teacher source")
     inspect.add_argument("model", help="model folder, packaged:<name> or hub:<id>")
@@ -121,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        handlers = {"run": _run, "estimate": _estimate, "inspect": _inspect, "eval": _eval, "finetune": _finetune,
-                    "export": _export, "stages": _stages}
+        handlers = {"run": _run, "estimate": _estimate, "plan": _plan, "inspect": _inspect, "eval": _eval,
+                    "finetune": _finetune, "export": _export, "stages": _stages}
         return handlers[args.command](args)
     except MiniGlotError as exc:
         print(f"miniglot-cli: {exc}", file=sys.stderr)
@@ -156,6 +176,37 @@ def _run(args) -> int:
             return 128 + signals[0]
         raise
     print(run_dir)
+    return 0
+
+
+def _plan(args) -> int:
+    from engine.models.loading import source_shape
+    from engine.planner import Probe, plan
+
+    recipe = load_recipe(args.recipe).resolved()
+    probe = None
+    if args.probe is not None:
+        task, _, data = args.probe.partition("=")
+        if task not in EVAL_TASKS or not data:
+            raise RecipeError(f"--probe {args.probe}: write TASK=DATA with TASK one of {', '.join(EVAL_TASKS)}")
+        probe = Probe(task, data)
+    target = args.target_params if args.target_params is not None else int(args.target_mb * 1e6 / 4)
+    teacher = source_shape(recipe.teacher.source, recipe.teacher.allow_pickle)
+    token, _ = _cancel_on_signals()
+    result = plan(recipe, teacher, target, args.out, FanOut() if args.quiet else FanOut(ConsoleSink()), token,
+                  args.budget_minutes, probe, tuple(args.vocabularies))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    by = result["ranked_by"]
+    print(f"{'candidate':<36}{'parameters':>13}{by:>11}")
+    for row in result["candidates"]:
+        score = f"{row[by]:.4f}" if row["status"] == "tried" else "not tried"
+        print(f"{row['name']:<36}{row['params']:>13,}{score:>11}" + ("  ← winner" if row["name"] == result["winner"]
+                                                                    else ""))
+    if result["rank_correlation"] is not None:
+        print(f"Spearman rank correlation of fidelity with the probe: {result['rank_correlation']:.2f}")
+    print(args.out)
     return 0
 
 

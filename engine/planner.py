@@ -1,0 +1,280 @@
+"""The planner (`miniglot-cli plan`): fit a recipe to a size target on the user's own corpus.
+
+Candidate allocations of the parameter budget (vocabulary, depth and which teacher layers, FFN width, hidden
+width; the vocabulary is always trimmed first) are each tried with a short run of the recipe's stages, ranked
+by the final student's label-free fidelity (or by a linear probe where labelled data is given), and the winner
+is written as a recipe with the recipe's full step counts. Finished trials are recorded in `plan.json` in the
+plan's folder, so a killed plan continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import pipeline
+from engine.configs import EvaluationConfig, Stage
+from engine.errors import RecipeError
+from engine.estimate import stage_shapes
+from engine.events import CancelToken, EventSink, FanOut, Log
+from engine.models.loading import source_shape
+from engine.recipe import Recipe
+from engine.resources import DEFAULT_RECIPE
+from engine.runfolder import Manifest
+from engine.shapes import Shape
+from engine.stages.distill import DistillStage
+from engine.stages.prune import PruneStage
+from engine.stages.shrink import ShrinkStage
+from engine.stages.trim_vocab import TrimVocabStage
+
+VOCABULARIES = (8000, 16000, 32000)
+DEPTHS = (1 / 3, 1 / 2, 2 / 3)  # of the teacher's layers: 4, 6 and 8 of 12
+SELECTIONS = ("stride", "first_k")
+PREFERRED = (16000, 1 / 2, "stride")  # tried first: the measured default (README, What keeps quality)
+TRIAL_FRACTION = 0.25  # of each training stage's max_steps that a trial trains
+PLAN_FILE = "plan.json"
+FFN_STEP = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """One way to spend the budget: the student's vocabulary, depth (and which teacher layers), FFN and hidden."""
+
+    vocab: int
+    layers: int
+    selection: str
+    ffn: int
+    hidden: int
+
+    @property
+    def name(self) -> str:
+        return f"v{self.vocab}-l{self.layers}-{self.selection}-f{self.ffn}-h{self.hidden}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """A labelled task the candidates are ranked by (`--probe TASK=DATA`)."""
+
+    task: str
+    data: str
+
+
+def stages_for(recipe: Recipe, allocation: Allocation, teacher: Shape, fraction: float = 1.0) -> tuple[Stage, ...]:
+    """The allocation as stages, each taking its other settings from the recipe's stage of that kind (else the
+    embedded default recipe's), training `fraction` of its steps."""
+    template = {stage.kind: stage for stage in Recipe.load(DEFAULT_RECIPE).stages} | {
+        stage.kind: stage for stage in recipe.stages}
+
+    def trained(stage, **sizes):
+        steps = min(stage.max_steps, max(10, round(stage.max_steps * fraction)))
+        return dataclasses.replace(stage, **sizes, max_steps=steps, eval_every=min(stage.eval_every, steps),
+                                   checkpoint_every=min(stage.checkpoint_every, steps))
+
+    stages: list[Stage] = []
+    if allocation.vocab < teacher.vocab:
+        stages.append(dataclasses.replace(_kind(template, "trim_vocab", TrimVocabStage), size=allocation.vocab))
+    if allocation.layers < teacher.layers:
+        stages.append(trained(_kind(template, "distill", DistillStage), layers=allocation.layers,
+                              layer_selection=allocation.selection))
+    if allocation.ffn < teacher.ffn:
+        stages.append(dataclasses.replace(_kind(template, "prune", PruneStage), ffn=allocation.ffn))
+    if allocation.hidden < teacher.hidden:
+        stages.append(trained(_kind(template, "shrink", ShrinkStage), hidden=allocation.hidden))
+    return tuple(stages)
+
+
+def _kind(template: dict[str, Stage], kind: str, config: type[Stage]) -> Any:
+    stage = template[kind]
+    return stage if isinstance(stage, config) else config()
+
+
+def params_of(recipe: Recipe, allocation: Allocation, teacher: Shape) -> int:
+    return stage_shapes(recipe.replace(stages=stages_for(recipe, allocation, teacher)), teacher)[-1].total_params
+
+
+def candidates(recipe: Recipe, teacher: Shape, target: int,
+               vocabularies: tuple[int, ...] = VOCABULARIES) -> list[Allocation]:
+    """The allocations that meet `target` parameters, the preferred one first, then by closeness to it: per
+    vocabulary, depth and layer selection, the widest hidden size (a multiple of the head count, at least a
+    quarter of the teacher's) whose FFN can stay at least twice as wide, and the widest such FFN.
+    A RecipeError names the smallest size the planner can reach when none does."""
+    if target >= teacher.total_params:
+        raise RecipeError(f"the teacher ({teacher.total_params:,} parameters) already meets the target of "
+                          f"{target:,}: nothing to plan", "target")
+    found = []
+    for vocab in sorted({min(v, teacher.vocab) for v in vocabularies}):
+        for layers in _depths(teacher):
+            for selection in SELECTIONS:
+                for hidden in range(teacher.hidden, _min_hidden(teacher) - 1, -teacher.heads):
+                    ffn = _widest_ffn(recipe, Allocation(vocab, layers, selection, 0, hidden), teacher, target)
+                    if ffn >= 2 * hidden:
+                        found.append(Allocation(vocab, layers, selection, ffn, hidden))
+                        break
+    if not found:
+        smallest = smallest_allocation(teacher, vocabularies)
+        raise RecipeError(
+            f"no allocation reaches {target:,} parameters: the smallest the planner tries (vocabulary "
+            f"{smallest.vocab:,}, {smallest.layers} layers, hidden {smallest.hidden}, FFN {smallest.ffn}) has "
+            f"{params_of(recipe, smallest, teacher):,}; raise the target to at least that", "target")
+    vocab, depth, selection = PREFERRED
+
+    def distance(a: Allocation) -> tuple:
+        return (abs(np.log2(a.vocab / vocab)) + abs(a.layers / teacher.layers - depth) * 3, a.selection != selection)
+
+    return sorted(found, key=distance)
+
+
+def smallest_allocation(teacher: Shape, vocabularies: tuple[int, ...] = VOCABULARIES) -> Allocation:
+    hidden = _min_hidden(teacher)
+    return Allocation(min(*vocabularies, teacher.vocab), _depths(teacher)[0], SELECTIONS[0], 2 * hidden, hidden)
+
+
+def _depths(teacher: Shape) -> list[int]:
+    return sorted({max(1, round(fraction * teacher.layers)) for fraction in DEPTHS})
+
+
+def _min_hidden(teacher: Shape) -> int:
+    return -(-teacher.hidden // 4 // teacher.heads) * teacher.heads
+
+
+def _widest_ffn(recipe: Recipe, allocation: Allocation, teacher: Shape, target: int) -> int:
+    """The widest FFN (a multiple of 32, at most the teacher's) that keeps the allocation within `target`; 0: none."""
+    base = params_of(recipe, dataclasses.replace(allocation, ffn=FFN_STEP), teacher)
+    per_neuron = allocation.layers * (2 * allocation.hidden + 1)
+    width = FFN_STEP + (target - base) // per_neuron // FFN_STEP * FFN_STEP if target >= base else 0
+    return min(width, teacher.ffn) if width >= FFN_STEP else 0
+
+
+def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink, token: CancelToken | None = None,
+         budget_minutes: float = 20.0, probe: Probe | None = None,
+         vocabularies: tuple[int, ...] = VOCABULARIES) -> dict[str, Any]:
+    """Try the candidates in order until the time budget is spent, write the winning recipe to `out` and
+    the table to `<out stem>.plan/plan.json`; returns that table. Finished trials of an earlier, killed plan
+    with the same recipe, target and probe are reused."""
+    token = token or CancelToken()
+    folder = out.with_suffix(".plan")
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / PLAN_FILE
+    key = {"recipe": recipe.to_toml(), "target_params": target, "probe": dataclasses.asdict(probe) if probe else None,
+           "vocabularies": list(vocabularies)}
+    table = _load(record, key) or {**key, "trimmed": {}, "trials": {}}
+    began = time.monotonic() - sum(trial["minutes"] * 60 for trial in table["trials"].values())
+    order = candidates(recipe, teacher, target, vocabularies)
+    for allocation in order:
+        spent = time.monotonic() - began
+        if allocation.name in table["trials"]:
+            continue
+        if table["trials"] and spent * (len(table["trials"]) + 1) / len(table["trials"]) > budget_minutes * 60:
+            break  # another trial of the mean length would overrun the budget
+        sink.emit(Log(message=f"plan: trying {allocation.name} ({params_of(recipe, allocation, teacher):,} "
+                              f"parameters), trial {len(table['trials']) + 1} of at most {len(order)}"))
+        trial_began = time.monotonic()
+        source = _trimmed(recipe, allocation.vocab, teacher, folder, table, sink, token)
+        trial = recipe.replace(teacher=dataclasses.replace(recipe.teacher, source=source))
+        scores = _trial(trial, allocation, source_shape(source), folder, sink, token, probe)
+        table["trials"][allocation.name] = {**scores, "minutes": (time.monotonic() - trial_began) / 60}
+        _save(record, table)
+    rows = [_row(recipe, allocation, teacher, table["trials"].get(allocation.name)) for allocation in order]
+    tried = [row for row in rows if row["status"] == "tried"]
+    by = "probe" if probe else "fidelity"
+    winner = max(tried, key=lambda row: row[by])
+    result = {"target_params": target, "ranked_by": by, "winner": winner["name"], "candidates": rows,
+              "minutes": sum(trial["minutes"] for trial in table["trials"].values()),
+              "rank_correlation": _spearman([r["fidelity"] for r in tried], [r["probe"] for r in tried])
+              if probe and len(tried) > 2 else None}
+    table["result"] = result
+    _save(record, table)
+    allocation = next(a for a in order if a.name == winner["name"])
+    planned = recipe.replace(stages=stages_for(recipe, allocation, teacher))
+    out.write_text(_header(result) + planned.to_toml(), encoding="utf-8")
+    return result
+
+
+def _trimmed(recipe: Recipe, vocab: int, teacher: Shape, folder: Path, table: dict[str, Any], sink: EventSink,
+             token: CancelToken) -> str:
+    """The teacher with its vocabulary trimmed to `vocab` (the recipe's trim settings), made once per size and
+    shared by every trial of that size; the teacher itself when it is no larger."""
+    if vocab >= teacher.vocab:
+        return recipe.teacher.source
+    if str(vocab) not in table["trimmed"]:
+        template = {stage.kind: stage for stage in recipe.stages}.get("trim_vocab", TrimVocabStage())
+        runs = folder / "vocabularies" / str(vocab)
+        shutil.rmtree(runs, ignore_errors=True)
+        run = recipe.replace(stages=(dataclasses.replace(template, size=vocab),), evaluation=None, task_models=(),
+                             run=dataclasses.replace(recipe.run, runs_dir=str(runs), name=f"vocabulary-{vocab}"))
+        run_dir = pipeline.run(run, FanOut(sink), token)
+        table["trimmed"][str(vocab)] = str(run_dir / Manifest.load(run_dir).data["stages"][0]["model_dir"])
+    return table["trimmed"][str(vocab)]
+
+
+def _trial(recipe: Recipe, allocation: Allocation, teacher: Shape, folder: Path, sink: EventSink,
+           token: CancelToken, probe: Probe | None) -> dict[str, Any]:
+    """One short run of the allocation's stages after the vocabulary (an unfinished folder of a killed plan is
+    started again), scored by the final stage's label-free quality and, with a probe, its probe score."""
+    runs = folder / "trials" / allocation.name
+    shutil.rmtree(runs, ignore_errors=True)
+    trial = recipe.replace(stages=stages_for(recipe, allocation, teacher, TRIAL_FRACTION), evaluation=None,
+                           task_models=(), run=dataclasses.replace(recipe.run, runs_dir=str(runs),
+                                                                   name=allocation.name))
+    run_dir = pipeline.run(trial, FanOut(sink), token)
+    quality = Manifest.load(run_dir).data["stages"][-1].get("quality") or {}
+    scores = {"fidelity": quality.get("fidelity"), "retrieval_top1": quality.get("retrieval_top1"),
+              "run_dir": str(run_dir)}
+    if probe is not None:
+        scores["probe"] = _probe(run_dir, probe, folder / "probes" / allocation.name, sink, token)
+    return scores
+
+
+def _probe(run_dir: Path, probe: Probe, out: Path, sink: EventSink, token: CancelToken) -> float:
+    from engine.evaluate.report import headline
+    from engine.evaluate.runner import EvalPlan, evaluate, run_models
+
+    final = run_models(run_dir)[-1]
+    config = EvaluationConfig(tasks=(probe.task,), data=(probe.data,), seeds=1, mode="probe", speed=False,
+                              intrinsic=False)
+    summary = evaluate(EvalPlan((final,), config), out, FanOut(sink), token)
+    return next(r["mean"] for r in summary["results"] if r["metric"] == headline(probe.task))
+
+
+def _row(recipe: Recipe, allocation: Allocation, teacher: Shape, trial: dict | None) -> dict[str, Any]:
+    return {"name": allocation.name, **dataclasses.asdict(allocation), "params": params_of(recipe, allocation, teacher),
+            "status": "tried" if trial else "not tried (time budget)", **(trial or {})}
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    ranks = [np.argsort(np.argsort(values)) for values in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def _load(record: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        table = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return table if all(table.get(k) == v for k, v in key.items()) else None
+
+
+def _save(record: Path, table: dict[str, Any]) -> None:
+    partial = record.with_suffix(".json.partial")
+    partial.write_text(json.dumps(table, indent=1), encoding="utf-8")
+    partial.replace(record)
+
+
+def _header(result: dict[str, Any]) -> str:
+    """The candidates as TOML comments above the planned recipe."""
+    by = result["ranked_by"]
+    lines = [f"# Planned by `miniglot-cli plan` for at most {result['target_params']:,} parameters; candidates "
+             f"ranked by {by} after a short trial run each (winner: {result['winner']}):"]
+    for row in result["candidates"]:
+        score = f"{by} {row[by]:.4f}" if row["status"] == "tried" else row["status"]
+        lines.append(f"#   {row['name']:<36} {row['params']:>12,} parameters   {score}")
+    if result["rank_correlation"] is not None:
+        lines.append(f"# Spearman rank correlation of fidelity with the probe: {result['rank_correlation']:.2f}")
+    return "\n".join(lines) + "\n\n"
+

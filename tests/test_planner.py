@@ -1,0 +1,137 @@
+"""The planner: candidates that meet a size target for BERT and XLM-R shapes, an impossible target refused with
+the smallest reachable size, a planned recipe that is valid and within the target, and a killed plan that
+continues without repeating its finished trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import recipe_toml
+
+from engine.errors import Cancelled, RecipeError
+from engine.estimate import stage_shapes
+from engine.events import CancelToken, Collect, Log, RunFinished
+from engine.models.loading import source_shape
+from engine.planner import candidates, params_of, plan, smallest_allocation
+from engine.recipe import Recipe
+from engine.resources import DEFAULT_RECIPE
+from engine.shapes import Shape
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {  # the paper's teachers, as their configs give them
+    "mbert": Shape(layers=12, hidden=768, ffn=3072, heads=12, vocab=119_547, pooler=True, mlm_head=True),
+    "xlmr": Shape(layers=12, hidden=768, ffn=3072, heads=12, vocab=250_002, positions=514, token_types=1,
+                  pooler=True, mlm_head=True),
+}
+STAGES = """
+[[stages]]
+kind = "distill"
+layers = 2
+max_steps = 8
+batch_size = 8
+[[stages]]
+kind = "prune"
+ffn = 96
+importance_batches = 2
+batch_size = 8
+[[stages]]
+kind = "shrink"
+hidden = 48
+max_steps = 8
+batch_size = 8
+"""
+
+
+@pytest.mark.parametrize("teacher", SHAPES)
+@pytest.mark.parametrize("target", [20_000_000, 45_000_000])
+def test_every_candidate_meets_the_target_and_uses_most_of_it(teacher, target):
+    shape = SHAPES[teacher]
+    recipe = Recipe.load(DEFAULT_RECIPE)
+    found = candidates(recipe, shape, target)
+    assert found[0].vocab == 16000 and found[0].layers == 6 and found[0].selection == "stride"
+    assert {(a.vocab, a.layers, a.selection) for a in found} >= {(8000, 4, "first_k"), (32000, 8, "stride")}
+    for allocation in found:
+        params = params_of(recipe, allocation, shape)
+        at_full_width = (allocation.hidden, allocation.ffn) == (shape.hidden, shape.ffn)
+        assert params <= target and (params >= 0.9 * target or at_full_width), allocation
+        assert allocation.hidden % shape.heads == 0 and 2 * allocation.hidden <= allocation.ffn <= shape.ffn
+
+
+def test_an_impossible_target_is_refused_with_the_smallest_reachable_size():
+    shape, recipe = SHAPES["xlmr"], Recipe.load(DEFAULT_RECIPE)
+    smallest = params_of(recipe, smallest_allocation(shape), shape)
+    with pytest.raises(RecipeError) as refused:
+        candidates(recipe, shape, smallest - 1)
+    assert f"has {smallest:,}; raise the target to at least that" in str(refused.value)
+    assert candidates(recipe, shape, smallest)  # that size is reachable
+    with pytest.raises(RecipeError, match="already meets the target"):
+        candidates(recipe, shape, shape.total_params)
+
+
+def test_a_plan_writes_a_valid_recipe_within_the_target_and_resumes_after_a_kill(tmp_path, tiny_models, corpus):
+    recipe = Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, STAGES, verify=False), tmp_path)
+    teacher = source_shape(str(tiny_models["bert"]))
+    target = int(0.6 * teacher.total_params)
+    out = tmp_path / "planned.toml"
+    token = CancelToken()
+
+    class KillInSecondTrial(Collect):
+        def emit(self, event):
+            super().emit(event)
+            trials = [e for e in self.of(Log) if e.message.startswith("plan: trying")]
+            if len(trials) == 2 and isinstance(event, Log) and event.message.startswith("[01"):
+                token.cancel()
+
+    killed = KillInSecondTrial()
+    with pytest.raises(Cancelled):
+        plan(recipe, teacher, target, out, killed, token, vocabularies=(300,))
+    assert not out.exists()
+    first = json.loads((tmp_path / "planned.plan" / "plan.json").read_text())["trials"]
+    assert len(first) == 1
+
+    sink = Collect()
+    result = plan(recipe, teacher, target, out, sink, vocabularies=(300,))
+    tried = [row for row in result["candidates"] if row["status"] == "tried"]
+    assert len(tried) == len(result["candidates"]) == 6  # depths 1, 2, 3 of 4, two layer selections
+    (name,) = first
+    assert next(row for row in tried if row["name"] == name)["run_dir"] == first[name]["run_dir"]  # not run again
+    assert sum(e.message.startswith("plan: trying") for e in sink.of(Log)) == 5
+    assert sum(isinstance(e, RunFinished) for e in sink.events) == 5  # the trimmed vocabulary was kept too
+    assert result["winner"] == max(tried, key=lambda row: row["fidelity"])["name"]
+
+    planned = Recipe.load(out)
+    shapes = stage_shapes(planned, teacher)
+    assert shapes[-1].total_params <= target
+    assert planned.stages[0].kind == "trim_vocab"
+    winner = next(row for row in tried if row["name"] == result["winner"])
+    assert (shapes[-1].layers, shapes[-1].ffn, shapes[-1].hidden) == (winner["layers"], winner["ffn"], winner["hidden"])
+    assert next(s for s in planned.stages if s.kind == "distill").max_steps == 8  # the recipe's full steps
+    assert f"winner: {result['winner']}" in out.read_text().splitlines()[0]
+
+
+def test_the_cli_plans_and_refuses_a_bad_probe(tmp_path, tiny_models, corpus):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(recipe_toml(tiny_models["bert"], corpus, STAGES, verify=False), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "engine.cli", "plan", str(recipe), *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+
+    bad = cli("--target-params", "1000", "--out", "p.toml", "--probe", "nonsense")
+    assert bad.returncode == 2 and bad.stderr.startswith("miniglot-cli: --probe nonsense: write TASK=DATA")
+    small = cli("--target-params", "1000", "--out", "p.toml")
+    assert small.returncode == 2 and "raise the target to at least" in small.stderr
+    assert len(small.stderr.strip().splitlines()) == 1
+    teacher = source_shape(str(tiny_models["bert"]))
+    done = cli("--target-mb", str(0.6 * teacher.total_params * 4 / 1e6), "--out", "p.toml", "--vocabularies", "300",
+               "--budget-minutes", "0", "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [row["status"] for row in result["candidates"]].count("tried") == 1  # a zero budget still tries one
+    assert Recipe.load(tmp_path / "p.toml").stages[0].size == 300
