@@ -180,6 +180,9 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
         scores = _trial(trial, allocation, source_shape(source), folder, sink, token, probe)
         table["trials"][allocation.name] = {**scores, "minutes": (time.monotonic() - trial_began) / 60}
         _save(record, table)
+        sink.emit(Log(message=f"plan: {allocation.name}: fidelity {scores['fidelity']:.4f}"
+                              + (f", probe {scores['probe']:.4f}" if probe else "")
+                              + f" ({table['trials'][allocation.name]['minutes']:.1f} min)"))
     rows = [_row(recipe, allocation, teacher, table["trials"].get(allocation.name)) for allocation in order]
     tried = [row for row in rows if row["status"] == "tried"]
     by = "probe" if probe else "fidelity"

@@ -156,6 +156,9 @@ class MainWindow(QMainWindow):
                                           "Stop the run at its next step")
         self.resume_action = self._action(run, "&Resume", lambda: self.training_tab.resume(), "Ctrl+R",
                                           "Continue the shown failed or cancelled run")
+        run.addSeparator()
+        self._action(run, "&Plan for a size target…", self._plan, "Ctrl+P",
+                     "Try allocations of a size target with short runs; the best fills the Setup tab")
 
         view = bar.addMenu("&View")
         for i in range(self.tabs.count()):
@@ -290,6 +293,11 @@ class MainWindow(QMainWindow):
                 show_error(self, "Export", f"{destination} already exists.")
                 return
             self.export_student(stages[name], destination)
+
+    def _plan(self) -> None:
+        """Setup's Plan… dialog, over the Setup tab."""
+        self.tabs.setCurrentWidget(self.setup_tab)
+        self.setup_tab.open_plan()
 
     def _export_onnx_dialog(self) -> None:
         """The export dialog, preset to the shown run's last finished stage model."""

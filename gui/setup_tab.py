@@ -13,17 +13,27 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QScrollArea, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
 from engine.configs import Stage
 from engine.errors import RecipeError
-from engine.estimate import estimate
+from engine.estimate import estimate, stage_shapes
 from engine.recipe import Recipe
 from engine.resources import DEFAULT_RECIPE, PRESET, load_recipe
 from engine.shapes import Shape
 from engine.stages.registry import specs
 from gui.budget_panel import BudgetPanel
 from gui.form_widgets import ERROR_STYLE, NOTE_STYLE, TEXT_STYLE, compact, error_label, show_message
+from gui.plan_dialog import PlanDialog
 from gui.setup_sections import DataSection, RunSection, TeacherSection
 from gui.setup_tasks import count_corpus, inspect_teacher, keyed, preset_files
 from gui.stage_box import StageBox
@@ -125,9 +135,14 @@ class SetupTab(QWidget):
         self.preset_combo.setToolTip("The paper's moderate and maximum settings for mBERT and XLM-R, and the "
                                      "offline default.")
         self.preset_combo.activated.connect(self._preset_chosen)
+        self.plan_button = QPushButton("Plan…")
+        self.plan_button.setToolTip("Fit the stages to a size target: candidate allocations are tried with short "
+                                    "runs on the corpus and the best fills the stages (Ctrl+P)")
+        self.plan_button.clicked.connect(self.open_plan)
         row = QHBoxLayout()
         row.addWidget(QLabel("<b>Preset</b>"))
         row.addWidget(self.preset_combo, 1)
+        row.addWidget(self.plan_button)
         return row
 
     # ---- public API ----
@@ -172,6 +187,23 @@ class SetupTab(QWidget):
 
     def is_valid(self) -> bool:
         return self._build()[0] is not None
+
+    def open_plan(self) -> PlanDialog | None:
+        """The planner's dialog for the recipe in the form (its winner fills the form); None, with the reason
+        under the stages, while the recipe is invalid or the teacher's shape is unknown."""
+        teacher = self.teacher_shape()
+        try:
+            recipe = self.recipe().resolved()
+        except RecipeError as exc:
+            show_message(self.stages_error, f"Plan needs a valid recipe: {exc}")
+            return None
+        if teacher is None:
+            show_message(self.stages_error, "Plan needs the teacher's shape: wait until it has been inspected")
+            return None
+        dialog = PlanDialog(recipe, teacher, stage_shapes(recipe, teacher)[-1].total_params, self)
+        dialog.planned.connect(self.set_recipe)
+        dialog.show()
+        return dialog
 
     def teacher_shape(self) -> Shape | None:
         """The inspected shape of the chosen teacher, else its standard shape (`gui.teachers`), else None."""

@@ -310,3 +310,31 @@ def test_a_packaged_teachers_standard_shape_is_the_shape_inspection_reads():
 
     source = "packaged:all-minilm-l6-v2"  # a plain folder inside its wheel: inspected without converting
     assert inspect_teacher(source, False)[1] == known_shape(source)
+
+
+def test_plan_tries_allocations_and_its_winner_fills_the_stages(qtbot, make_recipe, tmp_path):
+    widget = SetupTab(run_in_background=synchronous)
+    qtbot.addWidget(widget)
+    widget.set_recipe(make_recipe(steps=8, shrink_steps=8))
+    teacher = widget.teacher_shape()
+    dialog = widget.open_plan()
+    qtbot.addWidget(dialog)
+    assert dialog.use_button.isEnabled() is False
+    dialog.target.setValue(0.5 * teacher.total_params / 1e6)  # half the depth and narrower
+    dialog.budget.setValue(0)  # one trial
+    dialog.out.setText(str(tmp_path / "planned.toml"))
+    with qtbot.waitSignal(dialog.worker.finished if dialog.start() else None, timeout=300_000):
+        assert dialog.is_running() and not dialog.plan_button.isEnabled()
+    rows = dialog.result["candidates"]
+    winner = next(row for row in rows if row["name"] == dialog.result["winner"])
+    assert dialog.table.rowCount() == len(rows) == 6
+    assert [row["status"] for row in rows].count("tried") == 1
+    assert "plan: trying" in dialog.log.toPlainText() and dialog.use_button.isEnabled()
+    with qtbot.waitSignal(dialog.planned):
+        dialog.use_button.click()
+    recipe = widget.recipe()
+    distill = next(stage for stage in recipe.stages if stage.kind == "distill")
+    assert (distill.layers, distill.layer_selection) == (winner["layers"], winner["selection"])
+    pruned = ["prune"] if winner["ffn"] < teacher.ffn else []
+    assert [stage.kind for stage in recipe.stages] == ["distill", *pruned, "shrink"]  # replaced the form's
+    assert next(stage for stage in recipe.stages if stage.kind == "shrink").hidden == winner["hidden"] < 64
