@@ -154,7 +154,8 @@ class PlanDialog(QDialog):
         for i, row in enumerate(rows):
             winner = row["name"] == result["winner"]
             score = f"{row['fidelity']:.4f}" if row["status"] == "tried" else row["status"]
-            cells = [f"{row['vocab']:,} · {row['layers']} layers ({row['selection']}) · FFN {row['ffn']} · "
+            layers = f"{row['layers']} layer{'s' if row['layers'] > 1 else ''}"
+            cells = [f"{row['vocab']:,} · {layers} ({row['selection']}) · FFN {row['ffn']} · "
                      f"hidden {row['hidden']}" + ("  ← winner" if winner else ""), f"{row['params']:,}", score]
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
@@ -165,7 +166,8 @@ class PlanDialog(QDialog):
                 self.table.setItem(i, column, item)
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
-        self.progress.setFormat(f"{sum(r['status'] == 'tried' for r in rows)} trials in {result['minutes']:.0f} min")
+        tried = sum(row["status"] == "tried" for row in rows)
+        self.progress.setFormat(f"{tried} trial{'s' if tried > 1 else ''} in {result['minutes']:.1f} min")
         self.status.setText(f"Winner: {result['winner']}. Use the winner to load it into the Setup tab "
                             f"(saved as {self.out.text().strip()}).")
 
