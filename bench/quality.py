@@ -7,7 +7,9 @@ every stage's student by linear probe (`miniglot-cli eval --mode probe`) on Swah
 
 The recipe's stages are used as they are; its corpus and language are replaced per language:
 Swahili `text_swh/*.txt`; Maltese `text_mlt/*.txt` plus the texts of the Maltese SIB-200 train
-split (the Maltese running text is tiny; no dev or test text is used anywhere).
+split (the Maltese running text is tiny; no dev or test text is used anywhere). `--corpus-mb M` keeps
+only the first M MB of that corpus (the small-corpus case); `--plan-params N` first runs the planner
+(`miniglot-cli plan`) on each language's corpus and compresses with its planned recipe instead.
 
 Prints one JSON line per language and stage (params, % of teacher, score and retained fraction per
 task, compression CPU and wall minutes), then one summary line, then a readable table.
@@ -71,24 +73,61 @@ def main() -> None:
     print(table(rows, result))
 
 
-def compress(recipe_path: Path, language: str, out: Path, sink) -> Path:
-    """Run the recipe's stages on `language`'s text (see the module docstring); the run folder."""
+def compress(args: argparse.Namespace, language: str, out: Path, sink) -> Path:
+    """Run the recipe's stages (or the planned ones) on `language`'s text (see the module docstring); the run
+    folder."""
     from engine import pipeline
     from engine.configs import CorpusConfig, LanguageConfig
     from engine.recipe import Recipe
 
     spec = LANGUAGES[language]
     corpus = [str(SHARED / pattern) for pattern in spec["corpus"]]
+    if args.corpus_mb:
+        corpus = [str(head_bytes(corpus, int(args.corpus_mb * 1e6), out / f"{language}-{args.corpus_mb}mb.txt"))]
     corpus += [str(train_texts(task, SHARED / data, out / f"{language}-{data}-train.txt"))
                for task, data in spec["extra_train_texts"]]
-    recipe = Recipe.load(recipe_path)
+    recipe = Recipe.load(args.recipe)
     recipe = recipe.replace(
         language=LanguageConfig(spec["code"]),
         corpus=CorpusConfig(train=tuple(corpus), validation=recipe.corpus.validation,
                             max_length=recipe.corpus.max_length),
         run=dataclasses.replace(recipe.run, runs_dir=str(out / "runs"), name=f"quality-{language}"),
         evaluation=None)
+    if args.plan_params:
+        recipe = planned(recipe, args, out / f"planned-{language}.toml", sink)
     return pipeline.run(recipe, sink)
+
+
+def planned(recipe, args: argparse.Namespace, target: Path, sink):
+    """The planner's recipe for `recipe`'s corpus at `args.plan_params` parameters; its minutes are printed."""
+    from engine.models.loading import source_shape
+    from engine.planner import plan
+    from engine.recipe import Recipe
+
+    began = (time.monotonic(), time.process_time())
+    result = plan(recipe.resolved(), source_shape(recipe.teacher.source), args.plan_params, target, sink,
+                  budget_minutes=args.plan_minutes)
+    print(json.dumps({"plan": str(target), "winner": result["winner"], "trials": sum(
+        row["status"] == "tried" for row in result["candidates"]), "wall_minutes": round(
+        (time.monotonic() - began[0]) / 60, 2), "cpu_minutes": round((time.process_time() - began[1]) / 60, 2),
+        "candidates": [{k: row.get(k) for k in ("name", "params", "fidelity")} for row in result["candidates"]]}),
+        flush=True)
+    return Recipe.load(target)
+
+
+def head_bytes(files: list[str], size: int, target: Path) -> Path:
+    """The first `size` bytes (whole lines) of the files matched by `files`, in name order, as one file."""
+    import glob
+
+    names = sorted(path for pattern in files for path in glob.glob(pattern))
+    kept, total = [], 0
+    for line in (line for name in names for line in Path(name).read_text(encoding="utf-8").splitlines()):
+        total += len(line.encode("utf-8")) + 1
+        if total > size:
+            break
+        kept.append(line)
+    target.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return target
 
 
 def compress_and_score(args: argparse.Namespace, language: str, out: Path, console) -> list[dict]:
@@ -100,7 +139,7 @@ def compress_and_score(args: argparse.Namespace, language: str, out: Path, conso
 
     spec = LANGUAGES[language]
     clock = StageClock()
-    run_dir = compress(args.recipe, language, out, FanOut(console, clock))
+    run_dir = compress(args, language, out, FanOut(console, clock))
     config = EvaluationConfig(tasks=tuple(task for task, _ in spec["tasks"]),
                               data=tuple(str(SHARED / data) for _, data in spec["tasks"]), seeds=1, mode="probe",
                               speed=False, intrinsic=False)
@@ -185,6 +224,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE,
                         help="the stages to benchmark (its corpus and language are replaced)")
     parser.add_argument("--languages", nargs="+", choices=tuple(LANGUAGES), default=list(LANGUAGES))
+    parser.add_argument("--corpus-mb", type=float, default=0, metavar="M",
+                        help="compress on the first M MB of each language's running text only")
+    parser.add_argument("--plan-params", type=int, default=0, metavar="N",
+                        help="plan the stages for at most N parameters on each language's corpus first")
+    parser.add_argument("--plan-minutes", type=float, default=20.0, metavar="B", help="the planner's time budget")
     parser.add_argument("--out", type=Path, help="where runs and probe results go (default bench/out/quality-*)")
     parser.add_argument("--verbose", action="store_true", help="training progress on stderr")
     return parser.parse_args()
