@@ -95,21 +95,6 @@ def test_headless_teacher_distils_hidden_states_and_says_so(tmp_path, tiny_model
     assert any("loss = \"hidden\"" in e.message for e in sink.events if hasattr(e, "message"))
 
 
-def test_a_lifted_shrink_trains_its_map_and_saves_a_stock_model(tmp_path, tiny_models, corpus):
-    """`lift`: the sentence distance in the teacher's width through a learned map, which is checkpointed with the
-    student but is no part of the saved model (it reloads in a fresh process, as every stage's does)."""
-    from safetensors import safe_open
-
-    stages = ('[[stages]]\nkind = "shrink"\nhidden = 32\ninit = "svd"\nloss = "hidden"\nsentence = 1.0\n'
-              'lift = true\nmax_steps = 4\nbatch_size = 8\ncheckpoint_every = 2\n')
-    run_dir, sink = run_recipe(tmp_path, recipe_toml(tiny_models["bert-nohead"], corpus, stages))
-    (stage,) = check_stage_folders(run_dir)
-    assert stage["verification"]["problems"] == []  # reloaded in a fresh process with the same outputs
-    assert any("through a learned map" in getattr(e, "message", "") for e in sink.events)
-    with safe_open(run_dir / stage["model_dir"] / "model.safetensors", "pt") as weights:
-        assert not [key for key in weights.keys() if "lift" in key]
-
-
 TRIM_FIRST = """
 [[stages]]
 kind = "trim_vocab"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from conftest import recipe_toml
@@ -211,30 +209,3 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, damaged, kee
     assert str(caught.value).startswith(f"the checkpoint {file} is damaged (")
     assert str(caught.value).endswith(f"delete {tmp_path / 'checkpoint'} to restart this stage from its first step, "
                                       "then resume")
-
-
-def test_a_lifted_sentence_distance_is_taken_in_the_teachers_width_and_trains_the_lift(tiny_models):
-    from engine.models.loading import LoadedModel, load_model
-    from engine.stages.shrink import ShrinkStage
-    from engine.surgery.hidden import shrink_hidden, truncation_basis
-
-    teacher = load_model(tiny_models["bert-nohead"])
-    width = teacher.config.hidden_size
-    basis = truncation_basis(width, width // 2)
-    net = shrink_hidden(copy.deepcopy(teacher.model), teacher.adapter, basis)
-    student = LoadedModel(net, teacher.tokenizer, teacher.adapter, "")
-    batch = teacher.tokenizer(["kali muto rane.", "sipo hawu ka li mu!"], return_tensors="pt", padding=True)
-    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-             "labels": torch.full_like(batch["input_ids"], -100)}
-    config = ShrinkStage(hidden=width // 2, loss="hidden", sentence=1.0, lift=True)
-    lift = torch.nn.Linear(width // 2, width, bias=False)
-    lift.weight.data = basis.clone()
-    objective = losses.DistillLoss(student, teacher, config, "hidden", projection=basis, lift=lift)
-    projected = losses.DistillLoss(student, teacher, config, "hidden", projection=basis)
-
-    assert objective.targets(batch)["sentence"].shape == (2, width)
-    assert projected.targets(batch)["sentence"].shape == (2, width // 2)
-    parts = objective(batch)
-    parts["sentence"].backward()
-    assert lift.weight.grad is not None and lift.weight.grad.abs().sum() > 0
-    assert float(parts["total"]) == pytest.approx(float(parts["hidden"]) + float(parts["sentence"]), rel=1e-5)

@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from engine.stages.base import StageContext, StageOutput
 
 
-LIFT = "miniglot_sentence_lift"
-
-
 @dataclass(frozen=True)
 class ShrinkStage(Stage, Training, Distillation):
     """Hidden-size reduction then a second distillation from the previous student (paper stage 3)."""
@@ -28,7 +25,6 @@ class ShrinkStage(Stage, Training, Distillation):
     hidden: int = 312
     init: str = "truncation"
     basis_batches: int = 8
-    lift: bool = False  # with loss = "hidden" and sentence > 0: the sentence distance in the teacher's full width
 
     def __post_init__(self) -> None:
         self.check_training("shrink")
@@ -53,8 +49,6 @@ def describe(cfg: ShrinkStage) -> str:
 
 def run(ctx: StageContext) -> StageOutput:
     import copy
-
-    import torch
 
     from engine.data.batches import BatchStream
     from engine.stages.base import StageOutput, train_stage
@@ -83,19 +77,8 @@ def run(ctx: StageContext) -> StageOutput:
         ctx.log("distilling from the last distilled student before pruning (layer for layer), "
                 "so the cut repairs what pruning removed too")
     layer_map = list(range(1, teacher.config.num_hidden_layers + 1))
-    lift = None
-    if cfg.lift and loss == "hidden" and cfg.sentence > 0:
-        # trained and checkpointed as a submodule of the student, which drops it before it is saved
-        lift = torch.nn.Linear(cfg.hidden, d, bias=False).to(ctx.device)
-        lift.weight.data = basis.clone()  # starts as the basis: the projected teacher embedding, lifted back
-        net.add_module(LIFT, lift)
-        ctx.log(f"the sentence embedding is matched in the teacher's width {d} through a learned map")
-    objective = DistillLoss(student, reference, cfg, loss, projection=basis, layer_map=layer_map, lift=lift)
-    try:
-        metrics = train_stage(ctx, net, student.tokenizer, objective, cfg, phase="shrink")
-    finally:
-        if lift is not None:
-            delattr(net, LIFT)
+    objective = DistillLoss(student, reference, cfg, loss, projection=basis, layer_map=layer_map)
+    metrics = train_stage(ctx, net, student.tokenizer, objective, cfg, phase="shrink")
     return StageOutput(student, {**metrics, "loss": loss, "hidden": cfg.hidden, "init": cfg.init})
 
 
@@ -119,10 +102,6 @@ SPEC = StageSpec(
                   "truncation: keep the first k dimensions (the paper); activation: keep the k most active "
                   "dimensions;\nsvd: project every weight into one shared basis of the top principal "
                   "directions.", choices=SHRINK_INITS),
-        FieldSpec("lift", "Sentence in full width", "bool",
-                  "loss = hidden with a sentence weight: match the sentence embedding in the teacher's full width "
-                  "through a learned\nlinear map (started from the basis), so the narrower model keeps what "
-                  "retrieval needs outside the kept subspace.", enabled_when=("loss", ("hidden",))),
         *distillation_fields(), *training_fields(),
         every_layer("every layer of the narrower model reproduces the same layer of the last distilled student "
                     "(projected),\nnot only the last."),

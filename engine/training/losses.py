@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from engine.configs import Distillation
 from engine.models.loading import LoadedModel
@@ -48,8 +48,7 @@ class DistillLoss:
     when there is no map), the others too when `intermediate` is set. With `sentence` > 0 the hidden
     loss adds `sentence` × the same distance between the mean-pooled states of the last student layer
     and of its teacher layer (sentence embeddings: for the teacher's last layer, what E5 was trained
-    to produce). With `lift` (a trained map from the student's width to the teacher's) that distance is
-    taken in the teacher's full width, between the lifted student embedding and the unprojected teacher's.
+    to produce).
     """
 
     student: LoadedModel
@@ -58,7 +57,6 @@ class DistillLoss:
     loss: str
     projection: Tensor | None = None
     layer_map: list[int] | None = None
-    lift: nn.Module | None = None
 
     def __post_init__(self) -> None:
         self._s_base = self.student.adapter.base(self.student.model)
@@ -91,7 +89,7 @@ class DistillLoss:
                               for s in states]}
             if self.config.sentence > 0:
                 pooled = mean_pool(states[0], attention)
-                out["sentence"] = pooled if self.projection is None or self.lift else pooled @ self.projection
+                out["sentence"] = pooled if self.projection is None else pooled @ self.projection
             return out
 
     def __call__(self, batch: dict[str, Tensor], targets: dict[str, Any] | None = None) -> dict[str, Tensor]:
@@ -105,9 +103,7 @@ class DistillLoss:
             parts["hidden"] = self._hidden_loss(student, targets["states"], attention.bool())
             distill = parts["hidden"]
             if self.config.sentence > 0:
-                pooled = mean_pool(s_hidden, attention)
-                pooled = pooled if self.lift is None else self.lift(pooled)
-                parts["sentence"] = state_loss(pooled, targets["sentence"])
+                parts["sentence"] = state_loss(mean_pool(s_hidden, attention), targets["sentence"])
                 distill = distill + self.config.sentence * parts["sentence"]
         else:
             with torch.inference_mode():
