@@ -106,7 +106,8 @@ def run(ctx: StageContext) -> StageOutput:
             scores = ffn_activation_importance(model.model, model.adapter, batches)
         ctx.token.raise_if_cancelled()
         if cfg.refit:
-            prune_ffn_refit(model.model, source.model.eval(), model.adapter, scores, cfg.ffn, batches)
+            reference = source.model.to(ctx.device).eval()  # the unpruned input, where the batches are
+            prune_ffn_refit(model.model, reference, model.adapter, scores, cfg.ffn, batches)
         else:
             prune_ffn(model.model, model.adapter, scores, cfg.ffn)
         ctx.log(f"FFN {before} → {cfg.ffn} neurons per layer by {IMPORTANCE_WORDS[cfg.importance]} over "
