@@ -135,8 +135,9 @@ SPEC = StageSpec(
     describe=describe, tag="pruning",
     remedy="keep more FFN neurons (ffn), raise importance_batches, or use importance = \"activation\", refit = true",
     title="Structured pruning (paper stage 2)",
-    tip="Paper stage 2: remove the least important FFN neurons and refit each layer's output projection so the\n"
-        "kept neurons take over what the removed ones added. Paper: FFN 3072 → 2048, all 12 heads kept.",
+    tip="Paper stage 2: remove the least important FFN neurons. Here they are ranked by their contribution and each\n"
+        "layer's output weights are refitted so the kept neurons take over what the removed ones added.\n"
+        "Paper: FFN 3072 → 2048 by first-order importance, all 12 heads kept.",
     fields=(
         FieldSpec("ffn", "FFN neurons", "optional_int",
                   "FFN neurons kept per layer. Paper: 3072 → 2048. 'keep' leaves the FFN as it is.", 0, 65_536),
