@@ -10,6 +10,7 @@ plan's folder, so a killed plan continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -28,10 +29,6 @@ from engine.recipe import Recipe
 from engine.resources import DEFAULT_RECIPE
 from engine.runfolder import Manifest
 from engine.shapes import Shape
-from engine.stages.distill import DistillStage
-from engine.stages.prune import PruneStage
-from engine.stages.shrink import ShrinkStage
-from engine.stages.trim_vocab import TrimVocabStage
 
 VOCABULARIES = (8000, 16000, 32000)
 DEPTHS = (1 / 3, 1 / 2, 2 / 3)  # of the teacher's layers: 4, 6 and 8 of 12
@@ -68,8 +65,7 @@ class Probe:
 def stages_for(recipe: Recipe, allocation: Allocation, teacher: Shape, fraction: float = 1.0) -> tuple[Stage, ...]:
     """The allocation as stages, each taking its other settings from the recipe's stage of that kind (else the
     embedded default recipe's), training `fraction` of its steps."""
-    template = {stage.kind: stage for stage in Recipe.load(DEFAULT_RECIPE).stages} | {
-        stage.kind: stage for stage in recipe.stages}
+    template = _templates(recipe)
 
     def trained(stage, **sizes):
         steps = min(stage.max_steps, max(10, round(stage.max_steps * fraction)))
@@ -78,20 +74,28 @@ def stages_for(recipe: Recipe, allocation: Allocation, teacher: Shape, fraction:
 
     stages: list[Stage] = []
     if allocation.vocab < teacher.vocab:
-        stages.append(dataclasses.replace(_kind(template, "trim_vocab", TrimVocabStage), size=allocation.vocab))
+        stages.append(dataclasses.replace(template["trim_vocab"], size=allocation.vocab))
     if allocation.layers < teacher.layers:
-        stages.append(trained(_kind(template, "distill", DistillStage), layers=allocation.layers,
-                              layer_selection=allocation.selection))
+        stages.append(trained(template["distill"], layers=allocation.layers, layer_selection=allocation.selection))
     if allocation.ffn < teacher.ffn:
-        stages.append(dataclasses.replace(_kind(template, "prune", PruneStage), ffn=allocation.ffn))
+        stages.append(dataclasses.replace(template["prune"], ffn=allocation.ffn))
     if allocation.hidden < teacher.hidden:
-        stages.append(trained(_kind(template, "shrink", ShrinkStage), hidden=allocation.hidden))
+        stages.append(trained(template["shrink"], hidden=allocation.hidden))
     return tuple(stages)
 
 
-def _kind(template: dict[str, Stage], kind: str, config: type[Stage]) -> Any:
-    stage = template[kind]
-    return stage if isinstance(stage, config) else config()
+def _templates(recipe: Recipe) -> dict[str, Stage]:
+    """Per stage kind, the recipe's first stage of that kind, else the embedded default recipe's."""
+    own: dict[str, Stage] = {}
+    for stage in recipe.stages:
+        own.setdefault(stage.kind, stage)
+    return _default_stages() | own
+
+
+@functools.cache
+def _default_stages() -> dict[str, Stage]:
+    """The embedded default recipe's stages by kind (read once: the candidate search asks for them often)."""
+    return {stage.kind: stage for stage in Recipe.load(DEFAULT_RECIPE).stages}
 
 
 def params_of(recipe: Recipe, allocation: Allocation, teacher: Shape) -> int:
@@ -110,12 +114,12 @@ def candidates(recipe: Recipe, teacher: Shape, target: int,
     found = []
     for vocab in sorted({min(v, teacher.vocab) for v in vocabularies}):
         for layers in _depths(teacher):
-            for selection in SELECTIONS:
-                for hidden in range(teacher.hidden, _min_hidden(teacher) - 1, -teacher.heads):
-                    ffn = _widest_ffn(recipe, Allocation(vocab, layers, selection, 0, hidden), teacher, target)
-                    if ffn >= 2 * hidden:
-                        found.append(Allocation(vocab, layers, selection, ffn, hidden))
-                        break
+            for hidden in range(teacher.hidden, _min_hidden(teacher) - 1, -teacher.heads):
+                # the layer selection does not change the size: one width serves both
+                ffn = _widest_ffn(recipe, Allocation(vocab, layers, SELECTIONS[0], 0, hidden), teacher, target)
+                if ffn >= 2 * hidden:
+                    found += [Allocation(vocab, layers, selection, ffn, hidden) for selection in SELECTIONS]
+                    break
     if not found:
         smallest = smallest_allocation(teacher, vocabularies)
         raise RecipeError(
@@ -206,10 +210,10 @@ def _trimmed(recipe: Recipe, vocab: int, teacher: Shape, folder: Path, table: di
     if vocab >= teacher.vocab:
         return recipe.teacher.source
     if str(vocab) not in table["trimmed"]:
-        template = {stage.kind: stage for stage in recipe.stages}.get("trim_vocab", TrimVocabStage())
         runs = folder / "vocabularies" / str(vocab)
         shutil.rmtree(runs, ignore_errors=True)
-        run = recipe.replace(stages=(dataclasses.replace(template, size=vocab),), evaluation=None, task_models=(),
+        trim = dataclasses.replace(_templates(recipe)["trim_vocab"], size=vocab)
+        run = recipe.replace(stages=(trim,), evaluation=None, task_models=(),
                              run=dataclasses.replace(recipe.run, runs_dir=str(runs), name=f"vocabulary-{vocab}"))
         run_dir = pipeline.run(run, FanOut(sink), token)
         table["trimmed"][str(vocab)] = str(run_dir / Manifest.load(run_dir).data["stages"][0]["model_dir"])
