@@ -218,3 +218,37 @@ class TaskModelConfig:
         check(self.temperature > 0, "task_models.temperature must be positive", "temperature")
         check(0 <= self.alpha <= 1, "task_models.alpha must be in [0, 1]", "alpha")
         check(self.unlabelled_ratio >= 0, "task_models.unlabelled_ratio must be 0 or more", "unlabelled_ratio")
+
+
+@dataclass(frozen=True)
+class PlanCandidate:
+    """One allocation the planner considered (`[[plan.candidates]]`) and, if tried, its trial's scores."""
+
+    name: str
+    params: int
+    vocab: int
+    layers: int
+    selection: str
+    ffn: int
+    hidden: int
+    status: str  # "tried", or why not
+    fidelity: float | None = None
+    probe: float | None = None
+    retrieval_top1: float | None = None
+    minutes: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """How a planned recipe was chosen (`[plan]`, written by `miniglot-cli plan`); kept in the run's manifest."""
+
+    target_params: int
+    ranked_by: str
+    winner: str
+    rank_correlation: float | None = None  # Spearman, fidelity against the probe
+    candidates: tuple[PlanCandidate, ...] = ()
+
+    def __post_init__(self) -> None:
+        one_of("plan.ranked_by", self.ranked_by, ("fidelity", "probe"), "ranked_by")
+        check(any(c.name == self.winner for c in self.candidates),
+              f"plan.winner = {self.winner!r} is none of its [[plan.candidates]]", "winner")

@@ -474,6 +474,7 @@ def _provenance(recipe: Recipe) -> dict[str, Any]:
         "miniglot": __version__, "seed": recipe.run.seed, "language": recipe.language.code,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
+        **({"plan": recipe.to_dict()["plan"]} if recipe.plan else {}),  # the candidates the planner weighed
     }
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from engine import pipeline
-from engine.configs import EvaluationConfig, Stage
+from engine.configs import EvaluationConfig, PlanCandidate, PlanRecord, Stage
 from engine.errors import RecipeError
 from engine.estimate import stage_shapes
-from engine.events import CancelToken, EventSink, FanOut, Log
+from engine.events import CancelToken, EventSink, FanOut, Log, Progress
 from engine.models.loading import source_shape
 from engine.recipe import Recipe
 from engine.resources import DEFAULT_RECIPE
@@ -162,6 +162,7 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
     the table to `<out stem>.plan/plan.json`; returns that table. Finished trials of an earlier, killed plan
     with the same recipe, target and probe are reused."""
     token = token or CancelToken()
+    recipe = recipe.replace(plan=None)  # planning a planned recipe again starts from its stages alone
     folder = out.with_suffix(".plan")
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / PLAN_FILE
@@ -176,13 +177,17 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
             continue
         if table["trials"] and spent * (len(table["trials"]) + 1) / len(table["trials"]) > budget_minutes * 60:
             break  # another trial of the mean length would overrun the budget
+        done = len(table["trials"])
+        sink.emit(Progress(index=0, stage="plan", step=done, total=len(order), unit="trial",
+                           eta_seconds=spent / done * (len(order) - done) if done else None))
         sink.emit(Log(message=f"plan: trying {allocation.name} ({params_of(recipe, allocation, teacher):,} "
-                              f"parameters), trial {len(table['trials']) + 1} of at most {len(order)}"))
+                              f"parameters), trial {done + 1} of at most {len(order)}"))
         trial_began = time.monotonic()
         source = _trimmed(recipe, allocation.vocab, teacher, folder, table, sink, token)
         trial = recipe.replace(teacher=dataclasses.replace(recipe.teacher, source=source))
         scores = _trial(trial, allocation, source_shape(source), folder, sink, token, probe)
-        table["trials"][allocation.name] = {**scores, "minutes": (time.monotonic() - trial_began) / 60}
+        table["trials"][allocation.name] = {**scores, "params": params_of(recipe, allocation, teacher),
+                                            "minutes": (time.monotonic() - trial_began) / 60}
         _save(record, table)
         sink.emit(Log(message=f"plan: {allocation.name}: fidelity {scores['fidelity']:.4f}"
                               + (f", probe {scores['probe']:.4f}" if probe else "")
@@ -197,10 +202,22 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
               if probe and len(tried) > 2 else None}
     table["result"] = result
     _save(record, table)
+    sink.emit(Progress(index=0, stage="plan", step=len(order), total=len(order), unit="trial"))
     allocation = next(a for a in order if a.name == winner["name"])
-    planned = recipe.replace(stages=stages_for(recipe, allocation, teacher))
-    out.write_text(_header(result) + planned.to_toml(), encoding="utf-8")
+    planned = recipe.replace(stages=stages_for(recipe, allocation, teacher), plan=plan_record(result))
+    out.write_text(f"# Planned by `miniglot-cli plan` for at most {target:,} parameters: the [[plan.candidates]] "
+                   f"below were each tried briefly, ranked by {by}; the stages are the winner's.\n\n"
+                   + planned.to_toml(), encoding="utf-8")
     return result
+
+
+def plan_record(result: dict[str, Any]) -> PlanRecord:
+    """The plan's result as the planned recipe's `[plan]` table (and so its runs' manifests)."""
+    names = {f.name for f in dataclasses.fields(PlanCandidate)}
+    rows = tuple(PlanCandidate(**{k: v for k, v in row.items() if k in names and v is not None})
+                 for row in result["candidates"])
+    return PlanRecord(target_params=result["target_params"], ranked_by=result["ranked_by"], winner=result["winner"],
+                      rank_correlation=result["rank_correlation"], candidates=rows)
 
 
 def _trimmed(recipe: Recipe, vocab: int, teacher: Shape, folder: Path, table: dict[str, Any], sink: EventSink,
@@ -271,17 +288,3 @@ def _save(record: Path, table: dict[str, Any]) -> None:
     partial = record.with_suffix(".json.partial")
     partial.write_text(json.dumps(table, indent=1), encoding="utf-8")
     partial.replace(record)
-
-
-def _header(result: dict[str, Any]) -> str:
-    """The candidates as TOML comments above the planned recipe."""
-    by = result["ranked_by"]
-    lines = [f"# Planned by `miniglot-cli plan` for at most {result['target_params']:,} parameters; candidates "
-             f"ranked by {by} after a short trial run each (winner: {result['winner']}):"]
-    for row in result["candidates"]:
-        score = f"{by} {row[by]:.4f}" if row["status"] == "tried" else row["status"]
-        lines.append(f"#   {row['name']:<36} {row['params']:>12,} parameters   {score}")
-    if result["rank_correlation"] is not None:
-        lines.append(f"# Spearman rank correlation of fidelity with the probe: {result['rank_correlation']:.2f}")
-    return "\n".join(lines) + "\n\n"
-

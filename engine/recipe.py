@@ -22,6 +22,8 @@ from engine.configs import (
     CorpusConfig,
     EvaluationConfig,
     LanguageConfig,
+    PlanCandidate,
+    PlanRecord,
     RunConfig,
     Stage,
     TaskModelConfig,
@@ -46,6 +48,7 @@ class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     evaluation: EvaluationConfig | None = None
     task_models: tuple[TaskModelConfig, ...] = ()
+    plan: PlanRecord | None = None  # how `miniglot-cli plan` chose the stages
     base_dir: str = field(default=".", compare=False)  # where relative corpus paths resolve
 
     def __post_init__(self) -> None:
@@ -73,6 +76,8 @@ class Recipe:
             out["evaluation"] = _plain(self.evaluation)
         if self.task_models:
             out["task_models"] = [_plain(config) for config in self.task_models]
+        if self.plan is not None:
+            out["plan"] = {**_plain(self.plan), "candidates": [_plain(row) for row in self.plan.candidates]}
         return out
 
     def to_toml(self) -> str:
@@ -121,11 +126,12 @@ class Recipe:
         data = dict(data)
         sections = {"teacher": TeacherConfig, "language": LanguageConfig, "corpus": CorpusConfig,
                     "run": RunConfig}
-        unknown = set(data) - set(sections) - {"stages", "evaluation", "task_models"}
+        lists = ("stages", "evaluation", "task_models", "plan")
+        unknown = set(data) - set(sections) - set(lists)
         if unknown:
             name = sorted(unknown)[0]
             raise RecipeError(f"unknown table or key {name!r} at the top of the recipe; "
-                              f"known: {', '.join([*sections, 'stages', 'evaluation', 'task_models'])}", name)
+                              f"known: {', '.join([*sections, *lists])}", name)
         built: dict[str, Any] = {name: _build(kind, data.get(name, {}), name, name)
                                  for name, kind in sections.items()}
         if "evaluation" in data:
@@ -143,6 +149,8 @@ class Recipe:
               "task_models")
         task_models = tuple(_build(TaskModelConfig, raw, f"task_models[{i}]", f"task_models[{i}]")
                             for i, raw in enumerate(data.get("task_models", []), start=1))
+        if "plan" in data:
+            built["plan"] = _plan(data["plan"])
         return cls(**built, stages=tuple(stages), task_models=task_models, base_dir=str(base_dir))
 
     @classmethod
@@ -175,6 +183,16 @@ class Recipe:
         atomic_write_text(path, self.to_json() if path.suffix == ".json" else self.to_toml())
 
 
+def _plan(raw: Any) -> PlanRecord:
+    check(isinstance(raw, dict), "[plan] must be a table", "plan")
+    raw = dict(raw)
+    rows = raw.pop("candidates", [])
+    check(isinstance(rows, list), "plan.candidates must be a list of [[plan.candidates]] tables", "plan.candidates")
+    candidates = tuple(_build(PlanCandidate, row, f"plan.candidates[{i}]", f"plan.candidates[{i}]")
+                       for i, row in enumerate(rows, start=1))
+    return _build(PlanRecord, raw, "plan", "plan", candidates=candidates)
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     """A dataclass as TOML-friendly values (tuples as lists, None omitted)."""
     out = {}
@@ -198,20 +216,21 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def _build(cls: type, raw: Any, where: str, path: str) -> Any:
-    """Instantiate `cls` from a table, naming any unknown key and coercing simple types; errors carry
-    their setting's path below `path`."""
+def _build(cls: type, raw: Any, where: str, path: str, **built: Any) -> Any:
+    """Instantiate `cls` from a table (and fields `built` already), naming any unknown key and coercing simple
+    types; errors carry their setting's path below `path`."""
     check(isinstance(raw, dict), f"[{where}] must be a table", path)
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.init}
+    known = {f.name for f in fields(cls) if f.init} - set(built)
     for key in raw:
         check(key in known, f"unknown key {key!r} in [{where}]; known keys: {', '.join(sorted(known))}",
               f"{path}.{key}")
-    missing = [f.name for f in fields(cls) if f.init and f.name not in raw
+    missing = [f.name for f in fields(cls) if f.init and f.name not in raw and f.name not in built
                and f.default is MISSING and f.default_factory is MISSING]
     if missing:
         raise RecipeError(f"[{where}] needs {' and '.join(missing)}", f"{path}.{missing[0]}")
     values = {key: _coerce(value, hints[key], f"{where}.{key}", f"{path}.{key}") for key, value in raw.items()}
+    values.update(built)
     try:
         return cls(**values)
     except RecipeError as exc:

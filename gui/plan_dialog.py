@@ -1,18 +1,19 @@
-"""Setup → Plan…: fit the recipe to a size target with `engine.planner` in the background (trials, progress,
-the candidate table); the winning recipe fills the Setup tab."""
+"""Setup → Plan…: fit the recipe to a size target with `engine.planner` in the background (trials with progress
+and ETA, the candidate table, the tried candidates on a Trade-offs chart); the winning recipe fills the Setup tab."""
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -23,14 +24,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.events import Event, Log
+from engine.events import Event, Log, Progress
 from engine.recipe import Recipe
 from engine.shapes import Shape
+from gui.durations import format_duration
 from gui.errors import details, message
-from gui.style import show_error
+from gui.layouts import splitter
+from gui.style import SERIES_COLOURS, show_error
+from gui.tradeoff_chart import TradeoffChart
+from gui.tradeoff_points import BYTES_PER_PARAM, ModelPoint, plan_points, score_key
 from gui.worker import COMPLETED, Outcome, Worker
 
-TRYING = re.compile(r"plan: trying \S+ .*trial (\d+) of at most (\d+)")
+FIDELITY = score_key("stage", "fidelity")
 
 
 def _plan(sink: Any, token: Any, recipe: Recipe, teacher: Shape, target: int, out: Path, budget: float) -> dict:
@@ -47,7 +52,7 @@ class PlanDialog(QDialog):
     def __init__(self, recipe: Recipe, teacher: Shape, final_params: int, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Plan the stages for a size target")
-        self.setMinimumSize(720, 560)
+        self.setMinimumSize(1000, 620)
         self.recipe, self.teacher = recipe, teacher
         self.worker: Worker | None = None
         self.result: dict | None = None
@@ -66,8 +71,10 @@ class PlanDialog(QDialog):
         self.status.setStyleSheet("color: #4b5563;")
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["Candidate (vocabulary, layers, FFN, hidden)", "Parameters", "Fidelity"])
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setColumnWidth(0, 380)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.chart = TradeoffChart()
         self.log = QPlainTextEdit(readOnly=True, maximumBlockCount=2000)
 
         form = QFormLayout()
@@ -89,10 +96,15 @@ class PlanDialog(QDialog):
         layout.addLayout(form)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addWidget(self.table, 2)
+        layout.addWidget(splitter(Qt.Orientation.Horizontal, self.table, self.chart.plot, stretch=(1, 1),
+                                  sizes=[560, 440]), 2)
         layout.addWidget(self.log, 1)
         layout.addWidget(self.buttons)
         self._update_buttons()
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out.text().strip())
 
     def is_running(self) -> bool:
         return self.worker is not None and self.worker.is_running()
@@ -102,8 +114,9 @@ class PlanDialog(QDialog):
             return None
         self.result = None
         self.table.setRowCount(0)
-        self.worker = Worker(_plan, self.recipe, self.teacher, round(self.target.value() * 1e6),
-                             Path(self.out.text().strip()), self.budget.value())
+        self._draw(self._tried())  # a plan continued shows its finished trials at once
+        self.worker = Worker(_plan, self.recipe, self.teacher, round(self.target.value() * 1e6), self.out_path,
+                             self.budget.value())
         self.worker.event.connect(self.handle)
         self.worker.failed.connect(self._failed)
         self.worker.finished.connect(self._finished)
@@ -125,15 +138,34 @@ class PlanDialog(QDialog):
         super().reject()
 
     def handle(self, event: Event) -> None:
-        if not isinstance(event, Log):
-            return
-        self.log.appendPlainText(event.message)
-        if found := TRYING.match(event.message):
-            done, most = int(found[1]) - 1, int(found[2])
-            self.progress.setRange(0, most)
-            self.progress.setValue(done)
-            self.progress.setFormat(f"trial {done + 1} of at most {most}")
-            self.status.setText(event.message.removeprefix("plan: "))
+        if isinstance(event, Progress) and event.unit == "trial":
+            self.progress.setRange(0, event.total)
+            self.progress.setValue(event.step)
+            left = f" · {format_duration(event.eta_seconds)} left at most" if event.eta_seconds is not None else ""
+            self.progress.setFormat(f"trial {min(event.step + 1, event.total)} of at most {event.total}{left}")
+            self._draw(self._tried())
+        elif isinstance(event, Log):
+            self.log.appendPlainText(event.message)
+            if event.message.startswith("plan: trying"):
+                self.status.setText(event.message.removeprefix("plan: "))
+
+    def _tried(self) -> list[dict]:
+        """The finished trials so far, from the plan's own record (written after each trial)."""
+        try:
+            table = json.loads(self.out_path.with_suffix(".plan").joinpath("plan.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [{"name": name, **trial} for name, trial in (table.get("trials") or {}).items()]
+
+    def _draw(self, rows: list[dict], winner: str = "") -> None:
+        """The teacher and the tried candidates: parameters against the trial's fidelity."""
+        teacher = ModelPoint("plan", "teacher", 0, self.teacher.total_params,
+                             self.teacher.total_params * BYTES_PER_PARAM, True, {FIDELITY: (1.0, 0.0)})
+        trials = plan_points("plan", {"candidates": rows})
+        for point in trials:
+            if point.name == f"trial {winner}":
+                point.name += "  ← winner"
+        self.chart.draw([("candidates (short trials)", SERIES_COLOURS[0], [teacher, *trials])], FIDELITY, "params")
 
     def _finished(self, outcome: Outcome) -> None:
         self.worker = None
@@ -164,6 +196,7 @@ class PlanDialog(QDialog):
                     font.setBold(True)
                     item.setFont(font)
                 self.table.setItem(i, column, item)
+        self._draw([row for row in rows if row["status"] == "tried"], result["winner"])
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         tried = sum(row["status"] == "tried" for row in rows)
@@ -173,7 +206,7 @@ class PlanDialog(QDialog):
 
     def _use(self) -> None:
         if self.result is not None:
-            self.planned.emit(Recipe.load(Path(self.out.text().strip())))
+            self.planned.emit(Recipe.load(self.out_path))
             self.accept()
 
     def _update_buttons(self) -> None:

@@ -239,7 +239,9 @@ class SetupTab(QWidget):
             return None, problems
         recipe = attempt(None, lambda: Recipe(teacher=teacher, language=language, corpus=corpus,
                                               stages=tuple(stages), run=run, evaluation=self._base.evaluation,
-                                              task_models=self._base.task_models, base_dir=self._base.base_dir))
+                                              task_models=self._base.task_models, base_dir=self._base.base_dir,
+                                              # a plan describes its own stages: edited ones drop it
+                                              plan=self._base.plan if tuple(stages) == self._base.stages else None))
         shape = self.teacher_shape()
         if recipe is not None and shape is not None:
             attempt(None, lambda: estimate(recipe, shape))

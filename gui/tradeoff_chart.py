@@ -60,8 +60,8 @@ class TradeoffChart:
             for p in points:
                 x, y = math.log10(p.size(unit)), y_value(p, key)
                 teacher = p.stage == 0
-                spots.append({"pos": (x, y), "data": len(self.shown), "symbol": "s" if teacher else "o",
-                              "size": 14 if teacher else 11})
+                spots.append({"pos": (x, y), "data": len(self.shown), "symbol": "s" if teacher else "t" if p.trial
+                              else "o", "size": 14 if teacher else 9 if p.trial else 11})
                 label = pg.TextItem(p.name, color=TITLE_COLOUR, anchor=(0, 1.1))
                 label.setPos(x, y)
                 item.addItem(label)
@@ -74,7 +74,9 @@ class TradeoffChart:
             self.scatters.append(scatter)
         xs = [math.log10(p.size(unit)) for p in self.shown]
         ys = [y_value(p, key) for p in self.shown]
-        self.front = pareto_front(xs, ys) if key != NONE and self.shown else []
+        final = [i for i, p in enumerate(self.shown) if not p.trial]  # trials are not finished models
+        self.front = [final[i] for i in pareto_front([xs[i] for i in final], [ys[i] for i in final])] \
+            if key != NONE else []
         self.front_curve.setData([xs[i] for i in self.front], [ys[i] for i in self.front])
         self.legend.removeItem(self.front_curve)
         if key != NONE:

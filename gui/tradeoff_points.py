@@ -1,7 +1,8 @@
 """What the Trade-offs tab plots: each model of a run with its size and scores, and the Pareto front.
 
 Sizes and the label-free fidelity every stage records come from the run's manifest; task scores and
-exact sizes from `eval/summary.json` when the run was evaluated.
+exact sizes from `eval/summary.json` when the run was evaluated. A run of a planned recipe also shows the
+planner's tried candidates (their short trials' final fidelity), apart from the Pareto front.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ModelPoint:
     bytes: int
     bytes_estimated: bool = False
     scores: dict[str, tuple[float, float]] = field(default_factory=dict)  # score key -> (mean, std)
+    trial: bool = False  # a planner's candidate, scored after a short trial run: not comparable with finished models
 
     def size(self, unit: str) -> float:
         return self.params / 1e6 if unit == "params" else self.bytes / 1e6
@@ -104,7 +106,15 @@ def load_points(run: RunSummary) -> list[ModelPoint]:
         if point is not None:
             point.scores[score_key(result["task"], result["metric"])] = (float(result["mean"]),
                                                                           float(result.get("std") or 0.0))
-    return sorted(points.values(), key=lambda p: p.stage)
+    return sorted(points.values(), key=lambda p: p.stage) + plan_points(name, manifest.get("plan") or {})
+
+
+def plan_points(run: str, plan: dict[str, Any]) -> list[ModelPoint]:
+    """The tried candidates of a plan (`[plan]` of a planned recipe, or the planner's result) as trial points."""
+    return [ModelPoint(run, f"trial {row['name']}", -1, int(row["params"]), int(row["params"]) * BYTES_PER_PARAM,
+                       bytes_estimated=True, trial=True,
+                       scores={score_key("stage", "fidelity"): (float(row["fidelity"]), 0.0)})
+            for row in plan.get("candidates") or [] if row.get("fidelity") is not None]
 
 
 def pareto_front(xs: list[float], ys: list[float]) -> list[int]:
@@ -126,7 +136,8 @@ def percent(value: float) -> str:
 
 
 def tip(point: ModelPoint, key: str) -> str:
-    lines = [f"{point.run} · {point.name}", f"{point.params:,} parameters",
+    lines = [f"{point.run} · {point.name}" + (" (planner's short trial run)" if point.trial else ""),
+             f"{point.params:,} parameters",
              f"{point.bytes / 1e6:,.1f} MB" + (" (estimated, fp32)" if point.bytes_estimated else "")]
     if key != NONE and key in point.scores:
         mean, std = point.scores[key]

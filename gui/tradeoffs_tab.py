@@ -181,7 +181,7 @@ class TradeoffsTab(QWidget):
         for n, (run, points) in enumerate(self.points.items()):
             if run not in self.checked:
                 continue
-            shown = [p for p in points if p.size(unit) > 0 and (key == NONE or key in p.scores)]
+            shown = [p for p in points if p.size(unit) > 0 and (key in p.scores or (key == NONE and not p.trial))]
             if shown:
                 drawn.append((Path(run).name, SERIES_COLOURS[n % len(SERIES_COLOURS)], shown))
             else:

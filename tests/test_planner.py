@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 from conftest import recipe_toml
 
+from engine import pipeline
 from engine.errors import Cancelled, RecipeError
 from engine.estimate import stage_shapes
-from engine.events import CancelToken, Collect, Log, RunFinished
+from engine.events import CancelToken, Collect, Log, Progress, RunFinished
 from engine.models.loading import source_shape
 from engine.planner import candidates, params_of, plan, smallest_allocation
 from engine.recipe import Recipe
 from engine.resources import DEFAULT_RECIPE
+from engine.runfolder import Manifest
 from engine.shapes import Shape
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +113,16 @@ def test_a_plan_writes_a_valid_recipe_within_the_target_and_resumes_after_a_kill
     winner = next(row for row in tried if row["name"] == result["winner"])
     assert (shapes[-1].layers, shapes[-1].ffn, shapes[-1].hidden) == (winner["layers"], winner["ffn"], winner["hidden"])
     assert next(s for s in planned.stages if s.kind == "distill").max_steps == 8  # the recipe's full steps
-    assert f"winner: {result['winner']}" in out.read_text().splitlines()[0]
+    trials = [(e.step, e.total) for e in sink.of(Progress) if e.unit == "trial"]
+    assert trials == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]  # the reused trial counts as done
+
+    assert planned.plan.winner == result["winner"] and planned.plan.ranked_by == "fidelity"
+    assert [(c.name, c.params, c.fidelity) for c in planned.plan.candidates] == [
+        (row["name"], row["params"], row["fidelity"]) for row in result["candidates"]]
+    run_dir = pipeline.run(planned, Collect())
+    recorded = Manifest.load(run_dir).data["plan"]
+    assert recorded["winner"] == result["winner"] and len(recorded["candidates"]) == 6
+    assert Recipe.load(run_dir / "recipe.toml").plan == planned.plan
 
 
 def test_the_cli_plans_and_refuses_a_bad_probe(tmp_path, tiny_models, corpus):
@@ -135,3 +146,15 @@ def test_the_cli_plans_and_refuses_a_bad_probe(tmp_path, tiny_models, corpus):
     result = json.loads(done.stdout)
     assert [row["status"] for row in result["candidates"]].count("tried") == 1  # a zero budget still tries one
     assert Recipe.load(tmp_path / "p.toml").stages[0].size == 300
+
+
+def test_a_recipes_plan_table_round_trips_and_a_bad_one_is_named():
+    base = Recipe.load(DEFAULT_RECIPE).to_toml() + '[plan]\ntarget_params = 9400000\nranked_by = "fidelity"\n'
+    row = ('[[plan.candidates]]\nname = "v16000-l6-stride-f736-h288"\nparams = 9390000\nvocab = 16000\nlayers = 6\n'
+           'selection = "stride"\nffn = 736\nhidden = 288\nstatus = "tried"\nfidelity = 1\n')
+    recipe = Recipe.from_toml(base + 'winner = "v16000-l6-stride-f736-h288"\n' + row)
+    assert recipe.plan.candidates[0].fidelity == 1.0 and Recipe.from_toml(recipe.to_toml()) == recipe
+    with pytest.raises(RecipeError, match=r"plan.winner = 'other' is none of its \[\[plan.candidates\]\]"):
+        Recipe.from_toml(base + 'winner = "other"\n' + row)
+    with pytest.raises(RecipeError, match=r"unknown key 'fidelty' in \[plan.candidates\[1\]\]"):
+        Recipe.from_toml(base + 'winner = "v16000-l6-stride-f736-h288"\n' + row.replace("fidelity", "fidelty"))

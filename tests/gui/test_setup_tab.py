@@ -338,3 +338,7 @@ def test_plan_tries_allocations_and_its_winner_fills_the_stages(qtbot, make_reci
     pruned = ["prune"] if winner["ffn"] < teacher.ffn else []
     assert [stage.kind for stage in recipe.stages] == ["distill", *pruned, "shrink"]  # replaced the form's
     assert next(stage for stage in recipe.stages if stage.kind == "shrink").hidden == winner["hidden"] < 64
+    assert [point.name for point in dialog.chart.shown] == ["teacher", f"trial {winner['name']}  ← winner"]
+    assert recipe.plan.winner == winner["name"]  # the form keeps how its stages were chosen ...
+    widget.field("distill", "max_steps").setValue(9)
+    assert widget.recipe().plan is None  # ... until they are edited

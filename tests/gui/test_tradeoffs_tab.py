@@ -123,6 +123,25 @@ def test_every_stage_recorded_fidelity_gives_an_unevaluated_run_a_score_axis(qtb
     assert tab.score == "stage:fidelity" and len(tab.chart.shown) == 5 and tab.chart.front
 
 
+def test_a_planned_runs_tried_candidates_are_drawn_as_trials_apart_from_the_front(qtbot, tmp_path):
+    run = write_run(tmp_path, "20260103-000000-p", ner=None, fidelity=True)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["plan"] = {"target_params": 20_000_000, "ranked_by": "fidelity", "winner": "a", "candidates": [
+        {"name": "a", "params": 19_000_000, "status": "tried", "fidelity": 0.99},  # would dominate every stage
+        {"name": "b", "params": 18_000_000, "status": "tried", "fidelity": 0.7},
+        {"name": "c", "params": 17_000_000, "status": "not tried (time budget)"}]}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    tab = TradeoffsTab(RunsModel(tmp_path))
+    qtbot.addWidget(tab)
+    assert tab.score == "stage:fidelity"
+    shown = tab.chart.shown
+    assert [p.name for p in shown if p.trial] == ["trial a", "trial b"]  # the untried one has no score
+    assert tab.chart.front and not any(shown[i].trial for i in tab.chart.front)
+    assert "planner's short trial run" in tab.table.item(len(shown) - 2, 0).toolTip()
+    tab.score_combo.setCurrentIndex(tab.score_combo.findData(NONE))
+    assert not any(p.trial for p in tab.chart.shown)  # sizes per stage: trials are no stage
+
+
 def test_each_stages_retrieval_score_is_a_score_axis_with_the_teachers_own(qtbot, tmp_path):
     run = write_run(tmp_path, "20260103-000000-r", ner=None, fidelity=True)
     manifest = json.loads((run / "manifest.json").read_text())
