@@ -198,7 +198,7 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
     winner = max(tried, key=lambda row: row[by])
     result = {"target_params": target, "ranked_by": by, "winner": winner["name"], "candidates": rows,
               "minutes": sum(trial["minutes"] for trial in table["trials"].values()),
-              "rank_correlation": _spearman([r["fidelity"] for r in tried], [r["probe"] for r in tried])
+              "rank_correlation": spearman([r["fidelity"] for r in tried], [r["probe"] for r in tried])
               if probe and len(tried) > 2 else None}
     table["result"] = result
     _save(record, table)
@@ -271,7 +271,8 @@ def _row(recipe: Recipe, allocation: Allocation, teacher: Shape, trial: dict | N
             "status": "tried" if trial else "not tried (time budget)", **(trial or {})}
 
 
-def _spearman(a: list[float], b: list[float]) -> float:
+def spearman(a: list[float], b: list[float]) -> float:
+    """The Spearman rank correlation of two score lists (ties ranked by order)."""
     ranks = [np.argsort(np.argsort(values)) for values in (a, b)]
     return float(np.corrcoef(*ranks)[0, 1])
 
