@@ -87,14 +87,14 @@ def score_task(args: argparse.Namespace, name: str, run_dir: Path, out: Path, si
             settings = (f"-a{args.alpha:g}-t{args.temperature:g}-r{args.unlabelled_ratio:g}"
                         if variant == "distilled" else "")
             target = out / name / f"{variant}{settings}-{seed}"
-            # an interrupted benchmark reruns with --out and continues (not with_suffix: the settings hold dots)
+            # an interrupted benchmark reruns with --out and continues (not with_suffix: the settings hold dots);
+            # a record is reused only for the same encoder, so another student is never scored by an old one
             record = target.parent / f"{target.name}.json"
-            if record.is_file():
-                row = json.loads(record.read_text())
-            else:
+            row = json.loads(record.read_text()) if record.is_file() else {}
+            if row.get("encoder") != encoder:
                 cpu = time.process_time()
                 facts = build_task_model(encoder, config, target, sink, teacher=teacher, cache=out / name)
-                row = {"task": name, "variant": variant, "seed": seed, "metric": facts["headline"],
+                row = {"task": name, "variant": variant, "seed": seed, "encoder": encoder, "metric": facts["headline"],
                        "test": facts["test"][facts["headline"]],
                        "dev": facts["dev"][facts["headline"]], "epochs": facts["epochs_run"],
                        "cpu_minutes": round((time.process_time() - cpu) / 60, 2)}
