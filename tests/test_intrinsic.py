@@ -13,7 +13,13 @@ from torch import nn
 
 from engine.data.batches import BatchStream
 from engine.errors import CorpusError, ModelError
-from engine.evaluate.intrinsic import masked_token_accuracy, quality_drops, representation_fidelity
+from engine.evaluate.intrinsic import (
+    best_cka,
+    layer_fidelity,
+    masked_token_accuracy,
+    quality_drops,
+    representation_fidelity,
+)
 from engine.models.adapters import BertAdapter
 from engine.models.loading import LoadedModel, load_model
 
@@ -174,3 +180,25 @@ def test_quality_drops_names_each_measure_that_fell_too_far() -> None:
     assert quality_drops(before, after, 0.10) == []
     assert quality_drops({"fidelity": 1.0}, after, 0.03) == [("fidelity", 1.0, 0.96)]  # only measures on both sides
     assert quality_drops(after, before, 0.0) == []  # a rise is never a drop
+
+
+def test_best_cka_is_the_best_pairwise_linear_cka_and_blind_to_rotation_and_scale():
+    def cka(x, y):  # the definition, pair by pair (Kornblith et al. 2019, eq. 5)
+        x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+        return float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+    torch.manual_seed(0)
+    teacher = [torch.randn(300, 12) for _ in range(3)]
+    rotation, _ = torch.linalg.qr(torch.randn(12, 12))
+    students = [torch.randn(300, 8), 3 * teacher[1] @ rotation + 5, torch.randn(300, 8) + teacher[2][:, :8]]
+    best = best_cka(teacher, students)
+    assert best == pytest.approx([max(cka(t, s) for s in students) for t in teacher], rel=1e-12)
+    assert best[1] == pytest.approx(1.0, abs=1e-12)  # rotated, scaled and shifted: the same representation
+    assert best[0] < 0.3 < best[2] < 1  # unrelated; partly shared
+
+
+def test_layer_fidelity_of_a_model_with_itself_is_one_at_every_layer(tiny_models):
+    loaded = load_model(tiny_models["bert"])
+    result = layer_fidelity(loaded, loaded, TEXTS)
+    assert result["by_layer"] == pytest.approx([1.0] * loaded.config.num_hidden_layers, abs=1e-12)
+    assert result["texts"] == len(TEXTS) and result["tokens"] > len(TEXTS)

@@ -166,13 +166,26 @@ def representation_fidelity(teacher: LoadedModel, student: LoadedModel, texts: S
     }
 
 
-def linear_cka(x: Tensor, y: Tensor) -> float:
-    """Linear centred kernel alignment of two sets of row-matched features (Kornblith et al. 2019):
-    1 for representations equal up to rotation and scale, near 0 for unrelated ones; widths may differ."""
-    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
-    cross = (y.T @ x).pow(2).sum()
-    denominator = float((x.T @ x).norm() * (y.T @ y).norm())
-    return float(cross) / denominator if denominator > 0 else 0.0
+def best_cka(teacher_layers: Sequence[Tensor], student_layers: Sequence[Tensor]) -> list[float]:
+    """For each teacher layer, the best linear centred kernel alignment (Kornblith et al. 2019) any student
+    layer reaches with it, over row-matched features (widths may differ): 1 for representations equal up to
+    rotation and scale, near 0 for unrelated ones. Each layer is centred and its Gram norm taken once; only
+    the cross terms are computed per pair."""
+
+    def centred(layers: Sequence[Tensor]) -> list[tuple[Tensor, float]]:
+        out = []
+        for layer in layers:
+            x = layer.double()
+            x = x - x.mean(0)
+            out.append((x, float((x.T @ x).norm())))
+        return out
+
+    students = centred(student_layers)
+    best = []
+    for x, x_norm in centred(teacher_layers):
+        best.append(max(float((y.T @ x).pow(2).sum()) / (x_norm * y_norm) if x_norm * y_norm > 0 else 0.0
+                        for y, y_norm in students))
+    return best
 
 
 def layer_fidelity(teacher: LoadedModel, student: LoadedModel, texts: Sequence[str], *, max_texts: int = 200,
@@ -202,7 +215,7 @@ def layer_fidelity(teacher: LoadedModel, student: LoadedModel, texts: Sequence[s
                 states[name].append([h[mask.to(h.device)].float().cpu() for h in out.hidden_states[1:]])
     teacher_layers = [torch.cat(layer) for layer in zip(*states["teacher"], strict=True)]
     student_layers = [torch.cat(layer) for layer in zip(*states["student"], strict=True)]
-    by_layer = [max(linear_cka(s, t) for s in student_layers) for t in teacher_layers]
+    by_layer = best_cka(teacher_layers, student_layers)
     return {"fidelity": sum(by_layer) / len(by_layer), "by_layer": by_layer,
             "tokens": int(teacher_layers[0].shape[0]), "texts": len(aligned)}
 
