@@ -89,6 +89,8 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16: autocast for training (weights stay fp32)
     verify: bool = True  # reload every stage's model in a fresh process and compare outputs
+    sentence_layout: bool = True  # a sentence embedder's students are sentence-transformers models too (each
+    # stage then encodes MAP_TEXTS training lines to fit its map onto the teacher's space)
 
     def __post_init__(self) -> None:
         check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),

@@ -176,7 +176,8 @@ def _run_stages(recipe: Recipe, folder: RunFolder, manifest: Manifest, sink: Eve
                             stages=[{"kind": s.kind, "status": "pending"} for s in recipe.stages],
                             task_models=[{"task": c.task, "status": "pending"} for c in recipe.task_models])
         current, original, reference = teacher, teacher, teacher
-        embedder = _embedder(recipe, sink)  # a sentence embedder's layout, carried into every stage folder
+        # a sentence embedder's layout, carried into every stage folder
+        embedder = _embedder(recipe, sink) if recipe.run.sentence_layout else None
         # the retrieval scores and the maps onto the teacher's space are computed by the main process alone
         retrieval = _Retrieval.of(recipe, teacher, embedder) if dist.is_main else None
         space = _TeacherSpace.of(recipe, teacher, embedder, train) if (embedder or retrieval) and dist.is_main else None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine import pipeline
-from engine.configs import EvaluationConfig, PlanCandidate, PlanRecord, Stage
+from engine.configs import EvaluationConfig, PlanCandidate, PlanRecord, RunConfig, Stage
 from engine.errors import RecipeError
 from engine.estimate import stage_shapes
 from engine.events import CancelToken, EventSink, FanOut, Log, Progress
@@ -231,7 +231,7 @@ def _trimmed(recipe: Recipe, vocab: int, teacher: Shape, folder: Path, table: di
         shutil.rmtree(runs, ignore_errors=True)
         trim = dataclasses.replace(_templates(recipe)["trim_vocab"], size=vocab)
         run = recipe.replace(stages=(trim,), evaluation=None, task_models=(),
-                             run=dataclasses.replace(recipe.run, runs_dir=str(runs), name=f"vocabulary-{vocab}"))
+                             run=_scratch(recipe.run, runs, f"vocabulary-{vocab}"))
         run_dir = pipeline.run(run, FanOut(sink), token)
         table["trimmed"][str(vocab)] = str(run_dir / Manifest.load(run_dir).data["stages"][0]["model_dir"])
     return table["trimmed"][str(vocab)]
@@ -244,8 +244,7 @@ def _trial(recipe: Recipe, allocation: Allocation, teacher: Shape, folder: Path,
     runs = folder / "trials" / allocation.name
     shutil.rmtree(runs, ignore_errors=True)
     trial = recipe.replace(stages=stages_for(recipe, allocation, teacher, TRIAL_FRACTION), evaluation=None,
-                           task_models=(), run=dataclasses.replace(recipe.run, runs_dir=str(runs),
-                                                                   name=allocation.name))
+                           task_models=(), run=_scratch(recipe.run, runs, allocation.name))
     run_dir = pipeline.run(trial, FanOut(sink), token)
     quality = Manifest.load(run_dir).data["stages"][-1].get("quality") or {}
     scores = {"fidelity": quality.get("fidelity"), "retrieval_top1": quality.get("retrieval_top1"),
@@ -253,6 +252,12 @@ def _trial(recipe: Recipe, allocation: Allocation, teacher: Shape, folder: Path,
     if probe is not None:
         scores["probe"] = _probe(run_dir, probe, folder / "probes" / allocation.name, sink, token)
     return scores
+
+
+def _scratch(run: RunConfig, runs: Path, name: str) -> RunConfig:
+    """A trial's run settings: its own folder, and neither the check in a fresh process nor the sentence-
+    transformers layout, which only a model that is kept needs (the planned recipe's run does both)."""
+    return dataclasses.replace(run, runs_dir=str(runs), name=name, verify=False, sentence_layout=False)
 
 
 def _probe(run_dir: Path, probe: Probe, out: Path, sink: EventSink, token: CancelToken) -> float:

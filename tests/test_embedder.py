@@ -163,7 +163,7 @@ def test_every_stage_of_an_embedding_teachers_run_is_a_sentence_transformers_mod
     assert torch.equal(_stored_map(final).weight, maps[-1].weight)  # fitted again the same way
 
 
-def _parallel_recipe(tmp_path: Path, teacher: Path, index_lines: list[str]) -> str:
+def _parallel_recipe(tmp_path: Path, teacher: Path, index_lines: list[str], **run: object) -> str:
     from conftest import recipe_toml
 
     corpus, validation, parallel = tmp_path / "corpus.txt", tmp_path / "val.txt", tmp_path / "val.mt"
@@ -171,7 +171,7 @@ def _parallel_recipe(tmp_path: Path, teacher: Path, index_lines: list[str]) -> s
     validation.write_text("\n".join(sentences(30, seed=8)) + "\n", encoding="utf-8")
     parallel.write_text("\n".join(index_lines) + "\n", encoding="utf-8")
     stages = '[[stages]]\nkind = "shrink"\nhidden = 32\ninit = "svd"\nmax_steps = 2\nbatch_size = 8\n'
-    return recipe_toml(teacher, corpus, stages, verify=False).replace(
+    return recipe_toml(teacher, corpus, stages, verify=False, **run).replace(
         "validation = 0.1", f'validation = ["{validation}"]\nparallel = "{parallel}"')
 
 
@@ -188,6 +188,19 @@ def test_a_parallel_validation_file_gives_each_stage_a_retrieval_score(tmp_path,
     quality = manifest["stages"][0]["quality"]
     assert 0 <= quality["retrieval_top1"] <= 1 and 0 < quality["retrieval_mrr"] <= 1
     assert [e.value for e in sink.of(Metric) if e.name == "retrieval_top1"] == [quality["retrieval_top1"]]
+
+
+def test_without_the_sentence_layout_a_stage_is_a_plain_model_still_scored_by_retrieval(tmp_path, teacher,
+                                                                                     one_thread):
+    from engine import pipeline
+    from engine.events import Collect
+    from engine.recipe import Recipe
+
+    text = _parallel_recipe(tmp_path, teacher, sentences(30, seed=8), sentence_layout=False)
+    run_dir = pipeline.run(Recipe.from_toml(text, tmp_path), Collect())
+    stage = json.loads((run_dir / "manifest.json").read_text())["stages"][0]
+    assert not (run_dir / stage["model_dir"] / "modules.json").exists()
+    assert 0 <= stage["quality"]["retrieval_top1"] <= 1  # the map onto the teacher is still fitted for the score
 
 
 def test_a_parallel_file_that_does_not_pair_up_is_refused_before_the_run(tmp_path, teacher):

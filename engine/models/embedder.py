@@ -142,7 +142,8 @@ def write_embedder(folder: Path, embedder: Embedder, hidden: int, to_teacher: Te
 @torch.no_grad()
 def embed(model: Any, tokenizer: Any, texts: Sequence[str], embedder: Embedder, to_teacher: TeacherMap | None = None,
           prompt: str = "", max_length: int = 512, batch_size: int = 32) -> torch.Tensor:
-    """Sentence embeddings [texts, width] of an encoder (its last hidden states) the way `embedder` makes them."""
+    """Sentence embeddings [texts, width] of an encoder (its last hidden states) the way `embedder` makes them.
+    Texts are batched in order of length (as sentence-transformers does), so a batch pads little."""
     from safetensors.torch import load_file
 
     denses = [load_file(str(embedder.home / path / "model.safetensors")) for kind, path in embedder.after
@@ -151,10 +152,11 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], embedder: Embedder, 
                for kind, path in embedder.after if kind == "Dense"]
     device = next(model.parameters()).device
     model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer([prompt + t for t in texts[start:start + batch_size]], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt").to(device)
+        batch = tokenizer([prompt + texts[i] for i in order[start:start + batch_size]], padding=True,
+                          truncation=True, max_length=max_length, return_tensors="pt").to(device)
         vectors = pool(model(**batch)[0].float(), batch["attention_mask"], embedder.pooling).cpu()
         if to_teacher is not None:
             vectors = to_teacher(vectors)
@@ -167,7 +169,11 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], embedder: Embedder, 
             else:
                 vectors = torch.nn.functional.normalize(vectors, dim=-1)
         out.append(vectors)
-    return torch.cat(out) if out else torch.zeros(0)
+    if not out:
+        return torch.zeros(0)
+    vectors = torch.empty_like(torch.cat(out))
+    vectors[torch.tensor(order)] = torch.cat(out)
+    return vectors
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
