@@ -178,8 +178,10 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
         if table["trials"] and spent * (len(table["trials"]) + 1) / len(table["trials"]) > budget_minutes * 60:
             break  # another trial of the mean length would overrun the budget
         done = len(table["trials"])
+        mean = spent / done if done else None  # the budget stops new trials; one that has started finishes
         sink.emit(Progress(index=0, stage="plan", step=done, total=len(order), unit="trial",
-                           eta_seconds=spent / done * (len(order) - done) if done else None))
+                           eta_seconds=min(mean * (len(order) - done), max(budget_minutes * 60 - spent, 0) + mean)
+                           if mean else None))
         sink.emit(Log(message=f"plan: trying {allocation.name} ({params_of(recipe, allocation, teacher):,} "
                               f"parameters), trial {done + 1} of at most {len(order)}"))
         trial_began = time.monotonic()

@@ -141,7 +141,7 @@ class PlanDialog(QDialog):
         if isinstance(event, Progress) and event.unit == "trial":
             self.progress.setRange(0, event.total)
             self.progress.setValue(event.step)
-            left = f" · {format_duration(event.eta_seconds)} left at most" if event.eta_seconds is not None else ""
+            left = f" · about {format_duration(event.eta_seconds)} left" if event.eta_seconds is not None else ""
             self.progress.setFormat(f"trial {min(event.step + 1, event.total)} of at most {event.total}{left}")
             self._draw(self._tried())
         elif isinstance(event, Log):

@@ -115,6 +115,8 @@ def test_a_plan_writes_a_valid_recipe_within_the_target_and_resumes_after_a_kill
     assert next(s for s in planned.stages if s.kind == "distill").max_steps == 8  # the recipe's full steps
     trials = [(e.step, e.total) for e in sink.of(Progress) if e.unit == "trial"]
     assert trials == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]  # the reused trial counts as done
+    etas = [e.eta_seconds for e in sink.of(Progress) if e.unit == "trial"][:-1]
+    assert all(eta > 0 for eta in etas) and etas[0] > etas[-1]  # from the trials' mean, counting down
 
     assert planned.plan.winner == result["winner"] and planned.plan.ranked_by == "fidelity"
     assert [(c.name, c.params, c.fidelity) for c in planned.plan.candidates] == [
