@@ -16,7 +16,7 @@ from engine.tasks import TASKS, TRAINABLE
 
 LAYER_SELECTIONS = ("stride", "first_k", "last_k", "first_last_k")
 DISTILL_LOSSES = ("mse", "kl", "kl_unsoft", "hidden")
-SHRINK_INITS = ("truncation", "activation", "svd", "sentence_svd")
+SHRINK_INITS = ("truncation", "activation", "svd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUN_NAME_CHARS = 100  # the run folder is <date>-<time>-<name>; file systems allow 255 bytes
 

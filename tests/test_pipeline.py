@@ -56,7 +56,7 @@ def check_stage_folders(run_dir: Path) -> list[dict]:
     ("xlm-roberta", "kl", "stride", "teacher", "truncation"),
     ("xlm-roberta", "kl_unsoft", "first_k", "teacher", "svd"),
     ("xlm-roberta", "mse", "last_k", "random", "truncation"),
-    ("xlm-roberta", "kl", "first_last_k", "teacher", "sentence_svd"),
+    ("xlm-roberta", "kl", "first_last_k", "teacher", "truncation"),
 ])
 def test_four_stages_every_loss_and_selection(tmp_path, tiny_models, corpus, family, loss, selection, init,
                                               shrink_init):

@@ -177,7 +177,7 @@ def test_unknown_keys_are_named_with_their_table(text, needles):
     ('kind = "distill"\nloss = "l2"', ["distill.loss", "'l2'", "mse, kl, kl_unsoft, hidden"]),
     ('kind = "distill"\nlayer_selection = "every_other"', ["stride, first_k, last_k, first_last_k"]),
     ('kind = "distill"\ninit = "zeros"', ["distill.init", "teacher, random"]),
-    ('kind = "shrink"\ninit = "pca"', ["shrink.init", "truncation, activation, svd, sentence_svd"]),
+    ('kind = "shrink"\ninit = "pca"', ["shrink.init", "truncation, activation, svd"]),
     ('kind = "shrink"\nloss = "cosine"', ["shrink.loss", "mse, kl, kl_unsoft, hidden"]),
     ('kind = "quantize"', ["'quantize'", "trim_vocab, adapt, distill, prune, shrink"]),
     ('layers = 6', ["None", "trim_vocab, adapt, distill, prune, shrink"]),

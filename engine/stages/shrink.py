@@ -12,14 +12,9 @@ from engine.stages.distillation import distillation_cost, prepare_teacher, stude
 from engine.stages.spec import FieldSpec, StageSpec, distillation_fields, every_layer, integer, training_fields
 
 if TYPE_CHECKING:
-    import torch
-
     from engine.models.loading import LoadedModel
     from engine.shapes import Shape
     from engine.stages.base import StageContext, StageOutput
-
-
-SENTENCE_TEXTS = 1024  # training lines whose sentence embeddings the `sentence_svd` basis keeps
 
 
 @dataclass(frozen=True)
@@ -71,10 +66,7 @@ def run(ctx: StageContext) -> StageOutput:
         batches = [stream.batch(i).to(ctx.device).inputs
                    for i in range(min(cfg.basis_batches, stream.batches_per_epoch))]
         moment = residual_moment(teacher.model, teacher.adapter, batches)
-        if cfg.init == "sentence_svd":
-            sentences = _sentence_moment(ctx, teacher)
-            moment = moment / moment.trace() + sentences / sentences.trace()
-        basis = (activation_basis if cfg.init == "activation" else svd_basis)(moment, cfg.hidden)
+        basis = (svd_basis if cfg.init == "svd" else activation_basis)(moment, cfg.hidden)
     basis = basis.to(ctx.device)
     net = shrink_hidden(copy.deepcopy(teacher.model), teacher.adapter, basis)
     student, loss = student_of(ctx, net, teacher, cfg.loss)
@@ -88,24 +80,6 @@ def run(ctx: StageContext) -> StageOutput:
     objective = DistillLoss(student, reference, cfg, loss, projection=basis, layer_map=layer_map)
     metrics = train_stage(ctx, net, student.tokenizer, objective, cfg, phase="shrink")
     return StageOutput(student, {**metrics, "loss": loss, "hidden": cfg.hidden, "init": cfg.init})
-
-
-def _sentence_moment(ctx: StageContext, model: LoadedModel) -> torch.Tensor:
-    """The centred second moment [d, d] of the model's mean-pooled sentence embeddings (last layer) over a
-    seeded sample of `SENTENCE_TEXTS` training lines."""
-    import random
-    from pathlib import Path
-
-    from engine.data.corpus import derive_seed, take
-    from engine.models.embedder import Embedder, embed
-
-    texts = ctx.train_texts
-    chosen = sorted(random.Random(derive_seed(ctx.seed, "sentence basis")).sample(
-        range(len(texts)), min(SENTENCE_TEXTS, len(texts))))
-    vectors = embed(model.adapter.base(model.model), model.tokenizer, take(texts, chosen), Embedder("mean", Path(".")),
-                    max_length=ctx.recipe.corpus.max_length).double()
-    centred = vectors - vectors.mean(0)
-    return centred.T @ centred
 
 
 def _same_depth(a: LoadedModel, b: LoadedModel) -> bool:
@@ -127,8 +101,7 @@ SPEC = StageSpec(
         FieldSpec("init", "Initialisation", "choice",
                   "truncation: keep the first k dimensions (the paper); activation: keep the k most active "
                   "dimensions;\nsvd: project every weight into one shared basis of the top principal "
-                  "directions;\nsentence_svd: the same, with the directions the sentence embeddings vary in "
-                  "weighted as much as the token states (for retrieval models).", choices=SHRINK_INITS),
+                  "directions.", choices=SHRINK_INITS),
         *distillation_fields(), *training_fields(),
         every_layer("every layer of the narrower model reproduces the same layer of the last distilled student "
                     "(projected),\nnot only the last."),
