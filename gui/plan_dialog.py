@@ -9,6 +9,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.configs import EVAL_TASKS
 from engine.events import Event, Log, Progress
 from engine.recipe import Recipe
 from engine.shapes import Shape
@@ -35,13 +37,12 @@ from gui.tradeoff_chart import TradeoffChart
 from gui.tradeoff_points import BYTES_PER_PARAM, ModelPoint, plan_points, score_key
 from gui.worker import COMPLETED, Outcome, Worker
 
-FIDELITY = score_key("stage", "fidelity")
 
+def _plan(sink: Any, token: Any, recipe: Recipe, teacher: Shape, target: int, out: Path, budget: float,
+          probe: tuple[str, str] | None) -> dict:
+    from engine.planner import Probe, plan
 
-def _plan(sink: Any, token: Any, recipe: Recipe, teacher: Shape, target: int, out: Path, budget: float) -> dict:
-    from engine.planner import plan
-
-    return plan(recipe, teacher, target, out, sink, token, budget)
+    return plan(recipe, teacher, target, out, sink, token, budget, Probe(*probe) if probe else None)
 
 
 class PlanDialog(QDialog):
@@ -66,6 +67,17 @@ class PlanDialog(QDialog):
         self.out = QLineEdit(str(base / f"{recipe.run.name or 'plan'}.toml"))
         self.out.setToolTip("The winning recipe; the trials and the candidate table go to a .plan folder beside it.\n"
                             "Planning again into the same file continues a stopped plan.")
+        self.rank = QComboBox()
+        self.rank.addItem("fidelity to the teacher (no labels)", "")
+        for task in EVAL_TASKS:
+            self.rank.addItem(f"{task} probe on labelled data", task)
+        self.rank.setToolTip("Label-free fidelity rewards students that cover the teacher's depth, which suits "
+                             "sentence tasks;\ntoken tasks such as NER can rank differently (README, What keeps "
+                             "quality): with a labelled set\nof your task, each trial is also scored by a linear "
+                             "probe and the candidates are ranked by it.")
+        self.probe_data = QLineEdit(placeholderText="labelled data: a folder, file or hub id")
+        self.rank.currentIndexChanged.connect(self._update_buttons)
+        self.probe_data.textChanged.connect(self._update_buttons)
         self.progress = QProgressBar(visible=False)
         self.status = QLabel(wordWrap=True)
         self.status.setStyleSheet("color: #4b5563;")
@@ -81,6 +93,8 @@ class PlanDialog(QDialog):
         form.addRow("Target size", self.target)
         form.addRow("Time budget", self.budget)
         form.addRow("Planned recipe", self.out)
+        form.addRow("Rank by", self.rank)
+        form.addRow("", self.probe_data)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         self.plan_button = self.buttons.addButton("Plan", QDialogButtonBox.ButtonRole.ActionRole)
         self.cancel_button = self.buttons.addButton("Stop", QDialogButtonBox.ButtonRole.ActionRole)
@@ -92,7 +106,8 @@ class PlanDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Candidate allocations of the size (vocabulary, depth, FFN and hidden width) are "
                                 "each tried with a short run on the recipe's corpus and ranked by how faithfully "
-                                "the student reproduces the teacher.", wordWrap=True))
+                                "the student reproduces the teacher, or by a probe on labelled data of your task.",
+                                wordWrap=True))
         layout.addLayout(form)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -101,6 +116,12 @@ class PlanDialog(QDialog):
         layout.addWidget(self.log, 1)
         layout.addWidget(self.buttons)
         self._update_buttons()
+
+    @property
+    def probe(self) -> tuple[str, str] | None:
+        """The task and labelled data the candidates are ranked by; None: by fidelity."""
+        task = self.rank.currentData()
+        return (task, self.probe_data.text().strip()) if task else None
 
     @property
     def out_path(self) -> Path:
@@ -116,7 +137,7 @@ class PlanDialog(QDialog):
         self.table.setRowCount(0)
         self._draw(self._tried())  # a plan continued shows its finished trials at once
         self.worker = Worker(_plan, self.recipe, self.teacher, round(self.target.value() * 1e6), self.out_path,
-                             self.budget.value())
+                             self.budget.value(), self.probe)
         self.worker.event.connect(self.handle)
         self.worker.failed.connect(self._failed)
         self.worker.finished.connect(self._finished)
@@ -158,14 +179,17 @@ class PlanDialog(QDialog):
         return [{"name": name, **trial} for name, trial in (table.get("trials") or {}).items()]
 
     def _draw(self, rows: list[dict], winner: str = "") -> None:
-        """The teacher and the tried candidates: parameters against the trial's fidelity."""
-        teacher = ModelPoint("plan", "teacher", 0, self.teacher.total_params,
-                             self.teacher.total_params * BYTES_PER_PARAM, True, {FIDELITY: (1.0, 0.0)})
-        trials = plan_points("plan", {"candidates": rows})
+        """The tried candidates (with the teacher, by fidelity): parameters against the score they are ranked by."""
+        by = "probe" if self.probe else "fidelity"
+        key = score_key("stage", by)
+        size = self.teacher.total_params
+        teacher = [] if self.probe else [ModelPoint("plan", "teacher", 0, size, size * BYTES_PER_PARAM, True,
+                                                    {key: (1.0, 0.0)})]
+        trials = plan_points("plan", {"candidates": rows}, by)
         for point in trials:
             if point.name == f"trial {winner}":
                 point.name += "  ← winner"
-        self.chart.draw([("candidates (short trials)", SERIES_COLOURS[0], [teacher, *trials])], FIDELITY, "params")
+        self.chart.draw([("candidates (short trials)", SERIES_COLOURS[0], [*teacher, *trials])], key, "params")
 
     def _finished(self, outcome: Outcome) -> None:
         self.worker = None
@@ -181,11 +205,12 @@ class PlanDialog(QDialog):
         show_error(self, "Planning failed", message(error), details(error))
 
     def _show(self, result: dict) -> None:
-        rows = result["candidates"]
+        rows, by = result["candidates"], result["ranked_by"]
+        self.table.setHorizontalHeaderItem(2, QTableWidgetItem(by.capitalize()))
         self.table.setRowCount(len(rows))
         for i, row in enumerate(rows):
             winner = row["name"] == result["winner"]
-            score = f"{row['fidelity']:.4f}" if row["status"] == "tried" else row["status"]
+            score = f"{row[by]:.4f}" if row["status"] == "tried" else row["status"]
             layers = f"{row['layers']} layer{'s' if row['layers'] > 1 else ''}"
             cells = [f"{row['vocab']:,} · {layers} ({row['selection']}) · FFN {row['ffn']} · "
                      f"hidden {row['hidden']}" + ("  ← winner" if winner else ""), f"{row['params']:,}", score]
@@ -201,8 +226,10 @@ class PlanDialog(QDialog):
         self.progress.setValue(1)
         tried = sum(row["status"] == "tried" for row in rows)
         self.progress.setFormat(f"{tried} trial{'s' if tried > 1 else ''} in {result['minutes']:.1f} min")
+        agreement = (f" The label-free ranking's Spearman correlation with the probe's: "
+                     f"{result['rank_correlation']:+.2f}." if result["rank_correlation"] is not None else "")
         self.status.setText(f"Winner: {result['winner']}. Use the winner to load it into the Setup tab "
-                            f"(saved as {self.out.text().strip()}).")
+                            f"(saved as {self.out.text().strip()}).{agreement}")
 
     def _use(self) -> None:
         if self.result is not None:
@@ -212,9 +239,11 @@ class PlanDialog(QDialog):
     def _update_buttons(self) -> None:
         running = self.is_running()
         self.progress.setVisible(running or self.result is not None)
-        for widget in (self.target, self.budget, self.out):
+        for widget in (self.target, self.budget, self.out, self.rank):
             widget.setEnabled(not running)
-        self.plan_button.setEnabled(not running)
+        self.probe_data.setEnabled(not running and bool(self.rank.currentData()))
+        labelled = not self.rank.currentData() or bool(self.probe_data.text().strip())
+        self.plan_button.setEnabled(not running and labelled)
         self.cancel_button.setEnabled(running)
         self.use_button.setEnabled(not running and self.result is not None)
         self.buttons.button(QDialogButtonBox.StandardButton.Close).setEnabled(not running)

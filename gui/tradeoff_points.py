@@ -109,12 +109,12 @@ def load_points(run: RunSummary) -> list[ModelPoint]:
     return sorted(points.values(), key=lambda p: p.stage) + plan_points(name, manifest.get("plan") or {})
 
 
-def plan_points(run: str, plan: dict[str, Any]) -> list[ModelPoint]:
-    """The tried candidates of a plan (`[plan]` of a planned recipe, or the planner's result) as trial points."""
+def plan_points(run: str, plan: dict[str, Any], by: str = "fidelity") -> list[ModelPoint]:
+    """The tried candidates of a plan (`[plan]` of a planned recipe, or the planner's result) as trial points,
+    scored by their trial's `by` ("fidelity" or "probe")."""
     return [ModelPoint(run, f"trial {row['name']}", -1, int(row["params"]), int(row["params"]) * BYTES_PER_PARAM,
-                       bytes_estimated=True, trial=True,
-                       scores={score_key("stage", "fidelity"): (float(row["fidelity"]), 0.0)})
-            for row in plan.get("candidates") or [] if row.get("fidelity") is not None]
+                       bytes_estimated=True, trial=True, scores={score_key("stage", by): (float(row[by]), 0.0)})
+            for row in plan.get("candidates") or [] if row.get(by) is not None]
 
 
 def pareto_front(xs: list[float], ys: list[float]) -> list[int]:

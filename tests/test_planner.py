@@ -18,7 +18,7 @@ from engine.errors import Cancelled, RecipeError
 from engine.estimate import stage_shapes
 from engine.events import CancelToken, Collect, Log, Progress, RunFinished
 from engine.models.loading import source_shape
-from engine.planner import candidates, params_of, plan, smallest_allocation
+from engine.planner import Probe, candidates, params_of, plan, smallest_allocation
 from engine.recipe import Recipe
 from engine.resources import DEFAULT_RECIPE
 from engine.runfolder import Manifest
@@ -160,3 +160,19 @@ def test_a_recipes_plan_table_round_trips_and_a_bad_one_is_named():
         Recipe.from_toml(base + 'winner = "other"\n' + row)
     with pytest.raises(RecipeError, match=r"unknown key 'fidelty' in \[plan.candidates\[1\]\]"):
         Recipe.from_toml(base + 'winner = "v16000-l6-stride-f736-h288"\n' + row.replace("fidelity", "fidelty"))
+
+
+def test_a_plan_ranked_by_a_probe_picks_the_best_probe_and_reports_the_agreement(tmp_path, tiny_models, corpus):
+    from test_evaluation import sentiment_folder
+
+    recipe = Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, STAGES, verify=False), tmp_path)
+    teacher = source_shape(str(tiny_models["bert"]))
+    out = tmp_path / "planned.toml"
+    result = plan(recipe, teacher, int(0.6 * teacher.total_params), out, Collect(),
+                  probe=Probe("sentiment", str(sentiment_folder(tmp_path))), vocabularies=(300,))
+    tried = [row for row in result["candidates"] if row["status"] == "tried"]
+    assert result["ranked_by"] == "probe" and all(0 <= row["probe"] <= 1 for row in tried)
+    assert result["winner"] == max(tried, key=lambda row: row["probe"])["name"]
+    assert -1 <= result["rank_correlation"] <= 1
+    planned = Recipe.load(out).plan
+    assert planned.ranked_by == "probe" and planned.rank_correlation == result["rank_correlation"]

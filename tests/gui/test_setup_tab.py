@@ -320,6 +320,12 @@ def test_plan_tries_allocations_and_its_winner_fills_the_stages(qtbot, make_reci
     dialog = widget.open_plan()
     qtbot.addWidget(dialog)
     assert dialog.use_button.isEnabled() is False
+    dialog.rank.setCurrentIndex(dialog.rank.findData("topic"))  # ranked by a probe: it needs labelled data
+    assert not dialog.plan_button.isEnabled() and dialog.probe_data.isEnabled()
+    dialog.probe_data.setText(str(tmp_path / "sib200"))
+    assert dialog.plan_button.isEnabled() and dialog.probe == ("topic", str(tmp_path / "sib200"))
+    dialog.rank.setCurrentIndex(0)  # by fidelity
+    assert dialog.probe is None and not dialog.probe_data.isEnabled()
     dialog.target.setValue(0.5 * teacher.total_params / 1e6)  # half the depth and narrower
     dialog.budget.setValue(0)  # one trial
     dialog.out.setText(str(tmp_path / "planned.toml"))
