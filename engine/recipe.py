@@ -77,7 +77,7 @@ class Recipe:
         if self.task_models:
             out["task_models"] = [_plain(config) for config in self.task_models]
         if self.plan is not None:
-            out["plan"] = {**_plain(self.plan), "candidates": [_plain(row) for row in self.plan.candidates]}
+            out["plan"] = _plain(self.plan)
         return out
 
     def to_toml(self) -> str:
@@ -194,7 +194,7 @@ def _plan(raw: Any) -> PlanRecord:
 
 
 def _plain(obj: Any) -> dict[str, Any]:
-    """A dataclass as TOML-friendly values (tuples as lists, None omitted)."""
+    """A dataclass as TOML-friendly values (tuples as lists, dataclasses in them as tables, None omitted)."""
     out = {}
     for f in fields(obj):
         if f.name == "base_dir":
@@ -202,7 +202,8 @@ def _plain(obj: Any) -> dict[str, Any]:
         value = getattr(obj, f.name)
         if value is None:
             continue
-        out[f.name] = list(value) if isinstance(value, tuple) else value
+        out[f.name] = [_plain(v) if dataclasses.is_dataclass(v) else v for v in value] \
+            if isinstance(value, tuple) else value
     return out
 
 

@@ -169,11 +169,7 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], embedder: Embedder, 
             else:
                 vectors = torch.nn.functional.normalize(vectors, dim=-1)
         out.append(vectors)
-    if not out:
-        return torch.zeros(0)
-    vectors = torch.empty_like(torch.cat(out))
-    vectors[torch.tensor(order)] = torch.cat(out)
-    return vectors
+    return torch.cat(out)[torch.tensor(order).argsort()] if out else torch.zeros(0)  # back in the texts' order
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
