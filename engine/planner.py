@@ -163,9 +163,9 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
     with the same recipe, target and probe are reused."""
     token = token or CancelToken()
     recipe = recipe.replace(plan=None)  # planning a planned recipe again starts from its stages alone
-    folder = out.with_suffix(".plan")
+    record = plan_file(out)
+    folder = record.parent
     folder.mkdir(parents=True, exist_ok=True)
-    record = folder / PLAN_FILE
     key = {"recipe": recipe.to_toml(), "target_params": target, "probe": dataclasses.asdict(probe) if probe else None,
            "vocabularies": list(vocabularies)}
     table = _load(record, key) or {**key, "trimmed": {}, "trials": {}}
@@ -211,6 +211,11 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
                    f"below were each tried briefly, ranked by {by}; the stages are the winner's.\n\n"
                    + planned.to_toml(), encoding="utf-8")
     return result
+
+
+def plan_file(out: Path) -> Path:
+    """Where the plan for the planned recipe `out` records its trials and result (trial runs beside it)."""
+    return out.with_suffix(".plan") / PLAN_FILE
 
 
 def plan_record(result: dict[str, Any]) -> PlanRecord:

@@ -172,8 +172,10 @@ class PlanDialog(QDialog):
 
     def _tried(self) -> list[dict]:
         """The finished trials so far, from the plan's own record (written after each trial)."""
+        from engine.planner import plan_file
+
         try:
-            table = json.loads(self.out_path.with_suffix(".plan").joinpath("plan.json").read_text(encoding="utf-8"))
+            table = json.loads(plan_file(self.out_path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return []
         return [{"name": name, **trial} for name, trial in (table.get("trials") or {}).items()]
@@ -229,7 +231,7 @@ class PlanDialog(QDialog):
         agreement = (f" The label-free ranking's Spearman correlation with the probe's: "
                      f"{result['rank_correlation']:+.2f}." if result["rank_correlation"] is not None else "")
         self.status.setText(f"Winner: {result['winner']}. Use the winner to load it into the Setup tab "
-                            f"(saved as {self.out.text().strip()}).{agreement}")
+                            f"(saved as {self.out_path}).{agreement}")
 
     def _use(self) -> None:
         if self.result is not None:
