@@ -164,6 +164,18 @@ def test_the_count_equals_the_line_by_line_count(tokenizer, words_kept, monkeypa
     assert tally.words == words
 
 
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_words_left_whole_are_the_pre_tokenizers_own_pieces(name):
+    """The pieces the pass writes down for a word without asking the pre-tokenizer are the ones it makes."""
+    backend = TOKENIZERS[name]().backend_tokenizer
+    whole, pre_tokenize = vocab._whole_word(backend.pre_tokenizer), backend.pre_tokenizer.pre_tokenize_str
+    every = [chr(c) for c in range(0x30000) if not 0xD800 <= c < 0xE000]
+    words = [w for line in AWKWARD for w in line.split()] + WORDS + every + ["a" + c + "b" for c in every[::5]] + [""]
+    taken = [(word, whole(word)) for word in words if whole(word) is not None]
+    assert len(taken) > len(words) / 3  # plain words are not asked about
+    assert [(word, pieces) for word, pieces in taken if pieces != tuple(p for p, _ in pre_tokenize(word))] == []
+
+
 def test_which_tokenizers_are_counted_word_by_word():
     assert vocab._Wordwise.of(wordpiece().backend_tokenizer).suspect is not None  # \x1c... are not separators
     assert vocab._Wordwise.of(unigram_tokenizer().backend_tokenizer) is not None

@@ -286,6 +286,7 @@ class _Words:
 
     def __init__(self, tokenizer: Tokenizer, encode: bool, split: bool) -> None:
         self.normalizer, self.pre_tokenizer, self.split = tokenizer.normalizer, tokenizer.pre_tokenizer, split
+        self.whole = _whole_word(self.pre_tokenizer)
         self.alphabet: set[str] = set()
         self.pieces: list[tuple[str, ...]] = []  # of each word (when `split`)
         self.slots: dict[str, int] = {}
@@ -337,8 +338,8 @@ class _Words:
             if self.pre_tokenizer is None:
                 self.pieces.extend((text,) for text in texts)
             else:
-                pre_tokenize = self.pre_tokenizer.pre_tokenize_str
-                self.pieces.extend(tuple(piece for piece, _ in pre_tokenize(text)) for text in texts)
+                pre_tokenize, whole = self.pre_tokenizer.pre_tokenize_str, self.whole
+                self.pieces.extend(whole(text) or tuple(piece for piece, _ in pre_tokenize(text)) for text in texts)
 
     def keep(self, n: int, counts: np.ndarray) -> None:
         """Keep the `n` most seen words (ties: first seen first) and count the tokens of all so far into
@@ -409,6 +410,28 @@ def _encoded_words(model: Tokenizer, slots: np.ndarray,
     word_of = np.repeat(np.arange(len(words)), np.fromiter(map(len, words), dtype=np.int64, count=len(words)))
     lengths = np.bincount(word_of, weights=per_piece, minlength=len(words)).astype(np.int64)
     return slots, lengths, np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(per_piece.sum()))
+
+
+def _whole_word(pre_tokenizer: Any) -> Callable[[str], tuple[str, ...] | None]:
+    """The pieces `pre_tokenizer` makes of a normalised word when they are known without asking it (a word it
+    leaves whole), else None; asking costs microseconds, which a corpus's many distinct words add up.
+
+    Metaspace (alone or after WhitespaceSplit) leaves a word without whitespace or its replacement mark
+    whole, marked unless it never prepends; BertPreTokenizer leaves a word of letters and digits whole.
+    Python's whitespace includes all of Rust's, so a word taken for whole is one.
+    """
+    state = json.loads(pre_tokenizer.__getstate__()) if pre_tokenizer is not None else {}
+    steps = state.get("pretokenizers", []) if state.get("type") == "Sequence" else [state]
+    kinds = [step.get("type") for step in steps]
+    if kinds in (["Metaspace"], ["WhitespaceSplit", "Metaspace"]):
+        mark = steps[-1]["replacement"]
+        scheme = steps[-1].get("prepend_scheme", "always" if steps[-1].get("add_prefix_space", True) else "never")
+        lead = "" if scheme == "never" else mark
+        breaks = re.compile(rf"[\s{re.escape(mark)}]")
+        return lambda word: None if not word or breaks.search(word) else (lead + word,)
+    if kinds == ["BertPreTokenizer"]:
+        return lambda word: (word,) if word.isalnum() else None
+    return lambda word: None
 
 
 def _grown(array: np.ndarray, size: int) -> np.ndarray:
@@ -689,6 +712,7 @@ class _Pieces:
 
 _HASH_BASES = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
 _WORDS_AT_ONCE = 100_000  # words whose substrings `_substring_counts` looks up together (bounds its memory)
+_THREADS = 2  # parts of the words `_substring_counts` counts at once
 
 
 def _substring_counts(spec: dict, words: Counter[str], n_tokens: int, longest: int = 16,
@@ -700,13 +724,13 @@ def _substring_counts(spec: dict, words: Counter[str], n_tokens: int, longest: i
     Every substring of up to `longest` characters is looked up at once per length, in numpy: substrings and
     pieces are hashed (polynomial, mod 2^64), matched by hash and then compared character by character, so
     the counts are exact; a base under which two pieces of one length share a hash is not used. Words are
-    taken `_WORDS_AT_ONCE` at a time (bounded memory); when `wanted()` turns false between two such parts,
-    the count is abandoned (None).
+    taken in parts of at most `_WORDS_AT_ONCE` (bounded memory), `_THREADS` parts at a time; when `wanted()`
+    turns false before a part begins, the count is abandoned (None). `wanted` is only called here, in the
+    caller's thread.
     """
-    counts = np.zeros(n_tokens, dtype=np.int64)
     vocab = _piece_ids(spec)
     if not vocab or not words:
-        return counts
+        return np.zeros(n_tokens, dtype=np.int64)
     pieces = _Pieces(list(vocab))
     ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
     usable = ids < n_tokens
@@ -730,27 +754,42 @@ def _substring_counts(spec: dict, words: Counter[str], n_tokens: int, longest: i
     else:  # pragma: no cover - four 64-bit bases, each with a collision among one length's pieces
         raise ModelError("could not hash the vocabulary's pieces without collisions")
     found = list(words.items())
-    for start in range(0, len(found), _WORDS_AT_ONCE):
-        if wanted is not None and not wanted():
-            return None
-        part = found[start : start + _WORDS_AT_ONCE]
-        text = _Pieces([word for word, _ in part])
-        weights = np.fromiter((n for _, n in part), dtype=np.int64, count=len(part))[text.owner]
-        chars = text.chars.astype(np.uint64)
-        everywhere = np.arange(chars.size)
-        room = text.starts[text.owner] + text.lengths[text.owner] - everywhere
-        at_start = room == text.lengths[text.owner]
-        for where, table in hashed:
-            positions = everywhere if where is None else np.flatnonzero(at_start == where)
-            hashes = np.zeros(positions.size, dtype=np.uint64)
-            for length in range(1, longest + 1):
-                fits = room[positions] >= length
-                positions, hashes = positions[fits], hashes[fits]
-                if not positions.size:
-                    break
-                hashes = hashes * np.uint64(table.base) + chars[positions + length - 1]
-                ids_found, hits = table.find(length, hashes, chars, positions)
-                np.add.at(counts, ids_found, weights[positions[hits]])
+    size = min(_WORDS_AT_ONCE, -(-len(found) // _THREADS))
+    counts = np.zeros(n_tokens, dtype=np.int64)
+    with ThreadPoolExecutor(_THREADS, thread_name_prefix="trim-substrings") as pool:
+        running: deque[Future] = deque()  # numpy lets go of the GIL in its loops: parts counted side by side
+        for start in range(0, len(found), size):
+            if wanted is not None and not wanted():
+                return None
+            if len(running) == _THREADS:
+                counts += running.popleft().result()
+            running.append(pool.submit(_count_part, found[start : start + size], hashed, n_tokens, longest))
+        for job in running:
+            counts += job.result()
+    return counts
+
+
+def _count_part(part: list[tuple[str, int]], hashed: list[tuple[bool | None, _HashTable]], n_tokens: int,
+                longest: int) -> np.ndarray:
+    """`_substring_counts` of the words `part` ((word, count) pairs)."""
+    counts = np.zeros(n_tokens, dtype=np.int64)
+    text = _Pieces([word for word, _ in part])
+    weights = np.fromiter((n for _, n in part), dtype=np.int64, count=len(part))[text.owner]
+    chars = text.chars.astype(np.uint64)
+    everywhere = np.arange(chars.size)
+    room = text.starts[text.owner] + text.lengths[text.owner] - everywhere
+    at_start = room == text.lengths[text.owner]
+    for where, table in hashed:
+        positions = everywhere if where is None else np.flatnonzero(at_start == where)
+        hashes = np.zeros(positions.size, dtype=np.uint64)
+        for length in range(1, longest + 1):
+            fits = room[positions] >= length
+            positions, hashes = positions[fits], hashes[fits]
+            if not positions.size:
+                break
+            hashes = hashes * np.uint64(table.base) + chars[positions + length - 1]
+            ids_found, hits = table.find(length, hashes, chars, positions)
+            np.add.at(counts, ids_found, weights[positions[hits]])
     return counts
 
 
