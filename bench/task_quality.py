@@ -49,7 +49,8 @@ def main() -> None:
     for name in args.tasks:
         language = TASKS[name][0]
         if language not in runs:
-            runs[language] = str(compress(args.recipe, language, out, sink))
+            plain = argparse.Namespace(recipe=args.recipe, corpus_mb=None, plan_params=None)  # the whole corpus
+            runs[language] = str(compress(plain, language, out, sink))
         rows.append(score_task(args, name, Path(runs[language]), out, sink))
         print(json.dumps(rows[-1]), flush=True)
     summary = {"summary": True, "retained_distilled": {r["task"]: r["retained"]["distilled"] for r in rows},
