@@ -55,7 +55,7 @@ def main() -> None:
     renumbered, _ = compact_vocabulary(compact, encoded, pad)
     batches = length_grouped_batches(encoded[0].input_ids, 16, 0)[: args.steps + 1]
     variants = {"full": (full, encoded[0]), "compact": (compact, renumbered[0])}
-    optimizers = {name: adamw(model.named_parameters(), 1e-4, WEIGHT_DECAY, fused=True)
+    optimizers = {name: adamw(model.named_parameters(), 1e-4, WEIGHT_DECAY)
                   for name, (model, _) in variants.items()}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     logits: dict[str, torch.Tensor] = {}

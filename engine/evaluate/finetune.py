@@ -225,8 +225,7 @@ def fit(
     metric = headline(data.task)
     settings = LoopSettings(max_steps=epochs * steps_per_epoch, learning_rate=learning_rate,
                             weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO, grad_clip=MAX_GRAD_NORM,
-                            eval_every=steps_per_epoch, patience=patience, select=metric, maximize=True,
-                            fused_optimizer=True)
+                            eval_every=steps_per_epoch, patience=patience, select=metric, maximize=True)
     observer = _EpochObserver(steps_per_epoch, epochs, metric, progress)
     state = train(model, objective, batch, lambda: evaluate(dev, data.dev), settings, observer,
                   precision=Precision(torch.device(device), None), token=token)

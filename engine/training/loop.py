@@ -53,7 +53,6 @@ class LoopSettings:
     select: str = "total"  # the validation value that picks the best state
     maximize: bool = False
     dropout_seed: int | None = None
-    fused_optimizer: bool = False
 
 
 @dataclass
@@ -112,7 +111,7 @@ def train(net: nn.Module, objective: Losses, batch: Callable[[int], TrainBatch],
     named = [(n, p) for n, p in (parameters if parameters is not None else net.named_parameters())
              if p.requires_grad]
     trainable = [p for _, p in named]
-    optimizer = adamw(named, cfg.learning_rate, cfg.weight_decay, fused=cfg.fused_optimizer)
+    optimizer = adamw(named, cfg.learning_rate, cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
     scaler = precision.scaler()
     state, best_state = TrainState(), None
