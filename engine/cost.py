@@ -112,7 +112,7 @@ def _adamw_rate(device: torch.device) -> float:
 
     p = torch.nn.Parameter(torch.zeros(16_000_000, device=device))  # large enough to amortise per-call costs
     p.grad = torch.ones_like(p)
-    optimizer = torch.optim.AdamW([p], lr=1e-5)
+    optimizer = torch.optim.AdamW([p], lr=1e-5, fused=True)  # as the training loop builds it (engine.training.optim)
 
     def step() -> None:
         optimizer.step()
