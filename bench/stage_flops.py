@@ -30,17 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TRAINING = ("distill", "shrink")
 
 
-class LastProgress:
-    """Keeps each stage's last training-step Progress event."""
-
-    def __init__(self) -> None:
-        self.last: dict[int, object] = {}
-
-    def emit(self, event) -> None:
-        if event.kind == "progress" and event.unit == "step":
-            self.last[event.index] = event
-
-
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -52,7 +41,7 @@ def main() -> None:
     from engine import pipeline
     from engine.configs import CorpusConfig
     from engine.cost import step_flops
-    from engine.events import FanOut
+    from engine.events import Collect, Progress
     from engine.models.loading import source_shape
     from engine.recipe import Recipe
     from engine.resources import DEFAULT_RECIPE
@@ -67,8 +56,9 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="stage-flops-"))
     recipe = recipe.replace(corpus=corpus, stages=stages, evaluation=None, run=dataclasses.replace(
         recipe.run, runs_dir=str(out), name="stage-flops", verify=False, sentence_layout=False))
-    progress = LastProgress()
-    run_dir = pipeline.run(recipe, FanOut(progress))
+    events = Collect()
+    run_dir = pipeline.run(recipe, events)
+    last = {event.index: event for event in events.of(Progress) if event.unit == "step"}  # each stage's last step
 
     folder = RunFolder(run_dir)
     manifest = folder.manifest().data
@@ -83,9 +73,9 @@ def main() -> None:
         teaching = models[index - 2] if kind == "distill" else last_distilled
         student, teacher = source_shape(str(models[index - 1])), source_shape(str(teaching))
         per_token = step_flops(student, 1, round(length), 0, teacher)
-        rate = progress.last[index].tokens_per_second
+        rate = last[index].tokens_per_second
         rows[kind] = {"index": index, "tokens_per_second": rate, "gflop_per_token": per_token / 1e9,
-                      "achieved_gflops": rate * per_token / 1e9, "steps": progress.last[index].step}
+                      "achieved_gflops": rate * per_token / 1e9, "steps": last[index].step}
         if kind == "distill":
             last_distilled = models[index - 1]
     device = torch.device("cpu")
