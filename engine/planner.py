@@ -33,7 +33,6 @@ from engine.shapes import Shape
 VOCABULARIES = (8000, 16000, 32000)
 DEPTHS = (1 / 3, 1 / 2, 2 / 3)  # of the teacher's layers: 4, 6 and 8 of 12
 SELECTIONS = ("stride", "first_k")
-PREFERRED = (16000, 1 / 2, "stride")  # tried first: the measured default (README, What keeps quality)
 TRIAL_FRACTION = 0.25  # of each training stage's max_steps that a trial trains
 PLAN_FILE = "plan.json"
 FFN_STEP = 32
@@ -126,12 +125,20 @@ def candidates(recipe: Recipe, teacher: Shape, target: int,
             f"no allocation reaches {target:,} parameters: the smallest the planner tries (vocabulary "
             f"{smallest.vocab:,}, {smallest.layers} layers, hidden {smallest.hidden}, FFN {smallest.ffn}) has "
             f"{params_of(recipe, smallest, teacher):,}; raise the target to at least that", "target")
-    vocab, depth, selection = PREFERRED
+    vocab, layers, selection = _own_allocation(recipe, teacher)
 
     def distance(a: Allocation) -> tuple:
-        return (abs(np.log2(a.vocab / vocab)) + abs(a.layers / teacher.layers - depth) * 3, a.selection != selection)
+        return (abs(np.log2(a.vocab / vocab)) + abs(a.layers - layers) / teacher.layers * 3, a.selection != selection)
 
     return sorted(found, key=distance)
+
+
+def _own_allocation(recipe: Recipe, teacher: Shape) -> tuple[int, int, str]:
+    """The vocabulary, depth and layer selection of the recipe's own stages (else the embedded default's): the
+    candidates closest to them are tried first."""
+    template = _templates(recipe)
+    return (template["trim_vocab"].size, min(template["distill"].layers, teacher.layers),
+            template["distill"].layer_selection)
 
 
 def smallest_allocation(teacher: Shape, vocabularies: tuple[int, ...] = VOCABULARIES) -> Allocation:
@@ -275,7 +282,7 @@ def _probe(run_dir: Path, probe: Probe, out: Path, sink: EventSink, token: Cance
     config = EvaluationConfig(tasks=(probe.task,), data=(probe.data,), seeds=1, mode="probe", speed=False,
                               intrinsic=False)
     summary = evaluate(EvalPlan((final,), config), out, FanOut(sink), token)
-    return next(r["mean"] for r in summary["results"] if r["metric"] == headline(probe.task))
+    return next(r["dev_mean"] for r in summary["results"] if r["metric"] == headline(probe.task))
 
 
 def _row(recipe: Recipe, allocation: Allocation, teacher: Shape, trial: dict | None) -> dict[str, Any]:

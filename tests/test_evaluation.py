@@ -159,7 +159,15 @@ def test_aggregate_mean_and_std_over_seeds():
     (row,) = aggregate(records)
     assert row["mean"] == pytest.approx(0.7)
     assert row["std"] == pytest.approx(0.2)  # sample std: sqrt(((-.2)^2 + 0 + .2^2) / 2)
-    assert row["seeds"] == 3
+    assert row["seeds"] == 3 and "dev_mean" not in row  # no dev scores: none reported
+
+
+def test_aggregate_reports_the_dev_mean_only_where_every_seed_has_one():
+    records = [{"model": "m", "task": "pos", "metrics": {"accuracy": 0.5, "f1": 0.4},
+                "dev_metrics": {"accuracy": dev, **({"f1": 0.3} if dev < 0.7 else {})}} for dev in (0.6, 0.8)]
+    accuracy, f1 = aggregate(records)
+    assert accuracy["dev_mean"] == pytest.approx(0.7) and accuracy["mean"] == pytest.approx(0.5)
+    assert "dev_mean" not in f1
 
 
 def test_markdown_table_states_drop_vs_teacher():

@@ -55,7 +55,9 @@ def test_every_candidate_meets_the_target_and_uses_most_of_it(teacher, target):
     shape = SHAPES[teacher]
     recipe = Recipe.load(DEFAULT_RECIPE)
     found = candidates(recipe, shape, target)
-    assert found[0].vocab == 16000 and found[0].layers == 6 and found[0].selection == "stride"
+    # the default recipe's own vocabulary, depth and selection first, then the nearest
+    assert (found[0].vocab, found[0].layers, found[0].selection) == (16000, 6, "first_k")
+    assert (found[1].vocab, found[1].layers, found[1].selection) == (16000, 6, "stride")
     assert {(a.vocab, a.layers, a.selection) for a in found} >= {(8000, 4, "first_k"), (32000, 8, "stride")}
     for allocation in found:
         params = params_of(recipe, allocation, shape)
@@ -165,6 +167,8 @@ def test_a_recipes_plan_table_round_trips_and_a_bad_one_is_named():
 def test_a_plan_ranked_by_a_probe_picks_the_best_probe_and_reports_the_agreement(tmp_path, tiny_models, corpus):
     from test_evaluation import sentiment_folder
 
+    from engine.evaluate.report import headline
+
     recipe = Recipe.from_toml(recipe_toml(tiny_models["bert"], corpus, STAGES, verify=False), tmp_path)
     teacher = source_shape(str(tiny_models["bert"]))
     out = tmp_path / "planned.toml"
@@ -173,6 +177,9 @@ def test_a_plan_ranked_by_a_probe_picks_the_best_probe_and_reports_the_agreement
     tried = [row for row in result["candidates"] if row["status"] == "tried"]
     assert result["ranked_by"] == "probe" and all(0 <= row["probe"] <= 1 for row in tried)
     assert result["winner"] == max(tried, key=lambda row: row["probe"])["name"]
+    for row in tried:  # ranked by the probe's dev score: choosing by the test score would leak it
+        (record,) = (tmp_path / "planned.plan" / "probes" / row["name"]).glob("*/*/seed-0-*.json")
+        assert row["probe"] == json.loads(record.read_text())["dev_metrics"][headline("sentiment")]
     assert -1 <= result["rank_correlation"] <= 1
     planned = Recipe.load(out).plan
     assert planned.ranked_by == "probe" and planned.rank_correlation == result["rank_correlation"]

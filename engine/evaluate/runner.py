@@ -201,17 +201,24 @@ def _result_fields(result: Any) -> dict[str, Any]:
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds for every model, task and metric, in first-seen order."""
+    """Mean ± std over seeds for every model, task and metric, in first-seen order; `dev_mean` too where
+    every seed has a dev score for the metric (what a choice among models may be made by, never the test)."""
     from engine.evaluate.metrics import mean_std
 
     groups: dict[tuple[str, str, str], list[float]] = {}
+    devs: dict[tuple[str, str, str], list[float]] = {}
     for record in records:
         for metric, value in record["metrics"].items():
-            groups.setdefault((record["model"], record["task"], metric), []).append(float(value))
+            key = (record["model"], record["task"], metric)
+            groups.setdefault(key, []).append(float(value))
+            if metric in (record.get("dev_metrics") or {}):
+                devs.setdefault(key, []).append(float(record["dev_metrics"][metric]))
     rows = []
-    for (model, task, metric), values in groups.items():
+    for key, values in groups.items():
         mean, std = mean_std(values)
-        rows.append({"model": model, "task": task, "metric": metric, "mean": mean, "std": std, "seeds": len(values)})
+        model, task, metric = key
+        rows.append({"model": model, "task": task, "metric": metric, "mean": mean, "std": std, "seeds": len(values)}
+                    | ({"dev_mean": mean_std(devs[key])[0]} if len(devs.get(key, ())) == len(values) else {}))
     return rows
 
 
