@@ -103,13 +103,14 @@ def params_of(recipe: Recipe, allocation: Allocation, teacher: Shape) -> int:
 
 def candidates(recipe: Recipe, teacher: Shape, target: int,
                vocabularies: tuple[int, ...] = VOCABULARIES) -> list[Allocation]:
-    """The allocations that meet `target` parameters, the preferred one first, then by closeness to it: per
-    vocabulary, depth and layer selection, the widest hidden size (a multiple of the head count, at least a
-    quarter of the teacher's) whose FFN can stay at least twice as wide, and the widest such FFN.
-    A RecipeError names the smallest size the planner can reach when none does."""
+    """The allocations that meet `target` parameters: the recipe's own first where it does, then by closeness
+    to its vocabulary, depth and layer selection: per vocabulary, depth and layer selection, the widest hidden
+    size (a multiple of the head count, at least a quarter of the teacher's) whose FFN can stay at least twice
+    as wide, and the widest such FFN. A RecipeError names the smallest size the planner can reach when none does."""
     if target >= teacher.total_params:
         raise RecipeError(f"the teacher ({teacher.total_params:,} parameters) already meets the target of "
                           f"{target:,}: nothing to plan", "target")
+    own = own_allocation(recipe, teacher)
     found = []
     for vocab in sorted({min(v, teacher.vocab) for v in vocabularies}):
         for layers in _depths(teacher):
@@ -117,28 +118,39 @@ def candidates(recipe: Recipe, teacher: Shape, target: int,
                 # the layer selection does not change the size: one width serves both
                 ffn = _widest_ffn(recipe, Allocation(vocab, layers, SELECTIONS[0], 0, hidden), teacher, target)
                 if ffn >= 2 * hidden:
-                    found += [Allocation(vocab, layers, selection, ffn, hidden) for selection in SELECTIONS]
+                    found += [Allocation(vocab, layers, selection, ffn, hidden)
+                              for selection in dict.fromkeys((*SELECTIONS, own.selection))]
                     break
+    if own not in found and params_of(recipe, own, teacher) <= target:
+        found.append(own)
     if not found:
         smallest = smallest_allocation(teacher, vocabularies)
         raise RecipeError(
             f"no allocation reaches {target:,} parameters: the smallest the planner tries (vocabulary "
             f"{smallest.vocab:,}, {smallest.layers} layers, hidden {smallest.hidden}, FFN {smallest.ffn}) has "
             f"{params_of(recipe, smallest, teacher):,}; raise the target to at least that", "target")
-    vocab, layers, selection = _own_allocation(recipe, teacher)
 
     def distance(a: Allocation) -> tuple:
-        return (abs(np.log2(a.vocab / vocab)) + abs(a.layers - layers) / teacher.layers * 3, a.selection != selection)
+        return (a != own, abs(np.log2(a.vocab / own.vocab)) + abs(a.layers - own.layers) / teacher.layers * 3,
+                a.selection != own.selection)
 
     return sorted(found, key=distance)
 
 
-def _own_allocation(recipe: Recipe, teacher: Shape) -> tuple[int, int, str]:
-    """The vocabulary, depth and layer selection of the recipe's own stages (else the embedded default's): the
-    candidates closest to them are tried first."""
-    template = _templates(recipe)
-    return (template["trim_vocab"].size, min(template["distill"].layers, teacher.layers),
-            template["distill"].layer_selection)
+def label_free(order: list[Allocation], own: Allocation) -> list[Allocation]:
+    """The candidates fidelity can rank: those of the recipe's own depth and layer selection where any meets the
+    target, else all. Mean best-layer CKA rewards covering the teacher's whole depth, so it prefers deeper and
+    `stride` students, which the probes rank lowest (README, What keeps quality); only a probe compares those."""
+    same = [a for a in order if (a.layers, a.selection) == (own.layers, own.selection)]
+    return same or order
+
+
+def own_allocation(recipe: Recipe, teacher: Shape) -> Allocation:
+    """The sizes the recipe's own stages reach (the teacher's where a stage is missing) and its layer selection
+    (else the embedded default's)."""
+    shape = stage_shapes(recipe, teacher)[-1]
+    return Allocation(shape.vocab, shape.layers, _templates(recipe)["distill"].layer_selection, shape.ffn,
+                      shape.hidden)
 
 
 def smallest_allocation(teacher: Shape, vocabularies: tuple[int, ...] = VOCABULARIES) -> Allocation:
@@ -178,6 +190,8 @@ def plan(recipe: Recipe, teacher: Shape, target: int, out: Path, sink: EventSink
     table = _load(record, key) or {**key, "trimmed": {}, "trials": {}}
     began = time.monotonic() - sum(trial["minutes"] * 60 for trial in table["trials"].values())
     order = candidates(recipe, teacher, target, vocabularies)
+    if probe is None:
+        order = label_free(order, own_allocation(recipe, teacher))
     for allocation in order:
         spent = time.monotonic() - began
         if allocation.name in table["trials"]:

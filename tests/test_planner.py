@@ -4,6 +4,7 @@ continues without repeating its finished trials."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from engine.errors import Cancelled, RecipeError
 from engine.estimate import stage_shapes
 from engine.events import CancelToken, Collect, Log, Progress, RunFinished
 from engine.models.loading import source_shape
-from engine.planner import Probe, candidates, params_of, plan, smallest_allocation
+from engine.planner import Probe, candidates, label_free, own_allocation, params_of, plan, smallest_allocation
 from engine.recipe import Recipe
 from engine.resources import DEFAULT_RECIPE
 from engine.runfolder import Manifest
@@ -55,15 +56,28 @@ def test_every_candidate_meets_the_target_and_uses_most_of_it(teacher, target):
     shape = SHAPES[teacher]
     recipe = Recipe.load(DEFAULT_RECIPE)
     found = candidates(recipe, shape, target)
-    # the default recipe's own vocabulary, depth and selection first, then the nearest
-    assert (found[0].vocab, found[0].layers, found[0].selection) == (16000, 6, "first_k")
-    assert (found[1].vocab, found[1].layers, found[1].selection) == (16000, 6, "stride")
+    own = own_allocation(recipe, shape)  # the default recipe's: 16k pieces, 6 first_k layers, FFN 1024, hidden 264
+    assert (own.vocab, own.layers, own.selection, own.ffn, own.hidden) == (16000, 6, "first_k", 1024, 264)
+    assert found[0] == own  # the recipe's own allocation first, then the ones nearest to it
+    assert (found[1].vocab, found[1].layers, found[1].selection) == (16000, 6, "first_k")
     assert {(a.vocab, a.layers, a.selection) for a in found} >= {(8000, 4, "first_k"), (32000, 8, "stride")}
-    for allocation in found:
+    for allocation in found[1:]:
         params = params_of(recipe, allocation, shape)
         at_full_width = (allocation.hidden, allocation.ffn) == (shape.hidden, shape.ffn)
         assert params <= target and (params >= 0.9 * target or at_full_width), allocation
         assert allocation.hidden % shape.heads == 0 and 2 * allocation.hidden <= allocation.ffn <= shape.ffn
+
+
+def test_without_a_probe_only_the_recipes_own_depth_and_selection_are_ranked():
+    shape, recipe = SHAPES["xlmr"], Recipe.load(DEFAULT_RECIPE)
+    own = own_allocation(recipe, shape)
+    found = candidates(recipe, shape, 9_500_000)
+    ranked = label_free(found, own)
+    assert ranked[0] == own and len({a.vocab for a in ranked}) == 3
+    assert {(a.layers, a.selection) for a in ranked} == {(6, "first_k")} < {(a.layers, a.selection) for a in found}
+    shallow = recipe.replace(stages=tuple(dataclasses.replace(s, layers=2) if s.kind == "distill" else s
+                                          for s in recipe.stages))
+    assert label_free(found, own_allocation(shallow, shape)) == found  # no candidate of its depth: all of them
 
 
 def test_an_impossible_target_is_refused_with_the_smallest_reachable_size():
@@ -93,19 +107,23 @@ def test_a_plan_writes_a_valid_recipe_within_the_target_and_resumes_after_a_kill
 
     killed = KillInSecondTrial()
     with pytest.raises(Cancelled):
-        plan(recipe, teacher, target, out, killed, token, vocabularies=(300,))
+        plan(recipe, teacher, target, out, killed, token, vocabularies=(200, 300))
     assert not out.exists()
     first = json.loads((tmp_path / "planned.plan" / "plan.json").read_text())["trials"]
     assert len(first) == 1
 
     sink = Collect()
-    result = plan(recipe, teacher, target, out, sink, vocabularies=(300,))
+    result = plan(recipe, teacher, target, out, sink, vocabularies=(200, 300))
     tried = [row for row in result["candidates"] if row["status"] == "tried"]
-    assert len(tried) == len(result["candidates"]) == 6  # depths 1, 2, 3 of 4, two layer selections
+    # without a probe, the recipe's own depth and layer selection (2 layers, last_k): its own sizes and the
+    # widest per vocabulary
+    assert len(tried) == len(result["candidates"]) == 3
+    assert {(row["layers"], row["selection"]) for row in tried} == {(2, "last_k")}
     (name,) = first
     assert next(row for row in tried if row["name"] == name)["run_dir"] == first[name]["run_dir"]  # not run again
-    assert sum(e.message.startswith("plan: trying") for e in sink.of(Log)) == 5
-    assert sum(isinstance(e, RunFinished) for e in sink.events) == 5  # the trimmed vocabulary was kept too
+    assert sum(e.message.startswith("plan: trying") for e in sink.of(Log)) == 2
+    # two trials, each after trimming its vocabulary (the kill came while the first of them was trimmed)
+    assert sum(isinstance(e, RunFinished) for e in sink.events) == 4
     assert result["winner"] == max(tried, key=lambda row: row["fidelity"])["name"]
 
     planned = Recipe.load(out)
@@ -116,7 +134,7 @@ def test_a_plan_writes_a_valid_recipe_within_the_target_and_resumes_after_a_kill
     assert (shapes[-1].layers, shapes[-1].ffn, shapes[-1].hidden) == (winner["layers"], winner["ffn"], winner["hidden"])
     assert next(s for s in planned.stages if s.kind == "distill").max_steps == 8  # the recipe's full steps
     trials = [(e.step, e.total) for e in sink.of(Progress) if e.unit == "trial"]
-    assert trials == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]  # the reused trial counts as done
+    assert trials == [(1, 3), (2, 3), (3, 3)]  # the reused trial counts as done
     etas = [e.eta_seconds for e in sink.of(Progress) if e.unit == "trial"][:-1]
     assert all(eta > 0 for eta in etas) and etas[0] > etas[-1]  # from the trials' mean, counting down
 
@@ -125,7 +143,7 @@ def test_a_plan_writes_a_valid_recipe_within_the_target_and_resumes_after_a_kill
         (row["name"], row["params"], row["fidelity"]) for row in result["candidates"]]
     run_dir = pipeline.run(planned, Collect())
     recorded = Manifest.load(run_dir).data["plan"]
-    assert recorded["winner"] == result["winner"] and len(recorded["candidates"]) == 6
+    assert recorded["winner"] == result["winner"] and len(recorded["candidates"]) == 3
     assert Recipe.load(run_dir / "recipe.toml").plan == planned.plan
 
 
@@ -149,7 +167,10 @@ def test_the_cli_plans_and_refuses_a_bad_probe(tmp_path, tiny_models, corpus):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert [row["status"] for row in result["candidates"]].count("tried") == 1  # a zero budget still tries one
-    assert Recipe.load(tmp_path / "p.toml").stages[0].size == 300
+    # the recipe's own allocation (no vocabulary trim) is tried first, and wins alone with its full steps
+    planned, own = (Recipe.load(path) for path in (tmp_path / "p.toml", recipe))
+    assert [s.kind for s in planned.stages] == [s.kind for s in own.stages] == ["distill", "prune", "shrink"]
+    assert stage_shapes(planned, teacher) == stage_shapes(own, teacher)
 
 
 def test_a_recipes_plan_table_round_trips_and_a_bad_one_is_named():

@@ -333,7 +333,7 @@ def test_plan_tries_allocations_and_its_winner_fills_the_stages(qtbot, make_reci
         assert dialog.is_running() and not dialog.plan_button.isEnabled()
     rows = dialog.result["candidates"]
     winner = next(row for row in rows if row["name"] == dialog.result["winner"])
-    assert dialog.table.rowCount() == len(rows) == 6
+    assert dialog.table.rowCount() == len(rows) == 2  # without a probe: the recipe's own depth and selection
     assert [row["status"] for row in rows].count("tried") == 1
     assert "plan: trying" in dialog.log.toPlainText() and dialog.use_button.isEnabled()
     with qtbot.waitSignal(dialog.planned):
@@ -341,8 +341,9 @@ def test_plan_tries_allocations_and_its_winner_fills_the_stages(qtbot, make_reci
     recipe = widget.recipe()
     distill = next(stage for stage in recipe.stages if stage.kind == "distill")
     assert (distill.layers, distill.layer_selection) == (winner["layers"], winner["selection"])
+    trimmed = ["trim_vocab"] if winner["vocab"] < teacher.vocab else []
     pruned = ["prune"] if winner["ffn"] < teacher.ffn else []
-    assert [stage.kind for stage in recipe.stages] == ["distill", *pruned, "shrink"]  # replaced the form's
+    assert [stage.kind for stage in recipe.stages] == [*trimmed, "distill", *pruned, "shrink"]  # replaced the form's
     assert next(stage for stage in recipe.stages if stage.kind == "shrink").hidden == winner["hidden"] < 64
     assert [point.name for point in dialog.chart.shown] == ["teacher", f"trial {winner['name']}  ← winner"]
     assert recipe.plan.winner == winner["name"]  # the form keeps how its stages were chosen ...
