@@ -71,10 +71,11 @@ class PlanDialog(QDialog):
         self.rank.addItem("fidelity to the teacher (no labels)", "")
         for task in EVAL_TASKS:
             self.rank.addItem(f"{task} probe on labelled data", task)
-        self.rank.setToolTip("Label-free fidelity rewards students that cover the teacher's depth, which suits "
-                             "sentence tasks;\ntoken tasks such as NER can rank differently (README, What keeps "
-                             "quality): with a labelled set\nof your task, each trial is also scored by a linear "
-                             "probe and the candidates are ranked by it.")
+        self.rank.setToolTip("Label-free fidelity cannot compare depths or layer selections (it prefers deeper "
+                             "students that the probes rank lowest),\nso without labels the recipe's own depth "
+                             "and selection are kept and vocabulary, FFN and hidden sizes tried.\nWith a labelled "
+                             "set of your task, every depth and selection is tried and ranked by a linear probe's "
+                             "dev score.")
         self.probe_data = QLineEdit(placeholderText="labelled data: a folder, file or hub id")
         self.rank.currentIndexChanged.connect(self._update_buttons)
         self.probe_data.textChanged.connect(self._update_buttons)
@@ -105,8 +106,9 @@ class PlanDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Candidate allocations of the size (vocabulary, depth, FFN and hidden width) are "
-                                "each tried with a short run on the recipe's corpus and ranked by how faithfully "
-                                "the student reproduces the teacher, or by a probe on labelled data of your task.",
+                                "each tried with a short run on the recipe's corpus, the recipe's own first, and "
+                                "ranked by how faithfully the student reproduces the teacher (keeping the recipe's "
+                                "depth and layer selection), or by a probe on labelled data of your task.",
                                 wordWrap=True))
         layout.addLayout(form)
         layout.addWidget(self.progress)
