@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     planner.add_argument("--budget-minutes", type=float, default=20.0, metavar="B",
                          help="no new trial starts once B minutes are spent (default 20; at least one trial runs)")
     planner.add_argument("--probe", metavar="TASK=DATA",
-                         help="rank by a linear probe on labelled data (e.g. ner=path/to/masakhaner) instead of "
-                              "label-free fidelity")
+                         help="rank by a linear probe's dev score on labelled data (e.g. ner=path/to/masakhaner) "
+                              "instead of label-free fidelity, and try every depth and layer selection (fidelity "
+                              "keeps the recipe's own)")
     planner.add_argument("--vocabularies", nargs="+", type=int, default=list(VOCABULARIES), metavar="V",
                          help="vocabulary sizes to try (default 8000 16000 32000)")
     planner.add_argument("--out", required=True, type=Path, metavar="PLANNED.toml",
