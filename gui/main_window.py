@@ -106,7 +106,8 @@ class MainWindow(QMainWindow):
         self.training_tab.run_finished.connect(self._run_finished)
         self.training_tab.running_changed.connect(self._running_changed)
         self.runs_tab.open_requested.connect(self.open_run)
-        self.runs.runs_dir_changed.connect(lambda d: self.settings.setValue("runs_dir", str(Path(d).resolve())))
+        self.runs.runs_dir_changed.connect(self._runs_dir_changed)
+        self._runs_dir_changed(runs_dir, remember=False)
         self.setup_tab.valid_changed.connect(self.training_tab.set_can_start)
         self.evaluation_tab.evaluation_finished.connect(lambda _: self.tradeoffs_tab.refresh())
         self.task_tab.export_requested.connect(self.open_export_dialog)
@@ -244,6 +245,12 @@ class MainWindow(QMainWindow):
                                  on_error=lambda exc: show_error(self, "Export failed", message(exc), details(exc)))
         self.show_message(f"Copying {model_dir} to {destination}…")
         return task
+
+    def _runs_dir_changed(self, runs_dir: Path, remember: bool = True) -> None:
+        """Runs and plans go to the app's runs folder (never beside an installed recipe)."""
+        self.setup_tab.plans_dir = Path(runs_dir).resolve() / "plans"
+        if remember:
+            self.settings.setValue("runs_dir", str(Path(runs_dir).resolve()))
 
     def _run_finished(self, run_dir: Path | None, status: str) -> None:
         self.runs.refresh()

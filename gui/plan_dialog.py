@@ -50,7 +50,8 @@ class PlanDialog(QDialog):
 
     planned = Signal(object)
 
-    def __init__(self, recipe: Recipe, teacher: Shape, final_params: int, parent: QWidget | None = None) -> None:
+    def __init__(self, recipe: Recipe, teacher: Shape, final_params: int, parent: QWidget | None = None,
+                 plans_dir: Path | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Plan the stages for a size target")
         self.setMinimumSize(1000, 620)
@@ -63,8 +64,8 @@ class PlanDialog(QDialog):
         self.target.setToolTip("The student's parameter count may not exceed this (fp32 MB ≈ 4 × millions).")
         self.budget = QDoubleSpinBox(decimals=0, minimum=0, maximum=24 * 60, value=20, suffix=" min")
         self.budget.setToolTip("No new trial starts once this much time is spent; at least one trial runs.")
-        base = Path(recipe.base_dir) / recipe.run.runs_dir / "plans"
-        self.out = QLineEdit(str(base / f"{recipe.run.name or 'plan'}.toml"))
+        plans_dir = plans_dir or Path(recipe.base_dir) / recipe.run.runs_dir / "plans"
+        self.out = QLineEdit(str(plans_dir / f"{recipe.run.name or 'plan'}.toml"))
         self.out.setToolTip("The winning recipe; the trials and the candidate table go to a .plan folder beside it.\n"
                             "Planning again into the same file continues a stopped plan.")
         self.rank = QComboBox()

@@ -10,6 +10,7 @@ teacher's standard shape from `gui.teachers`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
@@ -67,6 +68,7 @@ class SetupTab(QWidget):
         self._loading = False
         self._background_started = False  # teacher inspection and corpus count: on set_recipe or first show
         self._inspected: dict[tuple[str, bool], tuple[str, Shape]] = {}
+        self.plans_dir: Path | None = None  # where Plan… saves by default (the app's runs folder); None: the recipe's
         self._inspecting: tuple[str, bool] | None = None
         self._corpus_key: tuple[Any, ...] | None = None
         self._tasks: list[Any] = []
@@ -200,7 +202,7 @@ class SetupTab(QWidget):
         if teacher is None:
             show_message(self.stages_error, "Plan needs the teacher's shape: wait until it has been inspected")
             return None
-        dialog = PlanDialog(recipe, teacher, stage_shapes(recipe, teacher)[-1].total_params, self)
+        dialog = PlanDialog(recipe, teacher, stage_shapes(recipe, teacher)[-1].total_params, self, self.plans_dir)
         dialog.planned.connect(self.set_recipe)
         dialog.show()
         return dialog

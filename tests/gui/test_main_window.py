@@ -79,6 +79,17 @@ def test_last_recipe_and_geometry_are_remembered(qtbot, tmp_path, make_recipe):
     second.close()
 
 
+def test_plans_are_saved_in_the_apps_runs_folder_not_beside_the_installed_recipe(window, tmp_path):
+    window.restore_recipe()  # the embedded default, loaded from the package's resources
+    dialog = window.setup_tab.open_plan()
+    assert dialog.out_path.parent == (tmp_path / "runs" / "plans").resolve()
+    dialog.close()
+    window.runs.set_runs_dir(tmp_path / "elsewhere")
+    dialog = window.setup_tab.open_plan()
+    assert dialog.out_path.parent == (tmp_path / "elsewhere" / "plans").resolve()
+    dialog.close()
+
+
 def test_menus_have_shortcuts_for_common_actions(window):
     assert window.start_action.shortcut().toString() == "F5"
     assert window.cancel_action.shortcut().toString() == "Shift+F5"
