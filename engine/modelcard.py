@@ -39,6 +39,9 @@ ISO_639_1 = dict(pair.split(":") for pair in """
 """.split())
 
 METRIC_TYPES = {"macro_f1": "f1"}  # others are their own type (accuracy, f1, precision, recall)
+TOKEN_USAGE = ('tagger("Raw text.")  # words split at spaces: "text." is one word, tagged as one',
+               '# words as the training data splits them, punctuation tagged apart (what MiniGlot\'s Try it does):',
+               'tagger([["Raw", "text", "."]], is_split_into_words=True)')
 
 
 def iso639(flores_code: str) -> str:
@@ -339,7 +342,7 @@ def render_task_card(facts: dict[str, Any]) -> str:
     body = [f"# {Path(facts['out']).name}", "",
             f"A {kind.title} model ({len(facts['labels'])} labels) made with MiniGlot {__version__}: the encoder "
             f"`{_name(facts['encoder'])}` {how}.", "", "```python", "from transformers import pipeline",
-            f"tagger = {usage}", "```", "", "## Scores", "", *scores, "",
+            f"tagger = {usage}", *TOKEN_USAGE * kind.token_level, "```", "", "## Scores", "", *scores, "",
             f"Data: `{_name(facts['data'])}` (fingerprint `{facts['data_fingerprint'][:16]}`; "
             f"{facts['sizes']['train']:,} / {facts['sizes']['dev']:,} / {facts['sizes']['test']:,} train / dev / "
             f"test examples). Seed {facts['seed']}, best of {facts['epochs_run']} epochs on dev (epoch "

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 from engine.configs import TaskModelConfig
+from engine.data.tasks import word_spans
 from engine.tasks import TASKS
 
 
@@ -96,7 +99,12 @@ class Labeller:
             self._load(facts_file)
             self._key, load_seconds = key, time.perf_counter() - start
         start = time.perf_counter()
-        items = self._pipeline([text])[0]  # a batch of one: the same shape for both kinds of pipeline
+        if self._token_level:  # tagged word by word, as the training data was: punctuation apart
+            spans = word_spans(text)
+            items = self._pipeline([[text[s:e] for s, e in spans]], is_split_into_words=True)[0] if spans else []
+            items = [in_text(item, text, spans) for item in items]
+        else:
+            items = self._pipeline([text])[0]  # a batch of one
         milliseconds = 1000 * (time.perf_counter() - start)
         plain = tuple({k: float(v) if k == "score" else v for k, v in item.items()} for item in items)
         return Prediction(text, self._token_level, plain, milliseconds, load_seconds)
@@ -109,3 +117,15 @@ class Labeller:
         options = {"aggregation_strategy": "first"} if kind.token_level else {"top_k": None}
         self._pipeline = pipeline(kind.pipeline_tag, model=str(facts_file.parent), **options)
         self._token_level = kind.token_level
+
+
+def in_text(item: dict[str, Any], text: str, spans: list[tuple[int, int]]) -> dict[str, Any]:
+    """A pipeline span over words joined by single spaces, moved to where those words are in `text`."""
+    starts = list(accumulate((end - start + 1 for start, end in spans[:-1]), initial=0))
+
+    def place(offset: int) -> int:
+        word = bisect_right(starts, offset) - 1
+        return spans[word][0] + offset - starts[word]
+
+    start, end = place(item["start"]), place(item["end"])
+    return {**item, "start": start, "end": end, "word": text[start:end]}

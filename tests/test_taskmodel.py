@@ -89,7 +89,7 @@ def test_ner_task_model_is_a_stock_tagger_with_the_datas_labels(ner_teacher):
     written = json.loads((folder / TASK_FILE).read_text())
     assert written["data_fingerprint"] == load_task("ner", data).fingerprint()
     card = (folder / "README.md").read_text()
-    assert "pipeline_tag: token-classification" in card and "| test |" in card
+    assert "pipeline_tag: token-classification" in card and "| test |" in card and "is_split_into_words" in card
     assert not (folder.parent / "teacher.partial").exists()
 
 

@@ -73,6 +73,13 @@ def test_conllu_missing_upos_is_refused(tmp_path: Path) -> None:
 # --- CoNLL / IOB -------------------------------------------------------------------------------
 
 
+def test_raw_text_is_split_into_words_with_punctuation_apart() -> None:
+    text = "Benki ya Dunia. ng'ombe, l-Italja (3.5 / 1,000)!"
+    assert [text[s:e] for s, e in tasks.word_spans(text)] == \
+        ["Benki", "ya", "Dunia", ".", "ng'ombe", ",", "l-Italja", "(", "3.5", "/", "1,000", ")", "!"]
+    assert tasks.word_spans(" \t\n") == []
+
+
 def test_to_iob2() -> None:
     assert to_iob2(["I-PER", "I-PER", "I-LOC", "O", "I-PER", "B-PER", "I-PER"]) == (
         "B-PER", "I-PER", "B-LOC", "O", "B-PER", "B-PER", "I-PER")

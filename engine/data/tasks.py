@@ -50,6 +50,7 @@ JSONL_LABEL_FIELDS = ("label", "category")
 HUB_SPLITS = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
 HUB_WORD_COLUMNS = ("tokens", "words")
 
+_WORD = re.compile(r"\w+(?:[-'’]\w+|[.,]\d+)*|[^\w\s]")
 _NER_TAG = re.compile(r"O|[BI]-\S+")
 _FIELD_SEP = re.compile(r"[ \t]+")
 
@@ -137,6 +138,13 @@ def load_task(task: str, data: str | Path, seed: int = 0, columns: Columns = Col
     parts = _complete_splits(parts, seed)
     labels = _label_set(task, parts, order, order_origin)
     return TaskData(task, labels, *(tuple(parts[split].examples) for split in SPLITS), source)
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Where raw text's words are, split as labelled token data has them: punctuation outside a word is a word
+    of its own; hyphens and apostrophes inside one (l-Italja, ng'ombe) and a number's separators (3.5, 1,000)
+    stay. A token task model tags these words (`is_split_into_words`), so punctuation gets its own tag."""
+    return [match.span() for match in _WORD.finditer(text)]
 
 
 def to_iob2(tags: Sequence[str]) -> tuple[str, ...]:

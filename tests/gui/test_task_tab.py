@@ -14,11 +14,13 @@ from test_finetune import FILLER, KEYWORDS
 from test_taskmodel import write_ner, write_sentiment
 
 from engine.configs import TaskModelConfig
+from engine.data.tasks import word_spans
 from engine.events import Collect
 from engine.taskmodel import build_task_model
 from gui import task_tab
 from gui.runs_model import RunsModel
 from gui.task_form import encoder_choices
+from gui.task_jobs import in_text
 from gui.task_tab import TaskModelTab
 from gui.worker import COMPLETED
 
@@ -109,6 +111,10 @@ def test_training_a_tagger_from_the_tab_shows_curves_scores_and_spans(qtbot, tmp
     assert header(tab.try_it.details) == ["Words", "Tag", "Score"]
     ask(qtbot, tab, "żimu")  # the pipeline is loaded once per folder
     assert "loaded" not in tab.try_it.timing.text()
+    text = "ne  żato, (po) ċebo si."  # tagged word by word: punctuation is a word of its own
+    bounds = {offset for span in word_spans(text) for offset in span}
+    assert all({item["start"], item["end"]} <= bounds and item["word"] == text[item["start"]:item["end"]]
+               for item in tab.labeller(out, text).items)
 
     exported = []
     tab.export_requested.connect(exported.append)
@@ -154,6 +160,15 @@ def test_a_distilled_classifier_shows_the_teachers_scores_and_labels_text(qtbot,
     assert header(tab.try_it.details) == ["Label", "Confidence"]
     assert {cells(tab.try_it.details)[i][0] for i in range(3)} == set(KEYWORDS)
     assert "confident" in tab.try_it.answer.text()
+
+
+def test_spans_over_the_words_the_pipeline_was_given_are_moved_back_into_the_typed_text():
+    text = "Benki  ya Dunia.(Dodoma)"
+    spans = word_spans(text)  # the pipeline saw "Benki ya Dunia . ( Dodoma )"
+    assert in_text({"entity_group": "ORG", "start": 0, "end": 14, "word": "x"}, text, spans) == \
+        {"entity_group": "ORG", "start": 0, "end": 15, "word": "Benki  ya Dunia"}
+    assert in_text({"start": 15, "end": 16}, text, spans)["word"] == "."
+    assert in_text({"start": 19, "end": 25}, text, spans) == {"start": 17, "end": 23, "word": "Dodoma"}
 
 
 def test_cancel_writes_nothing(qtbot, tmp_path, tiny_teacher):
