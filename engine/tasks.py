@@ -7,8 +7,8 @@ the model card the pipeline tag, and the Evaluation tab its choices. Plain data 
 Fine-tuning defaults: about 15,000 examples seen (2 to 10 epochs: 10 for SIB-200's 701 texts, 2 for
 MasakhaNER's 6.9k sentences) with early stopping after 3 epochs without dev improvement, batch 16, and
 BERT-base's rate 5e-5 scaled by 768 / hidden size (`engine.evaluate.finetune`): ~1k-sentence sets converge
-on 2 CPU cores in minutes for a 6-layer/384 model. The cost is still above the aim of 20 CPU-minutes for the
-12-layer e5 teacher on a MasakhaNER-size set: on a busy 2-core machine SIB-200 (7k examples) took 37.
+on 2 CPU cores in minutes for a 6-layer/384 model. On MasakhaNER 2.0 Swahili (6.6k train sentences, 2 epochs)
+the 12-layer e5 teacher takes about 15 CPU-minutes and the default 9.4M student 5 (`bench/task_quality.py`).
 """
 
 from __future__ import annotations
